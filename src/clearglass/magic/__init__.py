@@ -1,0 +1,1 @@
+"""MAGIC grouped datasets: schema, sources, concept labelers and the builder."""

@@ -1,0 +1,148 @@
+"""Typed records for the MAGIC JSON layout, with load and save.
+
+The file is a JSON list of concept records, as in the CLEAR GLASS reference:
+``{concept, hard_negative: [concept names], train_images: [...], test_images: [...]}``;
+each image is ``{image, old_captions, new_captions, level1, level2, level3, level4}``.
+A concept whose ``train_images`` is empty is a held-out (unseen) concept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clearglass.errors import ClearglassError
+
+LEVELS = ("level1", "level2", "level3", "level4")
+SPLITS = ("train", "test")
+
+
+@dataclass
+class ImageRecord:
+    """One image with its original and concept-level captions and its concept chain."""
+
+    image: str
+    old_captions: list[str]
+    new_captions: list[str]
+    level1: str | None = None
+    level2: str | None = None
+    level3: str | None = None
+    level4: str | None = None
+
+    def levels(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """The concept chain, specific to general."""
+        return (self.level1, self.level2, self.level3, self.level4)
+
+
+@dataclass
+class ConceptRecord:
+    """One concept group: its images per split and its hard-negative concepts."""
+
+    concept: str
+    hard_negative: list[str] = field(default_factory=list)
+    train_images: list[ImageRecord] = field(default_factory=list)
+    test_images: list[ImageRecord] = field(default_factory=list)
+
+    def images(self, split: str) -> list[ImageRecord]:
+        """The images of one split ('train' or 'test')."""
+        if split not in SPLITS:
+            raise ClearglassError(f"unknown split {split!r}: expected one of {SPLITS}")
+        return self.train_images if split == "train" else self.test_images
+
+
+def resolve_image_path(image_root: str | os.PathLike, image: str) -> Path:
+    """Path of an image id: a relative path with a suffix is joined to the root; a bare COCO id becomes 12 digits + .jpg."""
+    if Path(image).suffix:
+        return Path(image_root) / image
+    digits = "".join(ch for ch in str(image) if ch.isdigit())
+    if not digits:
+        raise ClearglassError(f"image id {image!r} has neither a file suffix nor COCO digits")
+    return Path(image_root) / f"{digits.zfill(12)}.jpg"
+
+
+def _image_from_json(raw: Any, where: str) -> ImageRecord:
+    if not isinstance(raw, dict):
+        raise ClearglassError(f"{where}: expected an image object, got {type(raw).__name__}")
+    if "image" not in raw:
+        raise ClearglassError(f"{where}: missing field 'image'")
+    for key in ("old_captions", "new_captions"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            raise ClearglassError(f"{where}: field {key!r} must be a list of strings")
+    levels = {}
+    for key in LEVELS:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ClearglassError(f"{where}: field {key!r} must be a string or null")
+        levels[key] = value
+    return ImageRecord(
+        image=str(raw["image"]),
+        old_captions=list(raw.get("old_captions", [])),
+        new_captions=list(raw.get("new_captions", [])),
+        **levels,
+    )
+
+
+def concepts_from_json(raw: Any, source: str = "<memory>") -> list[ConceptRecord]:
+    """Parse the reference JSON layout; errors name the source, the record index and the field."""
+    if not isinstance(raw, list):
+        raise ClearglassError(f"{source}: expected a JSON list of concept records, got {type(raw).__name__}")
+    concepts = []
+    for i, rec in enumerate(raw):
+        where = f"{source}: concept record {i}"
+        if not isinstance(rec, dict):
+            raise ClearglassError(f"{where}: expected an object, got {type(rec).__name__}")
+        if not isinstance(rec.get("concept"), str) or not rec["concept"]:
+            raise ClearglassError(f"{where}: field 'concept' must be a non-empty string")
+        negatives = rec.get("hard_negative", [])
+        if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+            raise ClearglassError(f"{where} ({rec['concept']!r}): field 'hard_negative' must be a list of strings")
+        splits = {}
+        for split in SPLITS:
+            key = f"{split}_images"
+            images = rec.get(key, [])
+            if not isinstance(images, list):
+                raise ClearglassError(f"{where} ({rec['concept']!r}): field {key!r} must be a list")
+            splits[key] = [_image_from_json(im, f"{where} ({rec['concept']!r}) {key}[{j}]") for j, im in enumerate(images)]
+        concepts.append(ConceptRecord(concept=rec["concept"], hard_negative=list(negatives), **splits))
+    return concepts
+
+
+def concepts_to_json(concepts: list[ConceptRecord]) -> list[dict]:
+    """The reference JSON layout of a list of concept records."""
+    return [asdict(c) for c in concepts]
+
+
+def load_concepts(path: str | os.PathLike) -> list[ConceptRecord]:
+    """Read a MAGIC JSON file."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClearglassError(f"{path}: dataset file not found") from None
+    except json.JSONDecodeError as e:
+        raise ClearglassError(f"{path}: not valid JSON ({e})") from None
+    return concepts_from_json(raw, str(path))
+
+
+def save_concepts(concepts: list[ConceptRecord], path: str | os.PathLike) -> None:
+    """Write a MAGIC JSON file atomically."""
+    write_json_atomic(concepts_to_json(concepts), path)
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
