@@ -1,0 +1,174 @@
+"""A real local HTTP server that speaks the chat-completions API with scripted answers, for tests and benchmarks.
+
+`FakeLLMServer(script)` listens on 127.0.0.1 (a free port) in a thread. For each POST to /v1/chat/completions
+it calls `script(body, index)` -> `Reply` (index counts requests from 0) and sends that reply: a valid answer made
+from the captions, a scripted text, an HTTP error, a raw body, or any of these after a delay. It counts
+requests and records the most requests it held in flight at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# (keywords, level1..level4, concept-level caption, hard negatives); the first topic whose keyword occurs wins.
+TOPICS: tuple[tuple[tuple[str, ...], tuple[str, str, str, str], str, tuple[str, ...]], ...] = (
+    (
+        ("pizza", "cake", "sandwich", "kitchen", "food", "eating"),
+        ("Meal Preparation", "Cooking", "Domestic Task", "Daily Life"),
+        "Someone gets a dish ready to share at home.",
+        ("Restaurant Service", "Grocery Shopping"),
+    ),
+    (
+        ("baseball", "tennis", "ball", "skate", "surf", "ski"),
+        ("Team Sport", "Competition", "Recreation", "Human Activity"),
+        "Players test their skill against each other outdoors.",
+        ("Exercise", "Spectator Event"),
+    ),
+    (
+        ("dog", "cat", "giraffe", "zebra", "elephant", "bird"),
+        ("Wildlife", "Nature", "Ecosystem", "Environment"),
+        "Animals go about their day in their habitat.",
+        ("Pet Care", "Zoo Visit"),
+    ),
+)
+FALLBACK_TOPIC = (
+    (),
+    ("Urban Scene", "City Life", "Community", "Society"),
+    "People and places share an ordinary moment.",
+    ("Rural Landscape", "Travel"),
+)
+
+
+def answer_for(text: str) -> str:
+    """A valid `<output>` answer for a prompt, chosen by the first topic whose keyword the last user turn names."""
+    lowered = text.lower()
+    keys, levels, caption, negatives = next((t for t in TOPICS if any(k in lowered for k in t[0])), FALLBACK_TOPIC)
+    lines = [f"<level{i}>{name}</level{i}>" for i, name in enumerate(levels, start=1)]
+    lines.append(f"<caption>{caption}</caption>")
+    lines += [f"<hard_negative>{n}</hard_negative>" for n in negatives]
+    return "<output>\n" + "\n".join(lines) + "\n</output>"
+
+
+def last_user_text(body: dict) -> str:
+    """The content of the last user message of a chat request."""
+    return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+
+
+@dataclass
+class Reply:
+    """One scripted reply: `content` (None = a valid answer for the captions), an HTTP error, a raw body, a delay."""
+
+    status: int = 200
+    content: str | None = None
+    raw_body: bytes | None = None
+    delay_s: float = 0.0
+
+
+def default_script(body: dict, index: int) -> Reply:
+    """Always a valid answer."""
+    return Reply()
+
+
+class FakeLLMServer:
+    """A threaded chat-completions server on 127.0.0.1; use as a context manager."""
+
+    def __init__(
+        self,
+        script: Callable[[dict, int], Reply] = default_script,
+        latency_s: float = 0.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.script = script
+        self.latency_s = latency_s
+        self.api_key = api_key
+        self.bodies: list[dict] = []
+        self.auth_headers: list[str | None] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._httpd.block_on_close = False
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL, ending in /v1."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    @property
+    def requests(self) -> int:
+        """How many chat requests arrived."""
+        with self._lock:
+            return len(self.bodies)
+
+    def __enter__(self) -> FakeLLMServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length))
+                if self.path != "/v1/chat/completions":
+                    self._send(404, b'{"error": "not found"}')
+                    return
+                with server._lock:
+                    index = len(server.bodies)
+                    server.bodies.append(body)
+                    server.auth_headers.append(self.headers.get("Authorization"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                        self._send(401, b'{"error": "bad key"}')
+                        return
+                    reply = server.script(body, index)
+                    time.sleep(server.latency_s + reply.delay_s)
+                    if reply.raw_body is not None:
+                        self._send(reply.status, reply.raw_body)
+                    elif reply.status != 200:
+                        self._send(reply.status, json.dumps({"error": {"message": "scripted"}}).encode())
+                    else:
+                        content = reply.content if reply.content is not None else answer_for(last_user_text(body))
+                        payload = {
+                            "id": f"chatcmpl-{index}",
+                            "object": "chat.completion",
+                            "model": body.get("model"),
+                            "choices": [
+                                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                            ],
+                        }
+                        self._send(200, json.dumps(payload).encode())
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout); nothing to answer
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _send(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # keep test output quiet
+
+        return Handler

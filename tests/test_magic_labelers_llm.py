@@ -1,0 +1,299 @@
+"""The `llm` labeler against a real local chat-completions server: parsing, retries, failures, cache, concurrency."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from clearglass.errors import ClearglassError
+from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
+from clearglass.magic.labelers.llm import (
+    EXAMPLES,
+    LLMConfig,
+    LLMLabeler,
+    MalformedAnswer,
+    build_messages,
+    leaked_words,
+    parse_answer,
+)
+from clearglass.magic.llm_cache import LLMCache, request_key
+from clearglass.magic.sources import SourceItem
+from fake_llm_server import FakeLLMServer, Reply, answer_for, last_user_text
+
+VALID = """<output>
+<level1>birthday party</level1>
+<level2>Celebration</level2>
+<level3>Tradition</level3>
+<level4>Culture</level4>
+<caption>Friends gather to mark a special day.</caption>
+<caption>A child is cheered on by guests.</caption>
+<hard_negative>Wedding</hard_negative>
+<hard_negative>Picnic</hard_negative>
+</output>"""
+
+
+def items(n: int, word: str = "pizza") -> list[SourceItem]:
+    """n source items whose captions are distinct and mention `word`."""
+    return [
+        SourceItem(image=f"{i:012d}", path=Path(f"/nonexistent/{i:012d}.jpg"), captions=[f"A {word} number {i}.", f"Photo {i}."])
+        for i in range(n)
+    ]
+
+
+def labeler(server: FakeLLMServer, **settings: object) -> LLMLabeler:
+    """A labeler for the fake server with fast retries and no progress bar."""
+    defaults = dict(base_url=server.base_url, model="fake-model", backoff_s=0.01, backoff_max_s=0.05, progress=False)
+    return LLMLabeler(**(defaults | settings))
+
+
+@pytest.fixture(autouse=True)
+def no_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CLEARGLASS_LLM_BASE_URL", "CLEARGLASS_LLM_MODEL", "CLEARGLASS_LLM_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# ---- parsing -------------------------------------------------------------------------------------------------
+
+
+def test_parse_valid_answer_canonicalises_concepts() -> None:
+    label = parse_answer("Sure!\n" + VALID)
+    assert label.levels == ("Birthday Party", "Celebration", "Tradition", "Culture")
+    assert label.new_captions == ["Friends gather to mark a special day.", "A child is cheered on by guests."]
+    assert label.hard_negatives == ["Wedding", "Picnic"]
+
+
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ("no tags at all", "exactly one <output>"),
+        (VALID + VALID, "exactly one <output>"),
+        (VALID.replace("<level3>Tradition</level3>", ""), "<level3>"),
+        (VALID.replace("<level2>Celebration</level2>", "<level2>Celebration</level2><level2>Joy</level2>"), "<level2>"),
+        (VALID.replace("Tradition", "  "), "level3"),
+        (VALID.replace("Tradition", "Celebration"), "repeat"),
+        (VALID.replace("Culture", "a very long sentence that is clearly not a concept name"), "level4"),
+        (VALID.replace("Friends gather", "A birthday gathering"), "names level words ['birthday']"),
+        (VALID.replace("A child is cheered", "Old traditions are cheered"), "tradition"),
+        (VALID.replace("<caption>", "<x>").replace("</caption>", "</x>"), "unexpected text"),
+        (VALID.replace("<hard_negative>Wedding</hard_negative>", "stray words"), "unexpected text"),
+        (VALID.replace("<hard_negative>Wedding</hard_negative>\n<hard_negative>Picnic</hard_negative>", ""), "hard_negative"),
+        (VALID.replace("Wedding", "Birthday Party"), "repeats level1"),
+    ],
+)
+def test_parse_rejects_malformed_answers(text: str, complaint: str) -> None:
+    with pytest.raises(MalformedAnswer, match=complaint.replace("[", r"\[").replace("]", r"\]")):
+        parse_answer(text)
+
+
+def test_leak_check_matches_whole_words_and_plurals() -> None:
+    assert leaked_words("Two sports fans cheer", ("Sport", "Fun")) == ["sport"]
+    assert leaked_words("A passport on a desk", ("Sport", "Travel")) == []
+    assert leaked_words("Bread and butter", ("Food And Drink",)) == []
+
+
+def test_few_shot_examples_obey_the_parser() -> None:
+    config = LLMConfig(base_url="http://127.0.0.1:1/v1", model="m")
+    messages = build_messages(["A cat sleeps."], config)
+    assert messages[0]["role"] == "system"
+    assistant_turns = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert len(assistant_turns) == len(EXAMPLES)
+    for turn, (_, levels, captions, negatives) in zip(assistant_turns, EXAMPLES):
+        label = parse_answer(turn)
+        assert label.levels == levels and label.new_captions == list(captions)
+        assert label.hard_negatives == list(negatives)
+    assert messages[-1] == {"role": "user", "content": "Captions:\n- A cat sleeps.\nWrite 1 new captions and 3 hard negatives."}
+
+
+def test_config_reads_environment_and_rejects_missing_endpoint() -> None:
+    env = {"CLEARGLASS_LLM_BASE_URL": "http://localhost:8000/v1/", "CLEARGLASS_LLM_MODEL": "m", "OPENAI_API_KEY": "sk-env"}
+    config = LLMConfig.from_env(env, concurrency=4, timeout_s=None)
+    assert (config.base_url, config.model, config.api_key, config.concurrency) == ("http://localhost:8000/v1", "m", "sk-env", 4)
+    assert config.timeout_s == 60.0
+    assert "sk-env" not in repr(config)
+    assert LLMConfig.from_env({**env, "CLEARGLASS_LLM_API_KEY": "sk-own"}).api_key == "sk-own"
+    with pytest.raises(ClearglassError, match="CLEARGLASS_LLM_BASE_URL"):
+        LLMConfig.from_env({"CLEARGLASS_LLM_MODEL": "m"})
+    with pytest.raises(ClearglassError, match="CLEARGLASS_LLM_MODEL"):
+        LLMConfig.from_env({"CLEARGLASS_LLM_BASE_URL": "http://x/v1"})
+    with pytest.raises(ClearglassError, match="base URL"):
+        LLMConfig.from_env({}, base_url="localhost:8000", model="m")
+    with pytest.raises(ClearglassError, match="concurrency"):
+        LLMConfig.from_env({}, base_url="http://x/v1", model="m", concurrency=0)
+
+
+# ---- against the local server ----------------------------------------------------------------------------------
+
+
+def test_success_parse_and_factory_and_api_key_header() -> None:
+    with FakeLLMServer(api_key="sk-test") as server:
+        lab = make_labeler("llm", base_url=server.base_url, model="fake-model", api_key="sk-test", progress=False)
+        assert isinstance(lab, Labeler) and lab.name == "llm"
+        [label] = lab.label_many(items(1, "pizza"))
+    assert isinstance(label, ConceptLabel)
+    assert label.levels == ("Meal Preparation", "Cooking", "Domestic Task", "Daily Life")
+    assert label.new_captions == ["Someone gets a dish ready to share at home."]
+    assert label.hard_negatives == ["Restaurant Service", "Grocery Shopping"]
+    assert server.auth_headers == ["Bearer sk-test"]
+    body = server.bodies[0]
+    assert body["model"] == "fake-model" and body["temperature"] == 0.7
+    assert "A pizza number 0." in last_user_text(body)
+
+
+def test_no_key_sends_no_authorization_header() -> None:
+    with FakeLLMServer() as server:
+        [label] = labeler(server).label_many(items(1))
+    assert isinstance(label, ConceptLabel) and server.auth_headers == [None]
+
+
+def test_wrong_key_is_a_configuration_error_not_a_failure_per_image() -> None:
+    with FakeLLMServer(api_key="sk-right") as server:
+        with pytest.raises(ClearglassError, match="HTTP 401"):
+            labeler(server, api_key="sk-wrong", concurrency=2).label_many(items(6))
+        assert server.requests < 6
+
+
+def test_wrong_path_is_a_configuration_error() -> None:
+    with FakeLLMServer() as server:
+        with pytest.raises(ClearglassError, match="HTTP 404"):
+            labeler(server, base_url=server.base_url + "/extra").label_many(items(1))
+
+
+def test_retry_after_500() -> None:
+    with FakeLLMServer(lambda body, i: Reply(status=500) if i < 2 else Reply()) as server:
+        lab = labeler(server)
+        [label] = lab.label_many(items(1))
+    assert isinstance(label, ConceptLabel)
+    assert server.requests == 3 and lab.stats["retries"] == 2 and lab.stats["failures"] == 0
+
+
+def test_retry_after_timeout() -> None:
+    with FakeLLMServer(lambda body, i: Reply(delay_s=1.0) if i == 0 else Reply()) as server:
+        lab = labeler(server, timeout_s=0.2)
+        [label] = lab.label_many(items(1))
+    assert isinstance(label, ConceptLabel)
+    assert server.requests == 2 and lab.stats["retries"] == 1
+
+
+def test_retry_after_connection_refused_then_failure() -> None:
+    with FakeLLMServer() as server:
+        url = server.base_url
+    lab = LLMLabeler(base_url=url, model="m", max_retries=1, backoff_s=0.01, backoff_max_s=0.01, progress=False)
+    [failure] = lab.label_many(items(1))
+    assert isinstance(failure, LabelFailure) and failure.image == "000000000000"
+    assert "2 attempts failed" in failure.reason and "URLError" in failure.reason
+    assert lab.stats == {"requests": 2, "cache_hits": 0, "retries": 1, "failures": 1}
+
+
+def test_garbage_is_retried_then_counted_as_failure() -> None:
+    def script(body: dict, i: int) -> Reply:
+        if "image0 " in last_user_text(body):
+            return Reply(raw_body=b"\x00 this is not json")
+        if "image1 " in last_user_text(body):
+            return Reply(content="I think this picture is about food.")
+        return Reply()
+
+    batch = [SourceItem(f"im{i}", Path("/x"), [f"image{i} shows a pizza"]) for i in range(3)]
+    with FakeLLMServer(script) as server:
+        lab = labeler(server, max_retries=2)
+        results = lab.label_many(batch)
+    assert [type(r) for r in results] == [LabelFailure, LabelFailure, ConceptLabel]
+    assert results[0].image == "im0" and "not a chat-completions response" in results[0].reason
+    assert results[1].image == "im1" and "exactly one <output>" in results[1].reason
+    assert server.requests == 3 + 3 + 1 and lab.stats["failures"] == 2
+
+
+def test_client_error_is_not_retried() -> None:
+    with FakeLLMServer(lambda body, i: Reply(status=400)) as server:
+        [failure] = labeler(server).label_many(items(1))
+    assert isinstance(failure, LabelFailure) and "HTTP 400" in failure.reason and server.requests == 1
+
+
+def test_image_without_captions_is_a_failure_without_a_request() -> None:
+    with FakeLLMServer() as server:
+        [failure] = labeler(server).label_many([SourceItem("x", Path("/x"), [])])
+    assert isinstance(failure, LabelFailure) and "no captions" in failure.reason and server.requests == 0
+
+
+def test_cache_hit_avoids_second_request(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    with FakeLLMServer() as server:
+        first = labeler(server, cache_path=cache).label_many(items(3))
+        assert server.requests == 3
+        again = labeler(server, cache_path=cache)
+        second = again.label_many(items(3))
+        assert server.requests == 3
+        assert first == second and again.stats["cache_hits"] == 3
+        labeler(server, cache_path=cache, model="other-model").label_many(items(1))
+        assert server.requests == 4  # the model is part of the key
+
+
+def test_failures_are_not_cached(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    with FakeLLMServer(lambda body, i: Reply(content="garbage")) as server:
+        [failure] = labeler(server, cache_path=cache, max_retries=0).label_many(items(1))
+    assert isinstance(failure, LabelFailure) and len(LLMCache(cache)) == 0
+
+
+def test_resume_after_interruption(tmp_path: Path) -> None:
+    """A build killed mid-way: answers that arrived are kept; the rerun only asks for the rest."""
+    cache = tmp_path / "cache.sqlite"
+    release = threading.Event()
+
+    def hang_after_four(body: dict, i: int) -> Reply:
+        if i >= 4:
+            release.wait(5.0)
+            return Reply(status=503)
+        return Reply()
+
+    batch = items(10)
+    with FakeLLMServer(hang_after_four) as server:
+        first = labeler(server, cache_path=cache, concurrency=1, max_retries=0)
+        worker = threading.Thread(target=lambda: first.label_many(batch), daemon=True)
+        worker.start()
+        while server.requests < 5:
+            threading.Event().wait(0.01)
+        assert len(LLMCache(cache)) == 4  # committed before the build ends
+        release.set()
+        worker.join(10.0)
+    with FakeLLMServer() as server:
+        resumed = labeler(server, cache_path=cache, concurrency=4)
+        results = resumed.label_many(batch)
+    assert all(isinstance(r, ConceptLabel) for r in results)
+    assert server.requests == 6 and resumed.stats["cache_hits"] == 4
+
+
+def test_requests_run_in_parallel() -> None:
+    with FakeLLMServer(latency_s=0.2) as server:
+        results = labeler(server, concurrency=8).label_many(items(8))
+    assert all(isinstance(r, ConceptLabel) for r in results)
+    assert server.max_in_flight > 1
+
+
+def test_results_stay_in_input_order_under_concurrency() -> None:
+    words = ["pizza", "baseball", "giraffe", "street"] * 4
+    batch = [SourceItem(str(i), Path("/x"), [f"a {w} scene {i}"]) for i, w in enumerate(words)]
+    with FakeLLMServer(lambda body, i: Reply(delay_s=0.05 * (i % 3))) as server:
+        results = labeler(server, concurrency=6).label_many(batch)
+    expected = [parse_answer(answer_for(f"a {w}")).levels for w in words]
+    assert [r.levels for r in results] == expected
+
+
+def test_cache_key_and_store(tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    key = request_key("m", messages, 0.7)
+    assert key == request_key("m", [dict(messages[0])], 0.7)
+    assert len({key, request_key("n", messages, 0.7), request_key("m", messages, 0.0)}) == 3
+    cache = LLMCache(tmp_path / "c.sqlite")
+    assert cache.get(key) is None
+    cache.put(key, "answer")
+    assert cache.get(key) == "answer" and len(cache) == 1
+    cache.close()
+    rows = sqlite3.connect(tmp_path / "c.sqlite").execute("SELECT key, answer FROM answers").fetchall()
+    assert rows == [(key, "answer")]
+    bad = tmp_path / "bad.sqlite"
+    bad.write_text("not a database" * 100)
+    with pytest.raises(ClearglassError, match="bad.sqlite"):
+        LLMCache(bad)
