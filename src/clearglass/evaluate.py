@@ -1,0 +1,606 @@
+"""Evaluation: concept recognition (the paper's K-way protocol), zero-shot per level, caption retrieval,
+HierarCaps hierarchical metrics, and seeded bootstrap intervals for every figure.
+
+Tasks take an ``Encoder`` (embeddings in, no model needed), so tests use hand-built embeddings.
+Each task returns per-item outcomes (ranks, 0/1, floats); ``evaluate_model`` turns them into metric rows
+``{task, subset, metric, value, ci_low, ci_high, n}`` and keeps the per-item outcomes so two models can be
+compared pairwise on the very same items (``clearglass.report.compare``).
+
+Ranks are strict: the rank of the true answer is the number of wrong candidates scoring at least as high,
+so a tie never counts as a hit (a constant encoder scores chance or worse, never 100%).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from clearglass.errors import ClearglassError
+from clearglass.magic.schema import LEVELS, ConceptRecord, ImageRecord, resolve_image_path
+
+FIELDS = ("new_caption", "old_caption", "concept_level1", "concept_level2", "concept_level3", "concept_level4")
+TASKS = ("recognition", "zero_shot", "retrieval", "hierarchical")
+CAPTION_SOURCES = ("old_captions", "new_captions")
+
+
+class Encoder(Protocol):
+    """Embeds images and texts into one L2-normalised space."""
+
+    def embed_images(self, paths: list[Path]) -> torch.Tensor: ...  # (n, D) float32, L2-normalised
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor: ...  # (n, D) float32, L2-normalised
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Encoders
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ClearglassError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ClearglassError(f"{path}: not a readable image ({e})") from None
+
+
+class ModelEncoder:
+    """An ``Encoder`` for a ``ModelBundle``: each unique image and text is encoded once, batched, without grad.
+
+    With ``cache_dir``, embeddings are stored as ``{kind}-{sha256(model key, data key)}.pt``; the model key is
+    the spec plus the checkpoint's sha256 when the spec is a file, the data key is the ordered texts or the
+    image paths with their sizes and modification times.
+    """
+
+    def __init__(self, bundle: Any, batch_size: int = 64, device: str | torch.device = "cpu",
+                 cache_dir: str | os.PathLike | None = None):
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.n_images_encoded = 0
+        self.n_texts_encoded = 0
+        self._model_key: str | None = None
+
+    def model_key(self) -> str:
+        """Identity of the model weights: the spec, plus the checkpoint file's sha256 when the spec is a file."""
+        if self._model_key is None:
+            name = str(self.bundle.name)
+            path = Path(name)
+            self._model_key = f"{name}:{_sha256_file(path)}" if path.is_file() else name
+        return self._model_key
+
+    def _cached(self, kind: str, data_key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.cache_dir is None:
+            return compute()
+        key = hashlib.sha256(f"{self.model_key()}\n{data_key}".encode()).hexdigest()
+        path = self.cache_dir / f"{kind}-{key}.pt"
+        if path.exists():
+            return torch.load(path, map_location="cpu")
+        out = compute()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+        return out
+
+    def _encode_unique(self, items: list, encode_batch: Callable[[list], torch.Tensor], desc: str) -> torch.Tensor:
+        unique = list(dict.fromkeys(items))
+        rows = []
+        self.bundle.model.eval()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False):
+                out = encode_batch(unique[start:start + self.batch_size]).float()  # (b, D)
+                rows.append(torch.nn.functional.normalize(out, dim=-1).cpu())
+        table = torch.cat(rows) if rows else torch.empty(0, 0)
+        where = {x: i for i, x in enumerate(unique)}
+        return table[[where[x] for x in items]] if items else table
+
+    def embed_images(self, paths: list[Path]) -> torch.Tensor:
+        """(n, D) normalised image embeddings; a missing or corrupt file raises ``ClearglassError`` naming it."""
+        paths = [Path(p) for p in paths]
+
+        def stat(p: Path) -> str:
+            try:
+                s = p.stat()
+            except FileNotFoundError:
+                raise ClearglassError(f"{p}: image file not found") from None
+            return f"{p.resolve()}:{s.st_size}:{s.st_mtime_ns}"
+
+        def batch(chunk: list[Path]) -> torch.Tensor:
+            self.n_images_encoded += len(chunk)
+            x = torch.stack([self.bundle.preprocess_val(_load_rgb(p)) for p in chunk]).to(self.device)
+            return self.bundle.model.encode_image(x)
+
+        data_key = "\n".join(stat(p) for p in paths)
+        return self._cached("images", data_key, lambda: self._encode_unique(paths, batch, "images"))
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """(n, D) normalised text embeddings."""
+        def batch(chunk: list[str]) -> torch.Tensor:
+            self.n_texts_encoded += len(chunk)
+            return self.bundle.model.encode_text(self.bundle.tokenizer(chunk).to(self.device))
+
+        return self._cached("texts", json.dumps(texts), lambda: self._encode_unique(list(texts), batch, "texts"))
+
+
+class _Lookup:
+    """An ``Encoder`` that answers from embeddings computed once up front; asking for anything else is a bug."""
+
+    def __init__(self, paths: list[Path], image_emb: torch.Tensor, texts: list[str], text_emb: torch.Tensor):
+        self.images = {Path(p): image_emb[i] for i, p in enumerate(paths)}
+        self.texts = {t: text_emb[i] for i, t in enumerate(texts)}
+
+    def embed_images(self, paths: list[Path]) -> torch.Tensor:
+        return torch.stack([self.images[Path(p)] for p in paths])
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return torch.stack([self.texts[t] for t in texts])
+
+
+class _Recorder:
+    """An ``Encoder`` stand-in that only records what a task would ask for."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+        self.texts: list[str] = []
+
+    def embed_images(self, paths: list[Path]) -> torch.Tensor:
+        self.paths.extend(Path(p) for p in paths)
+        return torch.ones(len(paths), 1)
+
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        self.texts.extend(texts)
+        return torch.ones(len(texts), 1)
+
+
+def _embed(encoder: Encoder, paths: list[Path] | None, texts: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Embed unique images and texts once; returns numpy arrays aligned with the unique lists."""
+    img = encoder.embed_images(paths).float().numpy() if paths else np.zeros((0, 0), np.float32)
+    txt = encoder.embed_texts(texts).float().numpy() if texts else np.zeros((0, 0), np.float32)
+    return img, txt
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Concept recognition (the paper's protocol)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One K-way recognition trial: candidate 0 is the truth (the anchor image's own text and image)."""
+
+    concepts: tuple[str, ...]   # (K,) concept of each candidate; [0] is the anchor's
+    images: tuple[str, ...]     # (K,) image ids; [0] is the anchor image
+    texts: tuple[str, ...]      # (K,) field texts (template applied); [0] is the anchor's
+
+
+def _field_text(image: ImageRecord, field_name: str, template: str) -> str | None:
+    """The text of one field of an image (first caption for caption fields), or None if it has none."""
+    if field_name == "new_caption":
+        return image.new_captions[0] if image.new_captions else None
+    if field_name == "old_caption":
+        return image.old_captions[0] if image.old_captions else None
+    if field_name.startswith("concept_level") and f"level{field_name[-1]}" in LEVELS:
+        value = getattr(image, f"level{field_name[-1]}")
+        return template.format(value) if value else None
+    raise ClearglassError(f"unknown field {field_name!r}: expected one of {FIELDS}")
+
+
+def make_recognition_items(concepts: list[ConceptRecord], field: str, k: int, seed: int,
+                           template: str = "{}") -> list[Item]:
+    """The deterministic K-way items for one field; the same (concepts, field, k, seed) always gives the same list.
+
+    Anchors: every test image with a ``level1`` (as the reference) and a value for ``field``. Each concept is
+    represented by its first such test image. Negatives: distinct concepts whose field text differs from the
+    anchor's and from each other's, drawn without replacement first from the concept's ``hard_negative`` list
+    (those with representatives), then, if fewer than K-1, from the remaining concepts in a seeded shuffle.
+    Each anchor has its own generator seeded by ``(seed, field, concept, image index)``.
+    """
+    if field not in FIELDS:
+        raise ClearglassError(f"unknown field {field!r}: expected one of {FIELDS}")
+    if k < 2:
+        raise ClearglassError(f"k={k}: recognition needs at least 2 candidates")
+    reps: dict[str, tuple[str, str]] = {}   # concept -> (image id, text) of its representative
+    anchors: list[tuple[ConceptRecord, int, ImageRecord, str]] = []
+    for c in concepts:
+        if not c.test_images:
+            continue
+        for j, im in enumerate(c.test_images):
+            text = _field_text(im, field, template)
+            if im.level1 is None or text is None:
+                continue
+            reps.setdefault(c.concept, (im.image, text))
+            anchors.append((c, j, im, text))
+    if len(reps) < k:
+        raise ClearglassError(
+            f"field {field!r}: only {len(reps)} concepts have test images with this field; k={k} needs at least {k}")
+    names = sorted(reps)
+    items = []
+    for c, j, im, text in anchors:
+        rng = random.Random(f"{seed}|{field}|{c.concept}|{j}")
+        chosen: list[str] = []
+        used = {text}
+
+        def take(pool: list[str]) -> None:
+            for name in pool:
+                if len(chosen) == k - 1:
+                    return
+                if name != c.concept and name not in chosen and reps[name][1] not in used:
+                    chosen.append(name)
+                    used.add(reps[name][1])
+
+        hard = sorted({n for n in c.hard_negative if n in reps})
+        take(rng.sample(hard, len(hard)))
+        rest = [n for n in names if n not in hard]
+        take(rng.sample(rest, len(rest)))
+        if len(chosen) < k - 1:
+            raise ClearglassError(
+                f"field {field!r}, concept {c.concept!r}, test image {im.image!r}: only {len(chosen)} other concepts "
+                f"have a {field} text different from {text!r}; k={k} needs {k - 1} (use a smaller --k)")
+        items.append(Item(concepts=(c.concept, *chosen), images=(im.image, *(reps[n][0] for n in chosen)),
+                          texts=(text, *(reps[n][1] for n in chosen))))
+    return items
+
+
+def items_hash(items: Sequence[Any]) -> str:
+    """A short sha256 of a list of items (dataclasses or JSON data), to check two models saw the same items."""
+    raw = json.dumps([asdict(x) if hasattr(x, "__dataclass_fields__") else x for x in items], sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+    """rank = #{wrong candidates with score >= the true score}; scores (n, C), true_index (n,)."""
+    true = np.take_along_axis(scores, true_index[:, None], axis=1)  # (n, 1)
+    return (scores >= true).sum(axis=1) - 1
+
+
+def score_recognition(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Per-item ranks of the truth: ``i2t_rank`` (the image picks among K texts), ``t2i_rank`` (the text among K images)."""
+    paths = list(dict.fromkeys(resolve_image_path(image_root, i) for it in items for i in it.images))
+    texts = list(dict.fromkeys(t for it in items for t in it.texts))
+    img, txt = _embed(encoder, paths, texts)
+    p_idx = {p: i for i, p in enumerate(paths)}
+    t_idx = {t: i for i, t in enumerate(texts)}
+    image_ix = np.array([[p_idx[resolve_image_path(image_root, i)] for i in it.images] for it in items])  # (n, K)
+    text_ix = np.array([[t_idx[t] for t in it.texts] for it in items])  # (n, K)
+    i2t = np.einsum("nd,nkd->nk", img[image_ix[:, 0]], txt[text_ix])  # (n, K) anchor image vs K texts
+    t2i = np.einsum("nd,nkd->nk", txt[text_ix[:, 0]], img[image_ix])  # (n, K) anchor text vs K images
+    zero = np.zeros(len(items), dtype=int)
+    return {"i2t_rank": _strict_rank(i2t, zero), "t2i_rank": _strict_rank(t2i, zero)}
+
+
+def score_recognition_per_item(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The reference's protocol: re-encode the K images and K texts of every item (slow; the parity oracle)."""
+    i2t, t2i = [], []
+    for it in items:
+        img = encoder.embed_images([resolve_image_path(image_root, i) for i in it.images]).float().numpy()  # (K, D)
+        txt = encoder.embed_texts(list(it.texts)).float().numpy()  # (K, D)
+        sims = img @ txt.T  # (K images, K texts)
+        i2t.append(int((sims[0] >= sims[0, 0]).sum() - 1))
+        t2i.append(int((sims[:, 0] >= sims[0, 0]).sum() - 1))
+    return {"i2t_rank": np.array(i2t, dtype=int), "t2i_rank": np.array(t2i, dtype=int)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Zero-shot classification per level
+
+
+def level_labels(concepts: list[ConceptRecord], level: int) -> list[str]:
+    """The distinct values of one level among test images, sorted."""
+    if not 1 <= level <= len(LEVELS):
+        raise ClearglassError(f"unknown level {level}: expected 1..{len(LEVELS)}")
+    return sorted({v for c in concepts for im in c.test_images if (v := getattr(im, f"level{level}"))})
+
+
+def zero_shot(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike, level: int,
+              template: str = "{}") -> dict[str, Any]:
+    """Per test image with a value at ``level``: the strict rank of its label among all labels of that level."""
+    labels = level_labels(concepts, level)
+    if len(labels) < 2:
+        raise ClearglassError(f"level{level}: zero-shot needs at least 2 distinct labels among test images, found {labels}")
+    records = [im for c in concepts for im in c.test_images if getattr(im, f"level{level}")]
+    paths = [resolve_image_path(image_root, im.image) for im in records]
+    unique_paths = list(dict.fromkeys(paths))
+    img, txt = _embed(encoder, unique_paths, [template.format(x) for x in labels])
+    p_idx = {p: i for i, p in enumerate(unique_paths)}
+    scores = img[[p_idx[p] for p in paths]] @ txt.T  # (n images, L labels)
+    label_ix = {x: i for i, x in enumerate(labels)}
+    cls = np.array([label_ix[getattr(im, f"level{level}")] for im in records], dtype=int)
+    return {"rank": _strict_rank(scores, cls), "class": cls, "labels": labels,
+            "items": [im.image for im in records]}
+
+
+def rank_labels(encoder: Encoder, paths: list[Path], labels: list[str], template: str = "{}") -> np.ndarray:
+    """Cosine scores of every image against every label: (n images, L labels)."""
+    img, txt = _embed(encoder, list(paths), [template.format(x) for x in labels])
+    return img @ txt.T
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Caption retrieval
+
+
+def _retrieval_entries(concepts: list[ConceptRecord], captions: str) -> list[tuple[str, list[str]]]:
+    """(image id, its captions) for every test image with captions; an image listed twice has its captions merged."""
+    if captions not in CAPTION_SOURCES:
+        raise ClearglassError(f"unknown caption source {captions!r}: expected one of {CAPTION_SOURCES}")
+    merged: dict[str, list[str]] = {}
+    for c in concepts:
+        for im in c.test_images:
+            caps = getattr(im, captions)
+            if caps:
+                merged.setdefault(im.image, [])
+                merged[im.image].extend(x for x in caps if x not in merged[im.image])
+    return list(merged.items())
+
+
+def retrieval(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
+              captions: str = "old_captions", chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Strict ranks for caption retrieval over test images: ``i2t_rank`` (best of the image's own captions)
+    per image, ``t2i_rank`` (its image among all images) per caption."""
+    entries = _retrieval_entries(concepts, captions)
+    if len(entries) < 2:
+        raise ClearglassError(f"retrieval needs at least 2 test images with {captions}, found {len(entries)}")
+    paths = [resolve_image_path(image_root, image) for image, _ in entries]
+    texts = [t for _, caps in entries for t in caps]
+    owner = np.array([i for i, (_, caps) in enumerate(entries) for _ in caps])  # (T,) image index of each caption
+    unique_texts = list(dict.fromkeys(texts))
+    img, utxt = _embed(encoder, paths, unique_texts)
+    t_idx = {t: i for i, t in enumerate(unique_texts)}
+    txt = utxt[[t_idx[t] for t in texts]]  # (T, D)
+    i2t_rank = np.empty(len(entries), dtype=int)
+    t2i_rank = np.empty(len(texts), dtype=int)
+    own = owner[None, :] == np.arange(len(entries))[:, None]  # (I, T) caption belongs to image
+    for s in range(0, len(entries), chunk):
+        sims = img[s:s + chunk] @ txt.T  # (b, T)
+        mine = own[s:s + chunk]
+        best = np.where(mine, sims, -np.inf).max(axis=1, keepdims=True)  # (b, 1)
+        i2t_rank[s:s + chunk] = (np.where(mine, -np.inf, sims) >= best).sum(axis=1)
+    for s in range(0, len(texts), chunk):
+        sims = txt[s:s + chunk] @ img.T  # (b, I)
+        t2i_rank[s:s + chunk] = _strict_rank(sims, owner[s:s + chunk])
+    return {"i2t_rank": i2t_rank, "t2i_rank": t2i_rank, "images": [e[0] for e in entries], "texts": texts}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# HierarCaps hierarchical metrics
+
+
+def hierarchy_chains(concepts: list[ConceptRecord]) -> list[tuple[str, tuple[str, str, str, str]]]:
+    """(image id, chain general -> specific = (level4, level3, level2, level1)) of every test image with all 4 levels."""
+    return [(im.image, (im.level4, im.level3, im.level2, im.level1)) for c in concepts for im in c.test_images
+            if all(im.levels())]
+
+
+def _kendall_tau_vs_order(radii: np.ndarray) -> np.ndarray:
+    """Kendall's tau between each row (n, 4) and the order 0..3: (concordant - discordant) / 6 pairs."""
+    i, j = np.triu_indices(radii.shape[1], k=1)
+    return np.sign(radii[:, j] - radii[:, i]).sum(axis=1) / len(i)
+
+
+def hierarchical(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
+                 steps: int = 100) -> dict[str, np.ndarray]:
+    """HierarCaps metrics (Alper & Averbuch-Elor, ECCV 2024), as in their ``hierarchical_retrieval.py``.
+
+    radius(t) = ||e(t) - e("")||. ``d_corr`` per chain: Kendall tau of the 4 radii against the order general ->
+    specific. Hierarchical retrieval per image: for ``steps`` thresholds r in linspace(min radius, max radius),
+    predict the most similar text with radius <= r; the distinct predictions P give precision = |P & G| / |P|
+    (G: all texts of the image's chains) and recall = fraction of the 4 levels whose text (in any chain) is in P.
+    """
+    chains = hierarchy_chains(concepts)
+    if not chains:
+        raise ClearglassError("hierarchical metrics need test images with all four levels; found none")
+    texts = list(dict.fromkeys(t for _, ch in chains for t in ch))
+    image_ids = list(dict.fromkeys(i for i, _ in chains))
+    paths = [resolve_image_path(image_root, i) for i in image_ids]
+    img, txt = _embed(encoder, paths, ["", *texts])
+    root, txt = txt[0], txt[1:]
+    radius = np.linalg.norm(txt - root[None], axis=1)  # (T,)
+    t_idx = {t: i for i, t in enumerate(texts)}
+    chain_ix = np.array([[t_idx[t] for t in ch] for _, ch in chains])  # (C, 4)
+    d_corr = _kendall_tau_vs_order(radius[chain_ix])
+
+    order = np.argsort(radius, kind="stable")
+    thresholds = np.linspace(radius.min(), radius.max(), steps)
+    prefix = np.searchsorted(radius[order], thresholds, side="right")  # (steps,) texts with radius <= r
+    sims = (img @ txt.T)[:, order]  # (I, T) sorted by radius
+    prev_max = np.concatenate([np.full((len(img), 1), -np.inf), np.maximum.accumulate(sims, axis=1)[:, :-1]], axis=1)
+    running_arg = np.maximum.accumulate(np.where(sims > prev_max, np.arange(sims.shape[1])[None], 0), axis=1)
+    preds = order[running_arg[:, prefix - 1]]  # (I, steps) text index predicted at each threshold
+    gts: dict[str, list[np.ndarray]] = {}
+    for (image, _), row in zip(chains, chain_ix):
+        gts.setdefault(image, []).append(row)
+    precision = np.empty(len(image_ids))
+    recall = np.empty(len(image_ids))
+    for i, image in enumerate(image_ids):
+        predicted = set(preds[i].tolist())
+        own = np.stack(gts[image])  # (chains of this image, 4)
+        precision[i] = len(predicted & set(own.ravel().tolist())) / len(predicted)
+        recall[i] = np.mean([any(x in predicted for x in own[:, lv]) for lv in range(4)])
+    return {"d_corr": d_corr, "precision": precision, "recall": recall, "images": image_ids,
+            "chains": [list(ch) for _, ch in chains]}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+def bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 1000, seed: int = 0,
+              level: float = 0.95, chunk: int = 200) -> tuple[float, float]:
+    """Percentile bootstrap interval: ``stat(idx)`` maps resample indices (B, n) to B statistics."""
+    if n == 0:
+        raise ClearglassError("bootstrap over zero items")
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([stat(rng.integers(0, n, size=(min(chunk, n_boot - s), n)))
+                             for s in range(0, n_boot, chunk)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _class_recall(correct: np.ndarray, cls: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mean per-class recall of each resample: correct (n,), cls (n,), idx (B, n) -> (B,)."""
+    n_cls = int(cls.max()) + 1
+    flat = (np.arange(idx.shape[0])[:, None] * n_cls + cls[idx]).ravel()
+    hits = np.bincount(flat, weights=correct[idx].ravel(), minlength=idx.shape[0] * n_cls).reshape(-1, n_cls)
+    seen = np.bincount(flat, minlength=idx.shape[0] * n_cls).reshape(-1, n_cls)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmean(np.where(seen > 0, hits / seen, np.nan), axis=1)
+
+
+def metric_stat(spec: dict, arrays: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """The statistic of a metric row as a function of resample indices (B, n) -> (B,).
+
+    ``{"stat": "hit", "array": a, "k": k}``: mean(a < k) (R@k / top-k);
+    ``{"stat": "mean", "array": a}``: mean(a);
+    ``{"stat": "class_recall", "array": a, "k": k, "classes": c}``: mean over classes of the class's mean(a < k).
+    """
+    a = np.asarray(arrays[spec["array"]], dtype=float)
+    if spec["stat"] == "hit":
+        hit = (a < spec["k"]).astype(float)
+        return lambda idx: hit[idx].mean(axis=1)
+    if spec["stat"] == "mean":
+        return lambda idx: a[idx].mean(axis=1)
+    if spec["stat"] == "class_recall":
+        hit = (a < spec["k"]).astype(float)
+        cls = np.asarray(arrays[spec["classes"]], dtype=int)
+        return lambda idx: _class_recall(hit, cls, idx)
+    raise ClearglassError(f"unknown metric statistic {spec['stat']!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole evaluation
+
+
+@dataclass
+class EvalConfig:
+    """What ``evaluate_model`` runs; ``fields=None`` means every field some test image has."""
+
+    k: int = 5
+    fields: list[str] | None = None
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    template: str = "a picture of {}"
+    seed: int = 0
+    n_boot: int = 1000
+    ci_level: float = 0.95
+    tasks: list[str] = field(default_factory=lambda: ["recognition", "zero_shot", "retrieval"])
+    retrieval_captions: str = "old_captions"
+    retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    hierarchy_steps: int = 100
+
+
+def data_hash(concepts: list[ConceptRecord]) -> str:
+    """A short sha256 of the test split (image ids, captions, levels, hard negatives) of a dataset."""
+    raw = json.dumps([[c.concept, c.hard_negative, [asdict(im) for im in c.test_images]] for c in concepts],
+                     sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _available_fields(concepts: list[ConceptRecord]) -> list[str]:
+    return [f for f in FIELDS if any(_field_text(im, f, "{}") for c in concepts for im in c.test_images)]
+
+
+def _check(concepts: list[ConceptRecord], config: EvalConfig) -> None:
+    for t in config.tasks:
+        if t not in TASKS:
+            raise ClearglassError(f"unknown task {t!r}: expected some of {TASKS}")
+    for f in config.fields or []:
+        if f not in FIELDS:
+            raise ClearglassError(f"unknown field {f!r}: expected some of {FIELDS}")
+    for lv in config.levels:
+        if not 1 <= lv <= len(LEVELS):
+            raise ClearglassError(f"unknown level {lv}: expected some of 1..{len(LEVELS)}")
+    empty = [c.concept for c in concepts if not c.test_images and not c.train_images]
+    if empty:
+        raise ClearglassError(f"concept(s) without any images: {empty[:5]}; every concept needs images")
+    if not any(c.test_images for c in concepts):
+        raise ClearglassError("the dataset has no test images")
+
+
+def _run_tasks(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
+               config: EvalConfig) -> list[tuple[str, str, dict, list]]:
+    """Run every task; returns (task, subset, per-item outcomes, identity of the items) for each unit."""
+    units = []
+    if "recognition" in config.tasks:
+        for f in config.fields if config.fields is not None else _available_fields(concepts):
+            items = make_recognition_items(concepts, f, config.k, config.seed, config.template)
+            units.append(("recognition", f, score_recognition(encoder, items, image_root), items))
+    if "zero_shot" in config.tasks:
+        for lv in config.levels:
+            out = zero_shot(encoder, concepts, image_root, lv, config.template)
+            units.append(("zero_shot", f"level{lv}", out, [out["items"], out["labels"]]))
+    if "retrieval" in config.tasks:
+        out = retrieval(encoder, concepts, image_root, config.retrieval_captions)
+        units.append(("retrieval", config.retrieval_captions, out, [out["images"], out["texts"]]))
+    if "hierarchical" in config.tasks:
+        out = hierarchical(encoder, concepts, image_root, config.hierarchy_steps)
+        units.append(("hierarchical", "hierarcaps", out, [out["images"], out["chains"]]))
+    return units
+
+
+def _metric_specs(task: str, outcomes: dict, config: EvalConfig) -> list[tuple[str, dict]]:
+    if task == "recognition":
+        return [("i2t_R@1", {"stat": "hit", "array": "i2t_rank", "k": 1}),
+                ("t2i_R@1", {"stat": "hit", "array": "t2i_rank", "k": 1})]
+    if task == "zero_shot":
+        return [("top1", {"stat": "hit", "array": "rank", "k": 1}),
+                ("top5", {"stat": "hit", "array": "rank", "k": 5}),
+                ("mean_class_recall", {"stat": "class_recall", "array": "rank", "k": 1, "classes": "class"})]
+    if task == "retrieval":
+        return [(f"{d}_R@{k}", {"stat": "hit", "array": f"{d}_rank", "k": k})
+                for d in ("i2t", "t2i") for k in config.retrieval_ks]
+    return [(m, {"stat": "mean", "array": m}) for m in ("precision", "recall", "d_corr")]
+
+
+def metric_rows(units: list[tuple[str, str, dict, list]], config: EvalConfig) -> tuple[list[dict], dict]:
+    """Metric rows with bootstrap intervals, and the per-item outcomes they were computed from."""
+    rows, per_item = [], {}
+    for task, subset, outcomes, identity in units:
+        arrays = {k: np.asarray(v).tolist() for k, v in outcomes.items() if isinstance(v, np.ndarray)}
+        for name, spec in _metric_specs(task, outcomes, config):
+            unit = f"{task}/{subset}/{spec['array']}"
+            a = {k: np.asarray(v) for k, v in arrays.items()}
+            n = len(a[spec["array"]])
+            stat = metric_stat(spec, a)
+            value = float(stat(np.arange(n)[None])[0])
+            low, high = bootstrap(stat, n, config.n_boot, config.seed, config.ci_level)
+            rows.append({"task": task, "subset": subset, "metric": name, "value": value, "ci_low": low,
+                         "ci_high": high, "n": n, "unit": unit, "stat": spec})
+        per_item[f"{task}/{subset}"] = {"items_hash": items_hash(identity), "arrays": arrays}
+    return rows, per_item
+
+
+def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
+                   config: EvalConfig | None = None, model: str = "", data: str = "") -> dict:
+    """Run the configured tasks, encoding every unique image and text once, and return the results dict."""
+    config = config or EvalConfig()
+    _check(concepts, config)
+    recorder = _Recorder()
+    _run_tasks(recorder, concepts, image_root, config)   # the dry run only gathers what will be embedded
+    paths = list(dict.fromkeys(recorder.paths))
+    texts = list(dict.fromkeys(recorder.texts))
+    image_emb = encoder.embed_images(paths)
+    text_emb = encoder.embed_texts(texts)
+    units = _run_tasks(_Lookup(paths, image_emb, texts, text_emb), concepts, image_root, config)
+    rows, per_item = metric_rows(units, config)
+    return {"model": model, "data": data, "data_hash": data_hash(concepts), "config": asdict(config),
+            "n_images_embedded": len(paths), "n_texts_embedded": len(texts), "metrics": rows, "per_item": per_item}
