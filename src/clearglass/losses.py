@@ -1,0 +1,374 @@
+"""Grouped contrastive losses of CLEAR GLASS: outer (between groups) and inner (within a group) terms.
+
+Features arrive as image and text tensors of shape (M groups, N pairs, D); pair n of group m is image
+``image_features[m, n]`` with its caption ``text_features[m, n]``, and every image and text of a group
+shows the same concept. Inside the loss everything runs in float32 with autocast disabled: features are
+cast, L2-normalised, and the logits go through masking and logsumexp in float32.
+
+Group ids are implicit in the layout: pair (m, n) belongs to group m. Internally a batch is flattened to
+B = M*N rows with a (B,) label vector, which also carries arbitrary groupings (the level-2 groups of
+``MultiLevelGroupedLoss``).
+
+Distributed: when ``torch.distributed`` is initialised with world_size W > 1, features (and text
+negatives) are all-gathered WITH gradients, rank r's groups become global groups r*M .. r*M+M-1, and
+the loss value equals the single-process loss on the concatenated batch. The backward of the gather
+sums the gradients of all ranks, so the gradient reaching rank r's own features is W times the
+single-process gradient; DistributedDataParallel's mean over ranks then gives exactly the
+single-process full-batch gradient for every parameter. With ``local_loss=True`` (as in open_clip)
+each rank only computes the rows it owns (its images/texts/groups against all gathered columns) and
+scales them so that the MEAN over ranks of the loss equals the full-batch loss; gradients after DDP's
+mean are again exactly the full-batch gradients. All ranks must pass tensors of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clearglass.errors import ClearglassError
+
+LN_100 = math.log(100.0)
+OUTER_LOSSES = ("pairwise", "centroid", "clip")
+INNER_LOSSES = ("pairwise", "scaled_pairwise", "centroid", "scaled_centroid")
+
+
+@dataclass
+class _Batch:
+    """Flattened, normalised, gathered features plus the rows this process owns the loss for."""
+
+    images: Tensor  # (B, D) float32, L2-normalised, all ranks
+    texts: Tensor  # (B, D)
+    labels: Tensor  # (B,) int64 group id in 0..num_groups-1
+    num_groups: int
+    rows: slice  # pairs whose rows this process computes (all of them unless local_loss)
+    world_scale: float  # W under local_loss, else 1: a mean over rows is world_scale * sum(owned) / total
+
+    def row_mean(self, owned_losses: Tensor, total: int) -> Tensor:
+        """Mean over all `total` rows, computed from the owned ones: world_scale * sum(owned) / total."""
+        return owned_losses.sum() * (self.world_scale / total)
+
+    def group_weights(self) -> Tensor:
+        """(G,) weight of each group's row in a mean over groups: world_scale * owned_pairs_g / pairs_g / G."""
+        counts = torch.bincount(self.labels, minlength=self.num_groups).float()
+        owned = torch.bincount(self.labels[self.rows], minlength=self.num_groups).float()
+        return owned / counts * (self.world_scale / self.num_groups)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world_size) of the default process group; (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(x: Tensor) -> Tensor:
+    """Concatenate `x` from all ranks along dim 0, with gradients flowing back to every rank."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def _check_features(image_features: Tensor, text_features: Tensor) -> None:
+    """Raise ClearglassError unless both are floating tensors of the same (M, N, D) shape."""
+    for name, x in (("image_features", image_features), ("text_features", text_features)):
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise ClearglassError(f"{name}: expected a floating-point torch.Tensor (M groups, N pairs, D), got {type(x).__name__}"
+                                  + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
+        if x.dim() != 3 or min(x.shape) < 1:
+            raise ClearglassError(f"{name}: expected a 3-D tensor (M groups, N pairs, D) with no empty axis, "
+                                  f"got shape {tuple(x.shape)}")
+    if image_features.shape != text_features.shape:
+        raise ClearglassError(f"image_features {tuple(image_features.shape)} and text_features "
+                              f"{tuple(text_features.shape)}: expected the same (M groups, N pairs, D) shape")
+
+
+def _check_negatives(text_negatives: Tensor, dim: int) -> None:
+    """Raise ClearglassError unless text_negatives is a floating (K, D) tensor."""
+    if not isinstance(text_negatives, Tensor) or not text_negatives.is_floating_point() or text_negatives.dim() != 2 \
+            or text_negatives.shape[1] != dim:
+        shape = tuple(text_negatives.shape) if isinstance(text_negatives, Tensor) else type(text_negatives).__name__
+        raise ClearglassError(f"text_negatives: expected a floating (K, D={dim}) tensor, got {shape}")
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    """Raise ClearglassError naming the first non-finite row of `x` (leading axes are its index)."""
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        index = tuple(int(i) for i in bad.nonzero()[0][:-1])
+        raise ClearglassError(f"{name}: expected finite features, found NaN/inf at index {index}"
+                              " (indices over all ranks when distributed)")
+
+
+def _check_temperature(name: str, value: float) -> None:
+    """Raise ClearglassError unless value is a finite positive temperature."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ClearglassError(f"{name}: expected a finite temperature > 0, got {value!r}")
+
+
+def _centroids(features: Tensor, labels: Tensor, num_groups: int) -> Tensor:
+    """(G, D) normalised group centroids: normalize(sum of the group's rows) (= normalised mean)."""
+    sums = features.new_zeros(num_groups, features.shape[1]).index_add_(0, labels, features)
+    return F.normalize(sums, dim=-1)
+
+
+def pairwise_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
+    """Multi-positive InfoNCE, symmetric: mean_i -[lse_{j: g_j=g_i} s_ij - lse_j s_ij], s = scale * cos."""
+    own = b.labels[b.rows]
+    positive = own[:, None] == b.labels[None, :]  # (R rows, B columns)
+    i2t = scale * (b.images[b.rows] @ b.texts.T)  # (R, B)
+    full = b.rows == slice(0, b.labels.numel())
+    t2i = i2t.T if full else scale * (b.texts[b.rows] @ b.images.T)  # (R, B)
+    i2t_all = i2t if negatives is None else torch.cat([i2t, scale * (b.images[b.rows] @ negatives.T)], dim=1)
+    loss_i = torch.logsumexp(i2t_all, 1) - torch.logsumexp(i2t.masked_fill(~positive, -math.inf), 1)
+    loss_t = torch.logsumexp(t2i, 1) - torch.logsumexp(t2i.masked_fill(~positive, -math.inf), 1)
+    total = b.labels.numel()
+    return 0.5 * (b.row_mean(loss_i, total) + b.row_mean(loss_t, total))
+
+
+def clip_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
+    """Standard symmetric CLIP loss, one positive per row (the pair's own caption/image)."""
+    target = torch.arange(b.rows.start, b.rows.stop, device=b.labels.device)  # (R,)
+    i2t = scale * (b.images[b.rows] @ b.texts.T)  # (R, B)
+    t2i = scale * (b.texts[b.rows] @ b.images.T)
+    if negatives is not None:
+        i2t = torch.cat([i2t, scale * (b.images[b.rows] @ negatives.T)], dim=1)
+    loss_i = F.cross_entropy(i2t, target, reduction="none")
+    loss_t = F.cross_entropy(t2i, target, reduction="none")
+    total = b.labels.numel()
+    return 0.5 * (b.row_mean(loss_i, total) + b.row_mean(loss_t, total))
+
+
+def centroid_outer(b: _Batch, scale: Tensor | float) -> Tensor:
+    """Symmetric CLIP loss between normalised image and text group centroids (G x G)."""
+    image_c = _centroids(b.images, b.labels, b.num_groups)  # (G, D)
+    text_c = _centroids(b.texts, b.labels, b.num_groups)
+    logits = scale * (image_c @ text_c.T)  # (G, G)
+    target = torch.arange(b.num_groups, device=logits.device)
+    per_group = F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.T, target, reduction="none")
+    return 0.5 * (per_group * b.group_weights()).sum()
+
+
+def _products(b: _Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Normalised image(x)text products of every (i, j) in the same group: (P, D), their labels and image rows."""
+    same = b.labels[:, None] == b.labels[None, :]  # (B, B)
+    image_idx, text_idx = same.nonzero(as_tuple=True)  # (P,) each, P = sum_g n_g^2
+    products = F.normalize(b.images[image_idx] * b.texts[text_idx], dim=-1)  # (P, D)
+    return products, b.labels[image_idx], image_idx
+
+
+def _owned(index: Tensor, rows: slice) -> Tensor:
+    """Boolean mask of entries of `index` that fall in `rows`."""
+    return (index >= rows.start) & (index < rows.stop)
+
+
+def pairwise_inner(b: _Batch) -> Tensor:
+    """Mean over within-group products p_ij of 1 - cos(p_ij, c_g), c_g = normalize(sum of the group's p_ij)."""
+    products, labels, image_idx = _products(b)
+    centroids = _centroids(products, labels, b.num_groups)  # (G, D)
+    owned = _owned(image_idx, b.rows)
+    cos = (products[owned] * centroids[labels[owned]]).sum(-1)
+    return b.row_mean(1.0 - cos, labels.numel())
+
+
+def scaled_pairwise_inner(b: _Batch, tau_inner: float) -> Tensor:
+    """Mean over within-group products p_ij of cross-entropy of p_ij . c_k / tau' over all G centroids, target g."""
+    products, labels, image_idx = _products(b)
+    centroids = _centroids(products, labels, b.num_groups)  # (G, D)
+    owned = _owned(image_idx, b.rows)
+    logits = products[owned] @ centroids.T / tau_inner  # (P_owned, G)
+    return b.row_mean(F.cross_entropy(logits, labels[owned], reduction="none"), labels.numel())
+
+
+def centroid_inner(b: _Batch) -> Tensor:
+    """Per modality, mean of 1 - cos(x, own-group centroid of that modality); images and texts averaged."""
+    labels = b.labels[b.rows]
+    terms = []
+    for features in (b.images, b.texts):
+        centroids = _centroids(features, b.labels, b.num_groups)  # (G, D)
+        cos = (features[b.rows] * centroids[labels]).sum(-1)
+        terms.append(b.row_mean(1.0 - cos, b.labels.numel()))
+    return 0.5 * (terms[0] + terms[1])
+
+
+def scaled_centroid_inner(b: _Batch, tau_inner: float) -> Tensor:
+    """Per modality, cross-entropy of x . c_k / tau' over all G same-modality centroids; images and texts averaged."""
+    labels = b.labels[b.rows]
+    terms = []
+    for features in (b.images, b.texts):
+        centroids = _centroids(features, b.labels, b.num_groups)  # (G, D)
+        logits = features[b.rows] @ centroids.T / tau_inner  # (R, G)
+        terms.append(b.row_mean(F.cross_entropy(logits, labels, reduction="none"), b.labels.numel()))
+    return 0.5 * (terms[0] + terms[1])
+
+
+class GroupedContrastiveLoss(nn.Module):
+    """CLEAR GLASS loss: loss = alpha * outer + (1 - alpha) * inner on (M groups, N pairs, D) features.
+
+    outer: "pairwise" (multi-positive InfoNCE, all pairs of a group are positives), "centroid" (CLIP loss on
+    group centroids), "clip" (standard CLIP loss, the baseline). inner: "pairwise", "scaled_pairwise",
+    "centroid", "scaled_centroid" or None (outer only: loss == outer_loss and the "inner_loss" key is absent).
+    tau is the outer temperature (logits = cos / tau); with learn_tau=True it becomes an nn.Parameter
+    `logit_scale` initialised at ln(1/tau), used as exp(min(logit_scale, ln 100)). tau_inner is tau' of the
+    scaled inner losses. forward(image_features, text_features, text_negatives=None) returns
+    {"loss", "outer_loss", "inner_loss"}; text_negatives (K, D) are extra captions (synthetic hard negatives)
+    added to the image->text denominator of the pairwise/clip outer loss, never positives.
+    """
+
+    def __init__(self, outer: str = "pairwise", inner: str | None = "scaled_pairwise", alpha: float = 0.7,
+                 tau: float = 0.1, tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False) -> None:
+        super().__init__()
+        if outer not in OUTER_LOSSES:
+            raise ClearglassError(f"outer: expected one of {OUTER_LOSSES}, got {outer!r}")
+        if inner is not None and inner not in INNER_LOSSES:
+            raise ClearglassError(f"inner: expected one of {INNER_LOSSES} or None, got {inner!r}")
+        if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+            raise ClearglassError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
+        _check_temperature("tau", tau)
+        _check_temperature("tau_inner", tau_inner)
+        self.outer, self.inner, self.alpha = outer, inner, float(alpha)
+        self.tau, self.tau_inner, self.local_loss = float(tau), float(tau_inner), local_loss
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau))) if learn_tau else None
+
+    def outer_scale(self) -> Tensor | float:
+        """The outer logit scale: 1/tau, or exp(min(logit_scale, ln 100)) when learnt."""
+        if self.logit_scale is None:
+            return 1.0 / self.tau
+        return self.logit_scale.float().clamp(max=LN_100).exp()
+
+    def forward(self, image_features: Tensor, text_features: Tensor,
+                text_negatives: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms of (M, N, D) image and text features (plus optional (K, D) text negatives)."""
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            batch, negatives = _prepare(image_features, text_features, text_negatives, self.local_loss)
+            self.check_batch(batch, negatives)
+            return self.terms(batch, negatives)
+
+    def check_batch(self, b: _Batch, negatives: Tensor | None) -> None:
+        """Raise ClearglassError when the gathered batch cannot give this loss a negative."""
+        needs_groups = self.outer in ("pairwise", "centroid") or self.inner in ("scaled_pairwise", "scaled_centroid")
+        if needs_groups and b.num_groups < 2:
+            raise ClearglassError(f"features: outer={self.outer!r}, inner={self.inner!r} needs M >= 2 groups "
+                                  f"(over all ranks) to have negatives, got M={b.num_groups}")
+        if self.outer == "clip" and b.labels.numel() < 2:
+            raise ClearglassError("features: outer='clip' needs at least 2 pairs (M*N >= 2) to have negatives, got 1")
+        if negatives is not None and self.outer == "centroid":
+            raise ClearglassError("text_negatives: only used by outer='pairwise' or 'clip'; outer='centroid' "
+                                  "has no per-image rows to add them to")
+
+    def terms(self, b: _Batch, negatives: Tensor | None) -> dict[str, Tensor]:
+        """{"loss", "outer_loss", "inner_loss"} on a prepared batch (inner_loss absent when inner is None)."""
+        scale = self.outer_scale()
+        if self.outer == "pairwise":
+            outer = pairwise_outer(b, scale, negatives)
+        elif self.outer == "clip":
+            outer = clip_outer(b, scale, negatives)
+        else:
+            outer = centroid_outer(b, scale)
+        if self.inner is None:
+            return {"loss": outer, "outer_loss": outer}
+        if self.inner == "pairwise":
+            inner = pairwise_inner(b)
+        elif self.inner == "scaled_pairwise":
+            inner = scaled_pairwise_inner(b, self.tau_inner)
+        elif self.inner == "centroid":
+            inner = centroid_inner(b)
+        else:
+            inner = scaled_centroid_inner(b, self.tau_inner)
+        return {"loss": self.alpha * outer + (1.0 - self.alpha) * inner, "outer_loss": outer, "inner_loss": inner}
+
+
+def _prepare(image_features: Tensor, text_features: Tensor, text_negatives: Tensor | None,
+             local_loss: bool) -> tuple[_Batch, Tensor | None]:
+    """Validate, cast to float32, gather over ranks, check finiteness, normalise and flatten to a _Batch."""
+    _check_features(image_features, text_features)
+    m, n, d = image_features.shape
+    if text_negatives is not None:
+        _check_negatives(text_negatives, d)
+    rank, world = _world()
+    images, texts = image_features.float(), text_features.float()  # (M, N, D)
+    negatives = None if text_negatives is None else text_negatives.float()  # (K, D)
+    if world > 1:
+        images, texts = _gather(images), _gather(texts)  # (W*M, N, D)
+        negatives = None if negatives is None else _gather(negatives)  # (W*K, D)
+    _check_finite("image_features", images)
+    _check_finite("text_features", texts)
+    if negatives is not None:
+        _check_finite("text_negatives", negatives)
+        negatives = F.normalize(negatives, dim=-1)
+    groups = images.shape[0]
+    labels = torch.arange(groups, device=images.device).repeat_interleave(n)  # (B,)
+    local = local_loss and world > 1
+    rows = slice(rank * m * n, (rank + 1) * m * n) if local else slice(0, groups * n)
+    batch = _Batch(images=F.normalize(images.reshape(-1, d), dim=-1), texts=F.normalize(texts.reshape(-1, d), dim=-1),
+                   labels=labels, num_groups=groups, rows=rows, world_scale=float(world) if local else 1.0)
+    return batch, negatives
+
+
+def _gather_ids(ids: Tensor) -> Tensor:
+    """Concatenate an integer tensor from all ranks along dim 0 (no gradient)."""
+    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, ids.contiguous())
+    return torch.cat(parts)
+
+
+class MultiLevelGroupedLoss(nn.Module):
+    """Instance + cluster objective: loss = w_inst * instance + w_1 * level1 + w_2 * level2.
+
+    instance_loss is the per-pair CLIP loss over all M*N pairs; level1_loss is the grouped loss
+    (alpha * outer + (1 - alpha) * inner, as GroupedContrastiveLoss) with the M groups; level2_loss is the same
+    grouped loss with the pairs regrouped by `level2_ids` (M,): pairs whose level-1 groups share a level-2 id
+    are one group. Level-2 ids are global (not offset by rank), so a level-2 group may span ranks; level-2
+    groups have unequal sizes and every inner term is a mean over all its products/features. text_negatives
+    (K, D) enter the instance and level-1 image->text denominators only (a level-1 hard negative may share the
+    level-2 parent). One outer temperature (or learnt logit_scale) serves all levels. Returns
+    {"loss", "instance_loss", "level1_loss", "level2_loss"} (level2_loss only when level2_ids is given).
+    """
+
+    def __init__(self, instance_weight: float = 1.0, level1_weight: float = 1.0, level2_weight: float = 1.0,
+                 outer: str = "pairwise", inner: str | None = "scaled_pairwise", alpha: float = 0.7, tau: float = 0.1,
+                 tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False) -> None:
+        super().__init__()
+        for name, weight in (("instance_weight", instance_weight), ("level1_weight", level1_weight),
+                             ("level2_weight", level2_weight)):
+            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+                raise ClearglassError(f"{name}: expected a finite weight >= 0, got {weight!r}")
+        self.weights = (float(instance_weight), float(level1_weight), float(level2_weight))
+        self.grouped = GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss)
+
+    def forward(self, image_features: Tensor, text_features: Tensor, level2_ids: Tensor | None = None,
+                text_negatives: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms of (M, N, D) features, optional (M,) level-2 ids of the groups and (K, D) text negatives."""
+        if level2_ids is None and self.weights[2] > 0:
+            raise ClearglassError(f"level2_ids: expected an (M,) tensor of level-2 group ids because "
+                                  f"level2_weight={self.weights[2]} > 0; pass level2_weight=0 for two levels")
+        m = image_features.shape[0] if isinstance(image_features, Tensor) and image_features.dim() == 3 else None
+        if level2_ids is not None and (not isinstance(level2_ids, Tensor) or level2_ids.is_floating_point()
+                                       or level2_ids.is_complex() or tuple(level2_ids.shape) != (m,)):
+            shape = tuple(level2_ids.shape) if isinstance(level2_ids, Tensor) else type(level2_ids).__name__
+            raise ClearglassError(f"level2_ids: expected an integer tensor of shape (M={m},), one id per group, got {shape}")
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            batch, negatives = _prepare(image_features, text_features, text_negatives, self.grouped.local_loss)
+            self.grouped.check_batch(batch, negatives)
+            if batch.labels.numel() < 2:
+                raise ClearglassError("features: the instance CLIP loss needs at least 2 pairs (M*N >= 2)")
+            instance = clip_outer(batch, self.grouped.outer_scale(), negatives)
+            level1 = self.grouped.terms(batch, negatives)["loss"]
+            out = {"instance_loss": instance, "level1_loss": level1}
+            loss = self.weights[0] * instance + self.weights[1] * level1
+            if level2_ids is not None:
+                ids = level2_ids.to(device=batch.labels.device, dtype=torch.long)
+                ids = _gather_ids(ids) if _world()[1] > 1 else ids  # (W*M,)
+                pair_ids = ids.repeat_interleave(image_features.shape[1])  # (B,)
+                unique, labels = torch.unique(pair_ids, return_inverse=True)
+                level2_batch = _Batch(batch.images, batch.texts, labels, int(unique.numel()), batch.rows,
+                                      batch.world_scale)
+                self.grouped.check_batch(level2_batch, None)
+                out["level2_loss"] = self.grouped.terms(level2_batch, None)["loss"]
+                loss = loss + self.weights[2] * out["level2_loss"]
+            out["loss"] = loss
+            return out

@@ -1,0 +1,242 @@
+"""Fast grouped losses against the loop oracles of tests/loss_oracles.py, plus properties and errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from loss_oracles import oracle_multilevel, oracle_terms
+from open_clip.loss import ClipLoss
+
+from clearglass.errors import ClearglassError
+from clearglass.losses import GroupedContrastiveLoss, MultiLevelGroupedLoss
+
+OUTERS = ["pairwise", "centroid", "clip"]
+INNERS = [None, "pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
+SHAPES = [(2, 1, 4), (3, 4, 8), (5, 2, 16)]
+
+
+def features(m: int, n: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (M, N, D) image and text features with a shared per-group direction, requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    concept = torch.randn(m, 1, d, generator=g)
+    images = (concept + torch.randn(m, n, d, generator=g)).requires_grad_()
+    texts = (concept + torch.randn(m, n, d, generator=g)).requires_grad_()
+    return images, texts
+
+
+def grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d inputs."""
+    return list(torch.autograd.grad(loss, inputs))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("inner", INNERS)
+@pytest.mark.parametrize("outer", OUTERS)
+def test_matches_oracle_values_and_gradients(outer, inner, shape):
+    images, texts = features(*shape)
+    kw = dict(outer=outer, inner=inner, alpha=0.6, tau=0.2, tau_inner=0.05)
+    fast = GroupedContrastiveLoss(**kw)(images, texts)
+    slow = oracle_terms(images, texts, **kw)
+    assert set(fast) == set(slow)
+    for key in fast:
+        assert fast[key].dtype == torch.float32
+        torch.testing.assert_close(fast[key].double(), slow[key], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(fast["loss"], [images, texts]), grads(slow["loss"], [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("outer", ["pairwise", "clip"])
+def test_text_negatives_enter_image_to_text_denominator(outer):
+    images, texts = features(3, 2, 8)
+    negatives = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    kw = dict(outer=outer, inner="scaled_pairwise")
+    fast = GroupedContrastiveLoss(**kw)(images, texts, text_negatives=negatives)
+    slow = oracle_terms(images, texts, text_negatives=negatives, **kw)
+    torch.testing.assert_close(fast["loss"].double(), slow["loss"], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(fast["loss"], [images, texts, negatives]), grads(slow["loss"], [images, texts, negatives])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+    without = GroupedContrastiveLoss(**kw)(images, texts)
+    assert fast["outer_loss"] > without["outer_loss"]
+    torch.testing.assert_close(fast["inner_loss"], without["inner_loss"])
+
+
+@pytest.mark.parametrize("inner", INNERS)
+def test_bf16_autocast_is_computed_in_float32(inner):
+    images, texts = features(4, 3, 32)
+    loss_fn = GroupedContrastiveLoss(inner=inner)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = loss_fn(images.bfloat16(), texts.bfloat16())
+    assert fast["loss"].dtype == torch.float32
+    slow = oracle_terms(images.bfloat16(), texts.bfloat16(), inner=inner)
+    torch.testing.assert_close(fast["loss"].double(), slow["loss"], rtol=1e-4, atol=1e-4)
+    fast_grads = grads(fast["loss"], [images, texts])
+    for a, b in zip(fast_grads, grads(slow["loss"], [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.parametrize("local_tau", [0.1, 0.05])
+def test_pairwise_with_one_pair_per_group_is_open_clip_loss(local_tau):
+    images, texts = features(6, 1, 16)
+    ours = GroupedContrastiveLoss(outer="pairwise", inner=None, tau=local_tau)(images, texts)["loss"]
+    img = torch.nn.functional.normalize(images[:, 0], dim=-1)
+    txt = torch.nn.functional.normalize(texts[:, 0], dim=-1)
+    theirs = ClipLoss()(img, txt, torch.tensor(1.0 / local_tau))
+    torch.testing.assert_close(ours, theirs)
+    for a, b in zip(grads(ours, [images, texts]), grads(theirs, [images, texts])):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("inner", INNERS)
+@pytest.mark.parametrize("outer", ["pairwise", "centroid"])
+def test_invariant_to_permuting_groups_and_pairs_within_groups(outer, inner):
+    images, texts = features(4, 3, 8)
+    loss_fn = GroupedContrastiveLoss(outer=outer, inner=inner)
+    reference = loss_fn(images, texts)["loss"]
+    group_perm = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(loss_fn(images[group_perm], texts[group_perm])["loss"], reference)
+    pair_perm = torch.stack([torch.randperm(3, generator=torch.Generator().manual_seed(g)) for g in range(4)])
+    shuffled_images = torch.stack([images[g, pair_perm[g]] for g in range(4)])
+    shuffled_texts = torch.stack([texts[g, pair_perm[g]] for g in range(4)])
+    torch.testing.assert_close(loss_fn(shuffled_images, shuffled_texts)["loss"], reference)
+
+
+def test_inner_none_reports_outer_only_and_alpha_mixes_terms():
+    images, texts = features(3, 2, 8)
+    outer_only = GroupedContrastiveLoss(inner=None)(images, texts)
+    assert "inner_loss" not in outer_only
+    assert outer_only["loss"] is outer_only["outer_loss"]
+    out = GroupedContrastiveLoss(alpha=0.25)(images, texts)
+    torch.testing.assert_close(out["loss"], 0.25 * out["outer_loss"] + 0.75 * out["inner_loss"])
+    torch.testing.assert_close(out["outer_loss"], outer_only["outer_loss"])
+
+
+def test_defaults_follow_the_reference():
+    loss_fn = GroupedContrastiveLoss()
+    assert (loss_fn.outer, loss_fn.inner, loss_fn.alpha, loss_fn.tau, loss_fn.tau_inner) == \
+        ("pairwise", "scaled_pairwise", 0.7, 0.1, 0.07)
+    assert loss_fn.logit_scale is None and list(loss_fn.parameters()) == []
+
+
+@pytest.mark.parametrize("outer", OUTERS)
+@pytest.mark.parametrize("inner", INNERS)
+def test_one_pair_per_group_and_degenerate_features_are_finite(outer, inner):
+    images, texts = features(3, 1, 8)
+    out = GroupedContrastiveLoss(outer=outer, inner=inner)(images, texts)
+    assert all(torch.isfinite(v) for v in out.values())
+    assert all(torch.isfinite(g).all() for g in grads(out["loss"], [images, texts]))
+    if inner == "pairwise":  # one product per group is its own centroid
+        assert abs(out["inner_loss"].item()) < 1e-6
+    zeros = torch.zeros(3, 2, 8, requires_grad=True)  # zero vectors and zero image*text products
+    out = GroupedContrastiveLoss(outer=outer, inner=inner)(zeros, torch.randn(3, 2, 8))
+    assert torch.isfinite(out["loss"]) and torch.isfinite(grads(out["loss"], [zeros])[0]).all()
+
+
+def test_learn_tau_initialises_at_log_inverse_tau_and_clamps_at_log_100():
+    images, texts = features(3, 2, 8)
+    loss_fn = GroupedContrastiveLoss(inner=None, tau=0.2, learn_tau=True)
+    assert isinstance(loss_fn.logit_scale, torch.nn.Parameter)
+    torch.testing.assert_close(loss_fn.logit_scale.detach(), torch.tensor(math.log(5.0)))
+    fixed = GroupedContrastiveLoss(inner=None, tau=0.2)(images, texts)["loss"]
+    learnt = loss_fn(images, texts)["loss"]
+    torch.testing.assert_close(learnt, fixed)
+    assert loss_fn.logit_scale.grad is None
+    learnt.backward()
+    assert loss_fn.logit_scale.grad.abs() > 0
+    with torch.no_grad():
+        loss_fn.logit_scale.fill_(math.log(1000.0))
+    loss_fn.logit_scale.grad = None
+    clamped = loss_fn(images, texts)["loss"]
+    torch.testing.assert_close(clamped, GroupedContrastiveLoss(inner=None, tau=0.01)(images, texts)["loss"])
+    clamped.backward()
+    assert loss_fn.logit_scale.grad == 0
+
+
+def test_tau_inner_is_not_learnt():
+    images, texts = features(3, 2, 8)
+    a = GroupedContrastiveLoss(learn_tau=True, tau=0.1)(images, texts)
+    b = GroupedContrastiveLoss(tau=0.1)(images, texts)
+    torch.testing.assert_close(a["inner_loss"], b["inner_loss"])
+
+
+BAD_INPUTS = [
+    (torch.randn(3, 2, 8), torch.randn(3, 2, 4), r"same \(M groups, N pairs, D\) shape"),
+    (torch.randn(6, 8), torch.randn(6, 8), r"expected a 3-D tensor \(M groups"),
+    (torch.randn(3, 0, 8), torch.randn(3, 0, 8), "no empty axis"),
+    (torch.randn(1, 4, 8), torch.randn(1, 4, 8), "needs M >= 2 groups"),
+    (torch.ones(3, 2, 8, dtype=torch.long), torch.ones(3, 2, 8, dtype=torch.long), "floating-point"),
+    (torch.randn(3, 2, 8).index_put_((torch.tensor(2), torch.tensor(1), torch.tensor(5)), torch.tensor(math.nan)),
+     torch.randn(3, 2, 8), r"finite features, found NaN/inf at index \(2, 1\)"),
+    (torch.randn(3, 2, 8), torch.full((3, 2, 8), math.inf), "text_features: expected finite"),
+]
+
+
+@pytest.mark.parametrize("images,texts,message", BAD_INPUTS)
+def test_bad_features_raise_value_error_saying_what_was_expected(images, texts, message):
+    with pytest.raises(ClearglassError, match=message) as info:
+        GroupedContrastiveLoss()(images, texts)
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_configuration_and_negatives_raise():
+    images, texts = features(3, 2, 8)
+    with pytest.raises(ClearglassError, match="outer: expected one of"):
+        GroupedContrastiveLoss(outer="triplet")
+    with pytest.raises(ClearglassError, match="inner: expected one of"):
+        GroupedContrastiveLoss(inner="nope")
+    with pytest.raises(ClearglassError, match="alpha"):
+        GroupedContrastiveLoss(alpha=1.5)
+    with pytest.raises(ClearglassError, match="tau_inner"):
+        GroupedContrastiveLoss(tau_inner=0.0)
+    with pytest.raises(ClearglassError, match=r"text_negatives: expected a floating \(K, D=8\)"):
+        GroupedContrastiveLoss()(images, texts, text_negatives=torch.randn(4, 7))
+    with pytest.raises(ClearglassError, match="outer='centroid'"):
+        GroupedContrastiveLoss(outer="centroid")(images, texts, text_negatives=torch.randn(4, 8))
+    with pytest.raises(ClearglassError, match="text_negatives: expected finite"):
+        GroupedContrastiveLoss()(images, texts, text_negatives=torch.full((2, 8), math.nan))
+    with pytest.raises(ClearglassError, match="M >= 2 groups"):
+        GroupedContrastiveLoss(outer="clip", inner="scaled_centroid")(*features(1, 3, 8))
+    with pytest.raises(ClearglassError, match="M\\*N >= 2"):
+        GroupedContrastiveLoss(outer="clip", inner=None)(*features(1, 1, 8))
+    assert torch.isfinite(GroupedContrastiveLoss(outer="clip", inner="pairwise")(*features(1, 3, 8))["loss"])
+
+
+@pytest.mark.parametrize("outer,inner", [("pairwise", "scaled_pairwise"), ("centroid", "pairwise"),
+                                         ("pairwise", "scaled_centroid"), ("pairwise", "centroid")])
+def test_multilevel_matches_oracle(outer, inner):
+    images, texts = features(5, 2, 8)
+    level2 = torch.tensor([7, 3, 7, 7, 3])
+    negatives = None if outer == "centroid" else torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    kw = dict(outer=outer, inner=inner, alpha=0.6, tau=0.2, tau_inner=0.05)
+    fast = MultiLevelGroupedLoss(0.5, 1.0, 0.3, **kw)(images, texts, level2, text_negatives=negatives)
+    slow = oracle_multilevel(images, texts, level2, 0.5, 1.0, 0.3, text_negatives=negatives, **kw)
+    assert set(fast) == {"instance_loss", "level1_loss", "level2_loss", "loss"} == set(slow)
+    for key in fast:
+        torch.testing.assert_close(fast[key].double(), slow[key], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(fast["loss"], [images, texts]), grads(slow["loss"], [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_multilevel_terms_are_the_grouped_losses():
+    images, texts = features(4, 3, 8)
+    out = MultiLevelGroupedLoss(level2_weight=0.0)(images, texts)
+    assert set(out) == {"instance_loss", "level1_loss", "loss"}
+    torch.testing.assert_close(out["instance_loss"], GroupedContrastiveLoss("clip", None)(images, texts)["loss"])
+    torch.testing.assert_close(out["level1_loss"], GroupedContrastiveLoss()(images, texts)["loss"])
+    one_group_each = MultiLevelGroupedLoss()(images, texts, torch.tensor([4, 9, 1, 0]))
+    torch.testing.assert_close(one_group_each["level2_loss"], out["level1_loss"])
+
+
+def test_multilevel_errors():
+    images, texts = features(4, 3, 8)
+    with pytest.raises(ClearglassError, match="level2_ids: expected an \\(M,\\) tensor"):
+        MultiLevelGroupedLoss()(images, texts)
+    with pytest.raises(ClearglassError, match=r"shape \(M=4,\)"):
+        MultiLevelGroupedLoss()(images, texts, torch.tensor([0, 1, 0]))
+    with pytest.raises(ClearglassError, match=r"integer tensor"):
+        MultiLevelGroupedLoss()(images, texts, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    with pytest.raises(ClearglassError, match="M >= 2 groups"):
+        MultiLevelGroupedLoss()(images, texts, torch.tensor([3, 3, 3, 3]))
+    with pytest.raises(ClearglassError, match="level1_weight"):
+        MultiLevelGroupedLoss(level1_weight=-1.0)
