@@ -45,14 +45,6 @@ class Encoder(Protocol):
 # Encoders
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
@@ -67,8 +59,8 @@ class ModelEncoder:
     """An ``Encoder`` for a ``ModelBundle``: each unique image and text is encoded once, batched, without grad.
 
     With ``cache_dir``, embeddings are stored as ``{kind}-{sha256(model key, data key)}.pt``; the model key is
-    the spec plus the checkpoint's sha256 when the spec is a file, the data key is the ordered texts or the
-    image paths with their sizes and modification times.
+    the spec plus a sha256 of the weights, the data key is the ordered texts or the image paths with their
+    sizes and modification times.
     """
 
     def __init__(self, bundle: Any, batch_size: int = 64, device: str | torch.device = "cpu",
@@ -82,11 +74,13 @@ class ModelEncoder:
         self._model_key: str | None = None
 
     def model_key(self) -> str:
-        """Identity of the model weights: the spec, plus the checkpoint file's sha256 when the spec is a file."""
+        """Identity of the model: its spec plus a sha256 of its weights (a fresh ``default`` model differs per run)."""
         if self._model_key is None:
-            name = str(self.bundle.name)
-            path = Path(name)
-            self._model_key = f"{name}:{_sha256_file(path)}" if path.is_file() else name
+            digest = hashlib.sha256()
+            for name, tensor in self.bundle.model.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            self._model_key = f"{self.bundle.name}:{digest.hexdigest()}"
         return self._model_key
 
     def _cached(self, kind: str, data_key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

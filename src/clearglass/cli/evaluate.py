@@ -1,0 +1,147 @@
+"""Commands `eval`, `compare` and `concepts`: score models on a test set, compare them, label your own images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from clearglass.errors import ClearglassError
+from clearglass.evaluate import FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels, rank_labels
+from clearglass.formats import FORMATS, load_test_set
+from clearglass.magic.schema import load_concepts, write_json_atomic
+from clearglass.report import compare, write_report
+
+
+def _encoder(spec: str, args: argparse.Namespace) -> ModelEncoder:
+    from clearglass.models import load_model
+
+    try:
+        bundle = load_model(spec, device=args.device)
+    except ClearglassError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise ClearglassError(f"model {spec!r} could not be loaded: {e}") from None
+    return ModelEncoder(bundle, batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache embeddings here, keyed by model weights and data")
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="test set file(s)")
+    p.add_argument("--format", default="magic", choices=FORMATS, help="test set layout (default magic)")
+    p.add_argument("--images", type=Path, default=None, help="image root (default: the data file's folder)")
+    p.add_argument("--k", type=int, default=5, help="candidates per recognition item (default 5)")
+    p.add_argument("--fields", nargs="+", choices=FIELDS, default=None,
+                   help="recognition fields (default: every field the data has)")
+    p.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4], help="zero-shot levels (default 1 2 3 4)")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=["recognition", "zero_shot", "retrieval"])
+    p.add_argument("--template", default="a picture of {}", help="prompt for concept labels (default 'a picture of {}')")
+    p.add_argument("--retrieval-captions", default="old_captions", choices=["old_captions", "new_captions"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    _add_model_options(p)
+
+
+def _config(args: argparse.Namespace) -> EvalConfig:
+    return EvalConfig(k=args.k, fields=args.fields, levels=args.levels, template=args.template, seed=args.seed,
+                      n_boot=args.n_boot, tasks=args.tasks, retrieval_captions=args.retrieval_captions)
+
+
+def _evaluate(spec: str, args: argparse.Namespace) -> dict:
+    concepts = load_test_set(args.data, args.format)
+    root = args.images if args.images is not None else args.data[0].parent
+    data = " ".join(str(p) for p in args.data)
+    return evaluate_model(_encoder(spec, args), concepts, root, _config(args), model=spec, data=data)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """`clearglass eval`: one model's results JSON."""
+    results = _evaluate(args.model, args)
+    write_json_atomic(results, args.out)
+    for r in results["metrics"]:
+        print(f"{r['task']}/{r['subset']}/{r['metric']}: {r['value']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] n={r['n']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """`clearglass compare`: several models side by side, paired differences vs the first, report and plots."""
+    if len(set(args.models)) != len(args.models):
+        raise ClearglassError(f"--models lists a model twice: {args.models}")
+    comparison = compare({spec: _evaluate(spec, args) for spec in args.models})
+    paths = write_report(comparison, args.out, title=args.title)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _read_labels(path: Path) -> list[str]:
+    try:
+        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise ClearglassError(f"{path}: labels file not found") from None
+    if len(labels) < 2:
+        raise ClearglassError(f"{path}: expected at least 2 labels, one per line; found {len(labels)}")
+    return list(dict.fromkeys(labels))
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    """`clearglass concepts`: rank concept labels for your own images, per level or from a labels file."""
+    if (args.data is None) == (args.labels is None):
+        raise ClearglassError("give either --data MAGIC.json (labels per level) or --labels FILE (one label a line)")
+    if args.labels is not None:
+        label_sets = {"labels": _read_labels(args.labels)}
+    else:
+        concepts = load_concepts(args.data)
+        label_sets = {f"level{lv}": level_labels(concepts, lv) for lv in args.levels}
+        for name, labels in label_sets.items():
+            if not labels:
+                raise ClearglassError(f"{args.data}: no test image has a {name} value to use as a label")
+    encoder = _encoder(args.model, args)
+    out: dict[str, dict[str, list]] = {str(p): {} for p in args.images}
+    for name, labels in label_sets.items():
+        scores = rank_labels(encoder, list(args.images), labels, args.template)  # (n images, L labels)
+        for path, row in zip(args.images, scores):
+            order = row.argsort()[::-1][:args.top]
+            out[str(path)][name] = [{"label": labels[j], "score": float(row[j])} for j in order]
+    if args.json:
+        print(json.dumps(out, indent=1, ensure_ascii=False))
+        return 0
+    for path, per_set in out.items():
+        print(path)
+        for name, ranked in per_set.items():
+            print(f"  {name}: " + ", ".join(f"{x['label']} ({x['score']:.4f})" for x in ranked))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `eval`, `compare` and `concepts` commands."""
+    p = subparsers.add_parser("eval", help="evaluate one model on a test set; write a results JSON")
+    p.add_argument("--model", required=True, help="model spec: default, a checkpoint, open_clip:NAME:TAG, hf:DIR")
+    p.add_argument("--out", required=True, type=Path, help="results JSON to write")
+    _add_eval_options(p)
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser("compare", help="evaluate several models on one test set; write JSON, report.md, plots")
+    p.add_argument("--models", nargs="+", required=True, help="model specs; differences are against the first")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--title", default="clearglass model comparison")
+    _add_eval_options(p)
+    p.set_defaults(func=run_compare)
+
+    p = subparsers.add_parser("concepts", help="rank concept labels for your own images")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--model", default="default", help="model spec (default: default)")
+    p.add_argument("--data", type=Path, default=None, help="MAGIC JSON whose test images' level values are the labels")
+    p.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4], help="levels to rank with --data")
+    p.add_argument("--labels", type=Path, default=None, help="text file, one label a line")
+    p.add_argument("--template", default="a picture of {}")
+    p.add_argument("--top", type=int, default=5, help="labels shown per image and level (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_model_options(p)
+    p.set_defaults(func=run_concepts)
