@@ -324,3 +324,11 @@ def test_model_encoder_once_batched_cached_and_bad_files(tmp_path):
         enc.embed_images([tmp_path / "bad.png"])
     with pytest.raises(ClearglassError, match="missing.png"):
         enc.embed_images([tmp_path / "missing.png"])
+
+
+def test_auto_fields_and_levels_skip_with_reasons():
+    concepts = make_concepts()
+    res = evaluate_model(ConceptEncoder(concepts), concepts, ROOT, EvalConfig(k=3, n_boot=20, tasks=["recognition", "zero_shot"]))
+    assert res["config"]["fields"] == ["new_caption", "old_caption", "concept_level1", "concept_level2"]
+    assert res["config"]["levels"] == [1, 2, 3]
+    assert set(res["skipped"]) == {"recognition/concept_level3", "recognition/concept_level4", "zero_shot/level4"}

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
@@ -487,11 +487,12 @@ def metric_stat(spec: dict, arrays: dict[str, np.ndarray]) -> Callable[[np.ndarr
 
 @dataclass
 class EvalConfig:
-    """What ``evaluate_model`` runs; ``fields=None`` means every field some test image has."""
+    """What ``evaluate_model`` runs. ``fields=None``: every field whose concepts have at least k distinct texts;
+    ``levels=None``: every level with at least 2 distinct labels; what was left out is listed under ``skipped``."""
 
     k: int = 5
     fields: list[str] | None = None
-    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    levels: list[int] | None = None
     template: str = "a picture of {}"
     seed: int = 0
     n_boot: int = 1000
@@ -509,8 +510,33 @@ def data_hash(concepts: list[ConceptRecord]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _available_fields(concepts: list[ConceptRecord]) -> list[str]:
-    return [f for f in FIELDS if any(_field_text(im, f, "{}") for c in concepts for im in c.test_images)]
+def _auto_fields(concepts: list[ConceptRecord], k: int) -> tuple[list[str], dict[str, str]]:
+    """Fields where at least k concepts' representatives have distinct texts, and why the others were skipped."""
+    chosen, skipped = [], {}
+    for f in FIELDS:
+        texts = {}
+        for c in concepts:
+            for im in c.test_images:
+                if im.level1 is not None and (t := _field_text(im, f, "{}")) is not None:
+                    texts.setdefault(c.concept, t)
+                    break
+        if len(set(texts.values())) >= k:
+            chosen.append(f)
+        else:
+            skipped[f] = f"only {len(set(texts.values()))} distinct texts among concepts; k={k}"
+    return chosen, skipped
+
+
+def _auto_levels(concepts: list[ConceptRecord]) -> tuple[list[int], dict[str, str]]:
+    """Levels with at least 2 distinct labels among test images, and why the others were skipped."""
+    chosen, skipped = [], {}
+    for lv in range(1, len(LEVELS) + 1):
+        n = len(level_labels(concepts, lv))
+        if n >= 2:
+            chosen.append(lv)
+        else:
+            skipped[f"level{lv}"] = f"only {n} distinct labels"
+    return chosen, skipped
 
 
 def _check(concepts: list[ConceptRecord], config: EvalConfig) -> None:
@@ -520,7 +546,7 @@ def _check(concepts: list[ConceptRecord], config: EvalConfig) -> None:
     for f in config.fields or []:
         if f not in FIELDS:
             raise ClearglassError(f"unknown field {f!r}: expected some of {FIELDS}")
-    for lv in config.levels:
+    for lv in config.levels or []:
         if not 1 <= lv <= len(LEVELS):
             raise ClearglassError(f"unknown level {lv}: expected some of 1..{len(LEVELS)}")
     empty = [c.concept for c in concepts if not c.test_images and not c.train_images]
@@ -535,7 +561,7 @@ def _run_tasks(encoder: Encoder, concepts: list[ConceptRecord], image_root: str 
     """Run every task; returns (task, subset, per-item outcomes, identity of the items) for each unit."""
     units = []
     if "recognition" in config.tasks:
-        for f in config.fields if config.fields is not None else _available_fields(concepts):
+        for f in config.fields:
             items = make_recognition_items(concepts, f, config.k, config.seed, config.template)
             units.append(("recognition", f, score_recognition(encoder, items, image_root), items))
     if "zero_shot" in config.tasks:
@@ -588,6 +614,15 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
     """Run the configured tasks, encoding every unique image and text once, and return the results dict."""
     config = config or EvalConfig()
     _check(concepts, config)
+    skipped: dict[str, str] = {}
+    if config.fields is None:
+        fields, skipped_fields = _auto_fields(concepts, config.k)
+        config = replace(config, fields=fields)
+        skipped.update({f"recognition/{f}": why for f, why in skipped_fields.items()})
+    if config.levels is None:
+        levels, skipped_levels = _auto_levels(concepts)
+        config = replace(config, levels=levels)
+        skipped.update({f"zero_shot/{lv}": why for lv, why in skipped_levels.items()})
     recorder = _Recorder()
     _run_tasks(recorder, concepts, image_root, config)   # the dry run only gathers what will be embedded
     paths = list(dict.fromkeys(recorder.paths))
@@ -597,4 +632,5 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
     units = _run_tasks(_Lookup(paths, image_emb, texts, text_emb), concepts, image_root, config)
     rows, per_item = metric_rows(units, config)
     return {"model": model, "data": data, "data_hash": data_hash(concepts), "config": asdict(config),
-            "n_images_embedded": len(paths), "n_texts_embedded": len(texts), "metrics": rows, "per_item": per_item}
+            "skipped": skipped, "n_images_embedded": len(paths), "n_texts_embedded": len(texts), "metrics": rows,
+            "per_item": per_item}

@@ -153,6 +153,9 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     parts.append(f"Data: `{first['data']}` (hash `{first['data_hash']}`); k={cfg['k']}, template "
                  f"`{cfg['template']}`, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples, "
                  f"{round(cfg['ci_level'] * 100)}% percentile intervals.\n")
+    skipped = {what: why for res in by_model.values() for what, why in res.get("skipped", {}).items()}
+    if skipped:
+        parts.append("Skipped: " + "; ".join(f"{what} ({why})" for what, why in skipped.items()) + ".\n")
     parts.append("## Results\n\n" + markdown_table(by_model))
     if comparison["differences"]:
         parts.append("## Paired differences vs the first model\n\n" + differences_table(comparison["differences"]))

@@ -38,7 +38,8 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=5, help="candidates per recognition item (default 5)")
     p.add_argument("--fields", nargs="+", choices=FIELDS, default=None,
                    help="recognition fields (default: every field the data has)")
-    p.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4], help="zero-shot levels (default 1 2 3 4)")
+    p.add_argument("--levels", nargs="+", type=int, default=None,
+                   help="zero-shot levels (default: every level with at least 2 labels)")
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=["recognition", "zero_shot", "retrieval"])
     p.add_argument("--template", default="a picture of {}", help="prompt for concept labels (default 'a picture of {}')")
     p.add_argument("--retrieval-captions", default="old_captions", choices=["old_captions", "new_captions"])
@@ -63,6 +64,8 @@ def run_eval(args: argparse.Namespace) -> int:
     """`clearglass eval`: one model's results JSON."""
     results = _evaluate(args.model, args)
     write_json_atomic(results, args.out)
+    for what, why in results["skipped"].items():
+        print(f"skipped {what}: {why}")
     for r in results["metrics"]:
         print(f"{r['task']}/{r['subset']}/{r['metric']}: {r['value']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] n={r['n']}")
     print(f"wrote {args.out}")

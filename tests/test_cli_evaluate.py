@@ -1,0 +1,115 @@
+"""End to end: `clearglass eval`, `compare` and `concepts` with the offline default model on tiny images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clearglass.cli import main
+from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
+
+COMMON = ["--k", "3", "--n-boot", "50", "--batch-size", "8"]
+
+
+def write_test_set(root: Path, n_concepts: int = 4, n_images: int = 2) -> Path:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    concepts = []
+    for i in range(n_concepts):
+        images = []
+        for j in range(n_images):
+            rel = f"img/c{i}_{j}.png"
+            pixels = np.random.default_rng([i, j]).integers(0, 255, (16, 16, 3)).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / rel)
+            images.append(ImageRecord(image=rel, old_captions=[f"a photo of thing {i} number {j}"],
+                                      new_captions=[f"an example of idea {i}"], level1=f"thing{i}",
+                                      level2=f"family{i // 2}", level3=f"kind{i % 2}", level4="entity"))
+        concepts.append(ConceptRecord(concept=f"thing{i}", hard_negative=[f"thing{(i + 1) % n_concepts}"],
+                                      test_images=images))
+    path = root / "test.json"
+    save_concepts(concepts, path)
+    return path
+
+
+def test_eval_writes_results(tmp_path, capsys):
+    data = write_test_set(tmp_path)
+    out = tmp_path / "results.json"
+    assert main(["eval", "--model", "default", "--data", str(data), "--levels", "1", "2",
+                 "--fields", "old_caption", "concept_level1", "--out", str(out), *COMMON]) == 0
+    res = json.loads(out.read_text())
+    assert res["model"] == "default" and len(res["data_hash"]) == 16
+    keys = {(r["task"], r["subset"], r["metric"]) for r in res["metrics"]}
+    assert ("recognition", "concept_level1", "t2i_R@1") in keys and ("zero_shot", "level2", "mean_class_recall") in keys
+    assert ("retrieval", "old_captions", "i2t_R@10") in keys
+    for r in res["metrics"]:
+        assert 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
+    assert res["n_images_embedded"] == 8
+    assert "recognition/old_caption/i2t_R@1:" in capsys.readouterr().out
+
+
+def test_compare_writes_report_and_plots(tmp_path):
+    data = write_test_set(tmp_path)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "default", "clearglass:clearglass-default", "--data", str(data),
+                 "--fields", "concept_level1", "--levels", "1", "2", "--tasks", "recognition", "zero_shot",
+                 "--out", str(out), *COMMON]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["models"] == ["default", "clearglass:clearglass-default"]
+    assert len(saved["differences"]) == len(saved["results"]["default"]["metrics"])
+    md = (out / "report.md").read_text()
+    assert "| default | clearglass:clearglass-default |" in md and "Paired differences" in md
+    assert (out / "zero_shot_by_level.png").stat().st_size > 1000
+
+
+def test_concepts_ranks_labels(tmp_path, capsys):
+    data = write_test_set(tmp_path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n\ntree\n")
+    image = str(tmp_path / "img" / "c0_0.png")
+    assert main(["concepts", image, "--labels", str(labels), "--json", "--top", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ranked = out[image]["labels"]
+    assert len(ranked) == 2 and ranked[0]["score"] >= ranked[1]["score"]
+    assert {x["label"] for x in ranked} <= {"cat", "dog", "tree"}
+    assert main(["concepts", image, "--data", str(data), "--levels", "1", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "level1: thing" in text and "level2: family" in text
+
+
+def test_hierarcaps_csv_end_to_end(tmp_path):
+    (tmp_path / "COCO_val2014_000000000001.jpg").parent.mkdir(exist_ok=True)
+    rows = ["id,captions,image_url"]
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 20, 200 - 40 * i)).save(tmp_path / f"COCO_val2014_{i:012d}.jpg")
+        rows.append(f'{i},"thing => thing {i} => big thing {i} => a big thing {i} on a table",'
+                    f"http://images.cocodataset.org/val2014/COCO_val2014_{i:012d}.jpg")
+    csv_path = tmp_path / "hierarcaps_test.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "hc.json"
+    assert main(["eval", "--model", "default", "--data", str(csv_path), "--format", "hierarcaps-csv",
+                 "--tasks", "recognition", "hierarchical", "--fields", "concept_level1", "--out", str(out),
+                 *COMMON]) == 0
+    metrics = {r["metric"]: r for r in json.loads(out.read_text())["metrics"] if r["task"] == "hierarchical"}
+    assert set(metrics) == {"precision", "recall", "d_corr"} and metrics["d_corr"]["n"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no-such-model"], "unknown model spec"),
+    (["--model", "default", "--k", "9"], "k=9 needs at least 9"),
+])
+def test_eval_bad_input_exits_2(tmp_path, capsys, argv, message):
+    data = write_test_set(tmp_path)
+    args = ["eval", "--data", str(data), "--out", str(tmp_path / "r.json"), "--n-boot", "10",
+            "--fields", "old_caption", *argv]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_missing_image_names_the_file(tmp_path, capsys):
+    data = write_test_set(tmp_path)
+    (tmp_path / "img" / "c1_1.png").unlink()
+    assert main(["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "r.json"), *COMMON]) == 2
+    assert "c1_1.png" in capsys.readouterr().err
