@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clearglass.errors import ClearglassError
+from clearglass.magic import cache_root
 from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
 from clearglass.magic.leak import leaked_words
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, write_json_atomic
@@ -72,7 +73,7 @@ def _minilm() -> tuple[Any, Any]:
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
-def embed_names(names: list[str]) -> torch.Tensor:
+def minilm_embed(names: list[str]) -> torch.Tensor:
     """(n, 384) L2-normalised MiniLM sentence embeddings: mean of token states over the attention mask."""
     tokenizer, model = _minilm()
     batch = tokenizer(names, padding=True, truncation=True, max_length=32, return_tensors="pt")
@@ -81,6 +82,20 @@ def embed_names(names: list[str]) -> torch.Tensor:
     mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (n, T, 1)
     mean = (states * mask).sum(1) / mask.sum(1)  # (n, D)
     return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def embed_names(names: list[str]) -> torch.Tensor:
+    """`minilm_embed`, with every name's vector kept in ``cache_root()/minilm-names.pt`` so reruns skip the model."""
+    path = cache_root() / "minilm-names.pt"
+    cache: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
+    missing = sorted(set(names) - set(cache))
+    if missing:
+        cache.update(zip(missing, (v.clone() for v in minilm_embed(missing))))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(cache, tmp)
+        os.replace(tmp, path)
+    return torch.stack([cache[n] for n in names])
 
 
 def verify_image(path: Path) -> str | None:

@@ -1,0 +1,68 @@
+"""MS-COCO captions: ``<root>/annotations/captions_{split}.json`` and images ``<root>/{split}/<12-digit id>.jpg``.
+
+Image ids are the COCO file names (``000000000139.jpg``), relative to the image root ``<root>/{split}``:
+build with ``--coco-root ROOT --split val2017`` and train or evaluate with ``--images ROOT/val2017``.
+Images are yielded in id order; ``max_images`` keeps the first n.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+from clearglass.errors import ClearglassError
+from clearglass.magic.sources import SourceItem
+
+
+class CocoSource:
+    """The images of one COCO split with their captions."""
+
+    def __init__(self, root: str | os.PathLike, split: str = "val2017", max_images: int | None = None) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.image_root = self.root / split
+        self.annotations = self.root / "annotations" / f"captions_{split}.json"
+        self.max_images = max_images
+
+    def _read(self) -> tuple[list[dict], dict[int, list[str]]]:
+        path = self.annotations
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ClearglassError(f"{path}: COCO caption file not found (expected <coco-root>/annotations/"
+                                  f"captions_{self.split}.json)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ClearglassError(f"{path}: unreadable COCO caption file ({e})") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("images"), list) \
+                or not isinstance(raw.get("annotations"), list):
+            raise ClearglassError(f"{path}: expected an object with lists 'images' and 'annotations'")
+        images = raw["images"]
+        for i, im in enumerate(images):
+            if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
+                raise ClearglassError(f"{path}: images[{i}]: expected an object with integer 'id' and string 'file_name'")
+        known = {im["id"] for im in images}
+        captions: dict[int, list[str]] = defaultdict(list)
+        for i, ann in enumerate(raw["annotations"]):
+            if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) \
+                    or not isinstance(ann.get("image_id"), int):
+                raise ClearglassError(f"{path}: annotations[{i}]: expected an object with integer 'image_id' "
+                                      "and string 'caption'")
+            if ann["image_id"] not in known:
+                raise ClearglassError(f"{path}: annotations[{i}]: image_id {ann['image_id']} is not in 'images'")
+            if not ann["caption"].strip():
+                raise ClearglassError(f"{path}: annotations[{i}] (image_id {ann['image_id']}): empty caption")
+            captions[ann["image_id"]].append(" ".join(ann["caption"].split()))
+        return images, captions
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        """One item per image with at least one caption, by id; an image without captions is an error."""
+        images, captions = self._read()
+        chosen = sorted(images, key=lambda im: im["id"])[: self.max_images]
+        for im in chosen:
+            if not captions.get(im["id"]):
+                raise ClearglassError(f"{self.annotations}: image id {im['id']} ({im['file_name']}) has no captions")
+            path = self.image_root / im["file_name"]
+            yield SourceItem(image=im["file_name"], path=path.resolve(), captions=captions[im["id"]])
