@@ -279,3 +279,46 @@ def test_errors_name_the_problem():
         model(torch.randn(1, 5, 8), key_padding_mask=torch.ones(1, 5, dtype=torch.bool))
     with pytest.raises(ClearglassError, match="divisible"):
         HierarchyAwareAttention(10, 3)
+
+
+def test_config_switch_builds_trains_and_round_trips_a_checkpoint(tmp_path):
+    from clearglass.models import load_model, lock_towers, save_checkpoint
+
+    torch.set_default_dtype(torch.float32)
+    bundle = load_model("clearglass:clearglass-vit-hier")
+    model = bundle.model.eval()
+    assert isinstance(model.visual.transformer, HierarchyAwareTransformer)
+    assert len(model.text.hier_layers.resblocks) == 1
+    images = torch.randn(2, 3, 64, 64)
+    tokens = bundle.tokenizer(["a dog on grass", "two red apples in a bowl on a table"])
+    with torch.no_grad():
+        text_at_init = model.encode_text(tokens)
+        # zero-initialised residual branches: the extra layers start as the identity on MiniLM's tokens
+        plain = load_model("clearglass:clearglass-vit").model.eval()
+        plain.text.load_state_dict(model.text.state_dict(), strict=False)
+        torch.testing.assert_close(text_at_init, plain.text(tokens))
+        model.text.hier_layers.resblocks[0].mlp.c_proj.bias.fill_(0.5)
+        assert not torch.allclose(model.encode_text(tokens), text_at_init)  # the extra layers run
+    lock_towers(bundle, lock_text=True)
+    assert all(p.requires_grad for p in model.text.hier_layers.parameters())
+    loss = model.encode_image(images).square().sum() + model.encode_text(tokens).square().sum()
+    loss.backward()
+    assert model.visual.transformer.resblocks[0].attn.link_query.weight.grad.isfinite().all()
+    path = save_checkpoint(bundle, tmp_path / "hier.pt", train_config={}, data_hash="x", metrics={})
+    reloaded = load_model(str(path)).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.encode_image(images), model.encode_image(images))
+        torch.testing.assert_close(reloaded.encode_text(tokens), model.encode_text(tokens))
+
+
+def test_config_switch_rejects_a_resnet_vision_tower():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    from clearglass.hierarchy_attention import apply_hier_attention
+
+    model = torch.nn.Module()
+    model.visual = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=8, heads=1, image_size=64, width=8)
+    with pytest.raises(ClearglassError, match="needs a ViT image tower"):
+        apply_hier_attention(model, {"vision": True})
+    with pytest.raises(ClearglassError, match="unknown keys"):
+        apply_hier_attention(model, {"visoin": True})

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -342,3 +342,89 @@ class HierarchyAwareTransformer(nn.Module):
         if attn_mask is not None:
             raise ClearglassError("hierarchy attention: an explicit attn_mask is not supported (use key_padding_mask)")
         return self.forward_links(x, key_padding_mask)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model integration: the "hier_attention" key of a model config
+
+
+HIER_ATTENTION_KEYS = {"vision", "text_extra_layers", "renormalize"}
+
+
+def _hierarchy_vision_transformer(visual: nn.Module, renormalize: bool) -> HierarchyAwareTransformer:
+    """A HierarchyAwareTransformer with the shape and weights of an open_clip VisionTransformer's `transformer`."""
+    old = visual.transformer
+    block = old.resblocks[0]
+    if not isinstance(block.attn, nn.MultiheadAttention) or not isinstance(block.ls_1, nn.Identity):
+        raise ClearglassError(
+            "model config hier_attention.vision: expected open_clip's default ViT blocks "
+            f"(nn.MultiheadAttention, no layer scale), got {type(block).__name__}"
+        )
+    if not isinstance(visual.patch_dropout, nn.Identity):
+        raise ClearglassError("model config hier_attention.vision: patch dropout breaks the patch grid; set it to 0")
+    new = HierarchyAwareTransformer(
+        old.width,
+        old.layers,
+        block.attn.num_heads,
+        grid_size=tuple(visual.grid_size),
+        num_prefix_tokens=1,
+        mlp_ratio=block.mlp.c_fc.out_features / old.width,
+        act_layer=type(block.mlp.gelu),
+        norm_layer=type(block.ln_1),
+        renormalize=renormalize,
+    )
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    if unexpected or any(".link_" not in k for k in missing):
+        raise ClearglassError(
+            f"model config hier_attention.vision: weights do not map onto the hierarchy-aware blocks "
+            f"(missing {missing}, unexpected {unexpected})"
+        )
+    return new
+
+
+def _run_text_hier_layers(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """Forward hook on the Hugging Face text model: its token outputs go through the text tower's hier_layers."""
+    valid = kwargs["attention_mask"].bool()  # (B, L) True = real token
+    output.last_hidden_state = module.clearglass_text_tower.hier_layers(output.last_hidden_state, key_padding_mask=valid)
+    return output
+
+
+def apply_hier_attention(model: nn.Module, settings: dict) -> None:
+    """Apply a model config's "hier_attention" settings to an open_clip CLIP model in place.
+
+    settings: {"vision": bool (replace the ViT's transformer, keeping its weights), "text_extra_layers": int
+    (hierarchy-aware layers on the Hugging Face text tower's token outputs, before pooling; their residual branches
+    start at zero so the tower's output is unchanged at initialisation), "renormalize": bool (default false)}.
+    """
+    unknown = set(settings) - HIER_ATTENTION_KEYS
+    if unknown:
+        raise ClearglassError(f"model config hier_attention: unknown keys {sorted(unknown)}, expected {sorted(HIER_ATTENTION_KEYS)}")
+    renormalize = bool(settings.get("renormalize", False))
+    if settings.get("vision", False):
+        visual = getattr(model, "visual", None)
+        if not hasattr(visual, "transformer") or not hasattr(visual, "grid_size"):
+            raise ClearglassError(
+                f"model config hier_attention.vision: needs a ViT image tower, got {type(visual).__name__}"
+            )
+        visual.transformer = _hierarchy_vision_transformer(visual, renormalize)
+    extra = int(settings.get("text_extra_layers", 0))
+    if extra:
+        text = getattr(model, "text", None)
+        hf_model = getattr(text, "transformer", None)
+        if hf_model is None or not hasattr(hf_model, "config"):
+            raise ClearglassError("model config hier_attention.text_extra_layers: needs a Hugging Face text tower")
+        if getattr(text.pooler, "use_pooler_output", False):
+            raise ClearglassError(
+                "model config hier_attention.text_extra_layers: the cls_pooler reads the HF pooler output, which "
+                "bypasses the extra layers; use mean_pooler or max_pooler"
+            )
+        width, heads = hf_model.config.hidden_size, hf_model.config.num_attention_heads
+        layers = HierarchyAwareTransformer(width, extra, heads, grid_size=None, num_prefix_tokens=1, renormalize=renormalize)
+        for block in layers.resblocks:
+            nn.init.zeros_(block.attn.out_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.bias)
+        text.hier_layers = layers  # on the text tower, outside hf_model, so HF tower locking leaves it trainable
+        # a plain (unregistered) back-reference, so deepcopy and pickle keep the hook pointing at the copy's layers
+        object.__setattr__(hf_model, "clearglass_text_tower", text)
+        hf_model.register_forward_hook(_run_text_hier_layers, with_kwargs=True)

@@ -34,6 +34,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from clearglass.errors import ClearglassError
+from clearglass.hierarchy_attention import apply_hier_attention
 from clearglass.magic.schema import write_json_atomic
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
@@ -147,7 +148,8 @@ def register_open_clip_config(name: str, config: dict | None = None) -> str:
     config = read_model_config(name) if config is None else config
     registry = Path(tempfile.gettempdir()) / f"clearglass-open-clip-configs-{os.getuid()}"
     registry.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(resolve_config(config), registry / f"{name}.json")
+    open_clip_config = {k: v for k, v in resolve_config(config).items() if k != "hier_attention"}  # ours, not open_clip's
+    write_json_atomic(open_clip_config, registry / f"{name}.json")
     open_clip.add_model_config(registry / f"{name}.json")
     return name
 
@@ -159,13 +161,19 @@ def register_open_clip_config(name: str, config: dict | None = None) -> str:
 def _open_clip_bundle(
     spec: str, name: str, pretrained: str | None, config: dict, device: str | torch.device
 ) -> ModelBundle:
+    hier = config.get("hier_attention")  # the weights of a hierarchy-aware model load after the blocks are swapped
     try:
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=device
+            name, pretrained=None if hier else pretrained, device=device
         )
         tokenizer = open_clip.get_tokenizer(name)
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ClearglassError(f"model spec {spec!r}: open_clip could not load {name!r} with {pretrained!r}: {e}") from e
+    if hier:
+        apply_hier_attention(model, hier)
+        model.to(device)
+        if pretrained:
+            model.load_state_dict(_load_state_dict(Path(pretrained)))
     model.clearglass_source = ModelSource("open_clip", name, config)
     return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config)
 
