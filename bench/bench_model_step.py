@@ -1,0 +1,58 @@
+"""Training-step time of the built-in models: batch 64 at 64 px, text tower frozen vs trainable, side by side.
+
+Usage: python bench/bench_model_step.py [--models default clearglass:clearglass-vit] [--steps 5] [--batch 64]
+Prints ``name: value`` lines (seconds per step, median of the timed steps after one warm-up step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import open_clip
+import torch
+
+from clearglass.models import load_model, lock_towers
+
+
+def step_time(spec: str, lock_text: bool, steps: int, batch: int) -> float:
+    """Median seconds of one forward + backward + AdamW step of the CLIP loss on random images and real captions."""
+    bundle = load_model(spec)
+    lock_towers(bundle, lock_text=lock_text)
+    model = bundle.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    loss_fn = open_clip.ClipLoss()
+    size = bundle.preprocess_val.transforms[0].size
+    size = size if isinstance(size, int) else size[0]
+    images = torch.randn(batch, 3, size, size)  # (B, 3, H, W)
+    tokens = bundle.tokenizer([f"a photo of object number {i} on a table" for i in range(batch)])  # (B, L)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        loss = loss_fn(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True),
+                       model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["default", "clearglass:clearglass-vit"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+    print(f"torch_threads: {torch.get_num_threads()}")
+    for spec in args.models:
+        frozen = step_time(spec, True, args.steps, args.batch)
+        trainable = step_time(spec, False, args.steps, args.batch)
+        print(f"{spec} step_s text_frozen: {frozen:.3f}")
+        print(f"{spec} step_s text_trainable: {trainable:.3f}")
+        print(f"{spec} ratio trainable/frozen: {trainable / frozen:.2f}")
+
+
+if __name__ == "__main__":
+    main()
