@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -16,7 +17,6 @@ from clearglass.magic.labelers.llm import (
     LLMLabeler,
     MalformedAnswer,
     build_messages,
-    leaked_words,
     parse_answer,
 )
 from clearglass.magic.llm_cache import LLMCache, request_key
@@ -50,9 +50,10 @@ def labeler(server: FakeLLMServer, **settings: object) -> LLMLabeler:
 
 
 @pytest.fixture(autouse=True)
-def no_env_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CLEARGLASS_LLM_BASE_URL", "CLEARGLASS_LLM_MODEL", "CLEARGLASS_LLM_API_KEY", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
+def no_llm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("CLEARGLASS_LLM_") or name == "OPENAI_API_KEY":
+            monkeypatch.delenv(name)
 
 
 # ---- parsing -------------------------------------------------------------------------------------------------
@@ -76,7 +77,7 @@ def test_parse_valid_answer_canonicalises_concepts() -> None:
         (VALID.replace("Tradition", "Celebration"), "repeat"),
         (VALID.replace("Culture", "a very long sentence that is clearly not a concept name"), "level4"),
         (VALID.replace("Friends gather", "A birthday gathering"), "names level words ['birthday']"),
-        (VALID.replace("A child is cheered", "Old traditions are cheered"), "tradition"),
+        (VALID.replace("A child is cheered", "Old traditions are cheered"), "traditions"),
         (VALID.replace("<caption>", "<x>").replace("</caption>", "</x>"), "unexpected text"),
         (VALID.replace("<hard_negative>Wedding</hard_negative>", "stray words"), "unexpected text"),
         (VALID.replace("<hard_negative>Wedding</hard_negative>\n<hard_negative>Picnic</hard_negative>", ""), "hard_negative"),
@@ -86,12 +87,6 @@ def test_parse_valid_answer_canonicalises_concepts() -> None:
 def test_parse_rejects_malformed_answers(text: str, complaint: str) -> None:
     with pytest.raises(MalformedAnswer, match=complaint.replace("[", r"\[").replace("]", r"\]")):
         parse_answer(text)
-
-
-def test_leak_check_matches_whole_words_and_plurals() -> None:
-    assert leaked_words("Two sports fans cheer", ("Sport", "Fun")) == ["sport"]
-    assert leaked_words("A passport on a desk", ("Sport", "Travel")) == []
-    assert leaked_words("Bread and butter", ("Food And Drink",)) == []
 
 
 def test_few_shot_examples_obey_the_parser() -> None:
@@ -122,6 +117,26 @@ def test_config_reads_environment_and_rejects_missing_endpoint() -> None:
         LLMConfig.from_env({}, base_url="localhost:8000", model="m")
     with pytest.raises(ClearglassError, match="concurrency"):
         LLMConfig.from_env({}, base_url="http://x/v1", model="m", concurrency=0)
+    with pytest.raises(ClearglassError, match="unknown llm labeler settings"):
+        LLMConfig.from_env({}, base_url="http://x/v1", model="m", concurency=2)
+
+
+def test_config_reads_every_field_from_its_environment_variable() -> None:
+    env = {
+        "CLEARGLASS_LLM_BASE_URL": "http://h/v1",
+        "CLEARGLASS_LLM_MODEL": "m",
+        "CLEARGLASS_LLM_TIMEOUT_S": "2.5",
+        "CLEARGLASS_LLM_MAX_RETRIES": "0",
+        "CLEARGLASS_LLM_PROGRESS": "false",
+        "CLEARGLASS_LLM_CACHE_PATH": "/tmp/c.sqlite",
+    }
+    config = LLMConfig.from_env(env, max_retries=5)
+    assert (config.timeout_s, config.max_retries, config.progress) == (2.5, 5, False)
+    assert config.cache_path == Path("/tmp/c.sqlite")
+    with pytest.raises(ClearglassError, match="CLEARGLASS_LLM_TIMEOUT_S='soon': expected a float"):
+        LLMConfig.from_env({**env, "CLEARGLASS_LLM_TIMEOUT_S": "soon"})
+    with pytest.raises(ClearglassError, match="CLEARGLASS_LLM_PROGRESS"):
+        LLMConfig.from_env({**env, "CLEARGLASS_LLM_PROGRESS": "maybe"})
 
 
 # ---- against the local server ----------------------------------------------------------------------------------

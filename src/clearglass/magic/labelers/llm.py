@@ -22,19 +22,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tqdm import tqdm
 
 from clearglass.errors import ClearglassError
 from clearglass.magic.labelers import ConceptLabel, LabelFailure
+from clearglass.magic.leak import leaked_words
 from clearglass.magic.llm_cache import LLMCache, request_key
 from clearglass.magic.sources import SourceItem
 
-ENV_BASE_URL = "CLEARGLASS_LLM_BASE_URL"
-ENV_MODEL = "CLEARGLASS_LLM_MODEL"
-ENV_API_KEYS = ("CLEARGLASS_LLM_API_KEY", "OPENAI_API_KEY")
+ENV_PREFIX = "CLEARGLASS_LLM_"  # CLEARGLASS_LLM_BASE_URL, _MODEL, _API_KEY, _TIMEOUT_S, ...: one per LLMConfig field
 
 SYSTEM_PROMPT = """\
 You name the concepts that a photograph stands for, judging only from its captions.
@@ -117,8 +116,6 @@ EXAMPLES: tuple[tuple[tuple[str, ...], tuple[str, str, str, str], tuple[str, ...
     ),
 )
 
-# Words too common to count as naming a concept when a caption is checked for leaks.
-_LEAK_STOPWORDS = frozenset({"and", "the", "for", "with", "from", "into"})
 _OUTPUT = re.compile(r"<output>(.*?)</output>", re.S)
 _TAG = re.compile(r"<(level[1-4]|caption|hard_negative)>(.*?)</\1>", re.S)
 _MAX_CONCEPT_WORDS = 6
@@ -163,10 +160,10 @@ class LLMConfig:
         if not re.match(r"^https?://[^/\s]+", self.base_url):
             raise ClearglassError(
                 f"LLM base URL {self.base_url!r}: expected http(s)://HOST[:PORT]/PATH "
-                f"(set --llm-base-url or {ENV_BASE_URL})"
+                f"(set --llm-base-url or {ENV_PREFIX}BASE_URL)"
             )
         if not self.model:
-            raise ClearglassError(f"LLM model name is empty: set --llm-model or {ENV_MODEL}")
+            raise ClearglassError(f"LLM model name is empty: set --llm-model or {ENV_PREFIX}MODEL")
         checks = {
             "concurrency": self.concurrency >= 1,
             "timeout_s": self.timeout_s > 0,
@@ -182,19 +179,45 @@ class LLMConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> LLMConfig:
-        """A config from explicit settings, falling back to CLEARGLASS_LLM_* (and OPENAI_API_KEY) for url, model, key."""
+        """Explicit settings first (None = unset), then CLEARGLASS_LLM_<FIELD> variables, then the defaults.
+
+        The API key also falls back to OPENAI_API_KEY. Base URL and model have no default.
+        """
         env = os.environ if env is None else env
-        given = {k: v for k, v in overrides.items() if v is not None}
-        base_url = given.pop("base_url", None) or env.get(ENV_BASE_URL)
-        model = given.pop("model", None) or env.get(ENV_MODEL)
-        api_key = given.pop("api_key", None) or next((env[k] for k in ENV_API_KEYS if env.get(k)), None)
-        if not base_url:
-            raise ClearglassError(f"the llm labeler needs an endpoint: pass --llm-base-url or set {ENV_BASE_URL}")
-        if not model:
-            raise ClearglassError(f"the llm labeler needs a model name: pass --llm-model or set {ENV_MODEL}")
-        if "cache_path" in given:
-            given["cache_path"] = Path(given["cache_path"])
-        return cls(base_url=str(base_url).rstrip("/"), model=str(model), api_key=api_key, **given)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            given = overrides.pop(f.name, None)
+            variable = ENV_PREFIX + f.name.upper()
+            if given is not None:
+                values[f.name] = Path(given) if f.name == "cache_path" else given
+            elif env.get(variable):
+                values[f.name] = _from_text(env[variable], f.type, variable)
+        if overrides:
+            raise ClearglassError(f"unknown llm labeler settings {sorted(overrides)}: expected LLMConfig fields")
+        if "api_key" not in values and env.get("OPENAI_API_KEY"):
+            values["api_key"] = env["OPENAI_API_KEY"]
+        if "base_url" not in values:
+            raise ClearglassError(f"the llm labeler needs an endpoint: pass --llm-base-url or set {ENV_PREFIX}BASE_URL")
+        if "model" not in values:
+            raise ClearglassError(f"the llm labeler needs a model name: pass --llm-model or set {ENV_PREFIX}MODEL")
+        values["base_url"] = str(values["base_url"]).rstrip("/")
+        return cls(**values)
+
+
+def _from_text(text: str, annotation: str, variable: str) -> object:
+    """An environment variable's value as the field type named by `annotation` (int, float, bool, Path, str)."""
+    try:
+        if annotation == "int":
+            return int(text)
+        if annotation == "float":
+            return float(text)
+    except ValueError:
+        raise ClearglassError(f"environment variable {variable}={text!r}: expected a {annotation}") from None
+    if annotation == "bool":
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ClearglassError(f"environment variable {variable}={text!r}: expected true or false")
+        return text.lower() in ("1", "true", "yes")
+    return Path(text) if annotation.startswith("Path") else text
 
 
 def build_messages(captions: list[str], config: LLMConfig) -> list[dict[str, str]]:
@@ -220,17 +243,6 @@ def canonical_concept(text: str) -> str:
     """Collapse whitespace, drop a trailing full stop, upper-case the first letter of each word."""
     words = text.strip().rstrip(".").split()
     return " ".join(w[:1].upper() + w[1:] for w in words)
-
-
-def leaked_words(caption: str, levels: tuple[str, ...]) -> list[str]:
-    """The level words (3+ letters, plural forms included) that a caption names."""
-    lowered = caption.lower()
-    words = {w for level in levels for w in re.findall(r"[a-z]+", level.lower())}
-    return sorted(
-        w
-        for w in words
-        if len(w) >= 3 and w not in _LEAK_STOPWORDS and re.search(rf"\b{re.escape(w)}(?:s|es)?\b", lowered)
-    )
 
 
 def parse_answer(text: str) -> ConceptLabel:
@@ -260,7 +272,7 @@ def parse_answer(text: str) -> ConceptLabel:
     if not captions or not all(captions):
         raise MalformedAnswer("expected one or more non-empty <caption> tags")
     for caption in captions:
-        leaks = leaked_words(caption, tuple(levels))
+        leaks = leaked_words(caption, levels)
         if leaks:
             raise MalformedAnswer(f"caption {caption!r} names level words {leaks}")
     negatives = [canonical_concept(n) for n in found.get("hard_negative", [])]
