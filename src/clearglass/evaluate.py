@@ -577,7 +577,7 @@ def _run_tasks(encoder: Encoder, concepts: list[ConceptRecord], image_root: str 
     return units
 
 
-def _metric_specs(task: str, outcomes: dict, config: EvalConfig) -> list[tuple[str, dict]]:
+def _metric_specs(task: str, config: EvalConfig) -> list[tuple[str, dict]]:
     if task == "recognition":
         return [("i2t_R@1", {"stat": "hit", "array": "i2t_rank", "k": 1}),
                 ("t2i_R@1", {"stat": "hit", "array": "t2i_rank", "k": 1})]
@@ -595,17 +595,17 @@ def metric_rows(units: list[tuple[str, str, dict, list]], config: EvalConfig) ->
     """Metric rows with bootstrap intervals, and the per-item outcomes they were computed from."""
     rows, per_item = [], {}
     for task, subset, outcomes, identity in units:
-        arrays = {k: np.asarray(v).tolist() for k, v in outcomes.items() if isinstance(v, np.ndarray)}
-        for name, spec in _metric_specs(task, outcomes, config):
+        arrays = {k: v for k, v in outcomes.items() if isinstance(v, np.ndarray)}
+        for name, spec in _metric_specs(task, config):
             unit = f"{task}/{subset}/{spec['array']}"
-            a = {k: np.asarray(v) for k, v in arrays.items()}
-            n = len(a[spec["array"]])
-            stat = metric_stat(spec, a)
+            n = len(arrays[spec["array"]])
+            stat = metric_stat(spec, arrays)
             value = float(stat(np.arange(n)[None])[0])
             low, high = bootstrap(stat, n, config.n_boot, config.seed, config.ci_level)
             rows.append({"task": task, "subset": subset, "metric": name, "value": value, "ci_low": low,
                          "ci_high": high, "n": n, "unit": unit, "stat": spec})
-        per_item[f"{task}/{subset}"] = {"items_hash": items_hash(identity), "arrays": arrays}
+        per_item[f"{task}/{subset}"] = {"items_hash": items_hash(identity),
+                                        "arrays": {k: v.tolist() for k, v in arrays.items()}}
     return rows, per_item
 
 
