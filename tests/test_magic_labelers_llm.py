@@ -60,7 +60,7 @@ def no_llm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_parse_valid_answer_canonicalises_concepts() -> None:
-    label = parse_answer("Sure!\n" + VALID)
+    label = parse_answer("<think>Maybe <output>Cake</output>?</think>Sure!\n" + VALID)
     assert label.levels == ("Birthday Party", "Celebration", "Tradition", "Culture")
     assert label.new_captions == ["Friends gather to mark a special day.", "A child is cheered on by guests."]
     assert label.hard_negatives == ["Wedding", "Picnic"]

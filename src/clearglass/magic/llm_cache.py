@@ -40,7 +40,7 @@ class LLMCache:
             self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
             self._db.commit()
         except sqlite3.DatabaseError as e:
-            raise ClearglassError(f"{self.path}: not a usable LLM answer cache (expected an SQLite file): {e}") from None
+            raise ClearglassError(f"{self.path}: not a usable LLM answer cache (expected SQLite): {e}") from None
 
     def get(self, key: str) -> str | None:
         """The cached answer for a key, or None."""

@@ -117,6 +117,7 @@ EXAMPLES: tuple[tuple[tuple[str, ...], tuple[str, str, str, str], tuple[str, ...
 )
 
 _OUTPUT = re.compile(r"<output>(.*?)</output>", re.S)
+_THINK = re.compile(r"<think>.*?</think>", re.S)  # reasoning models served locally often prepend one
 _TAG = re.compile(r"<(level[1-4]|caption|hard_negative)>(.*?)</\1>", re.S)
 _MAX_CONCEPT_WORDS = 6
 
@@ -246,8 +247,8 @@ def canonical_concept(text: str) -> str:
 
 
 def parse_answer(text: str) -> ConceptLabel:
-    """Parse one `<output>` section: exactly one of each level tag, 1+ captions, 1+ hard negatives, nothing else."""
-    blocks = _OUTPUT.findall(text)
+    """Parse the one `<output>` section (outside any `<think>`): one tag per level, 1+ captions, 1+ hard negatives."""
+    blocks = _OUTPUT.findall(_THINK.sub("", text))
     if len(blocks) != 1:
         raise MalformedAnswer(f"expected exactly one <output>...</output> section, found {len(blocks)}")
     body = blocks[0]
@@ -354,10 +355,11 @@ class LLMLabeler:
     def _post(self, messages: list[dict[str, str]]) -> str:
         """Send one chat-completions request and return the assistant's text."""
         body = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "clearglass"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+        data = json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         self._count("requests")
         try:
             with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
