@@ -99,8 +99,9 @@ def _neighbour_softmax_oracle(q, k, neighbours):
 def test_grid_link_probs_match_neighbour_softmax_oracle():
     gh, gw, d = 3, 4, 5
     q, k = torch.randn(gh, gw, d) * 4, torch.randn(gh, gw, d) * 4
+    steps = ((0, -1), (0, 1), (-1, 0), (1, 0))
     neighbours = {
-        (r, c): [(r + dr, c + dc) for dr, dc in ((0, -1), (0, 1), (-1, 0), (1, 0)) if 0 <= r + dr < gh and 0 <= c + dc < gw]
+        (r, c): [(r + dr, c + dc) for dr, dc in steps if 0 <= r + dr < gh and 0 <= c + dc < gw]
         for r in range(gh)
         for c in range(gw)
     }

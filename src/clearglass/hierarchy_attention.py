@@ -71,7 +71,7 @@ def _pair_scores(q: torch.Tensor, k: torch.Tensor, dim: int, scale: float) -> tu
 def sequence_link_log_probs(
     q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log â_{i,i+1} = (log p_{i->i+1} + log p_{i+1->i}) / 2 on a sequence; returns (log â (B, n-1), link valid (B, n-1)).
+    """log â_{i,i+1} = (log p_{i->i+1} + log p_{i+1->i}) / 2 on a sequence -> (log â (B, n-1), link valid (B, n-1)).
 
     q, k: (B, n, d) link projections; valid: (B, n) bool, True = real token (None: all real).
     """
@@ -96,7 +96,7 @@ def sequence_link_log_probs(
 
 
 def grid_link_log_probs(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log â for horizontal (B, gh, gw-1) and vertical (B, gh-1, gw) links of a patch grid; softmax over <= 4 neighbours.
+    """log â of the horizontal (B, gh, gw-1) and vertical (B, gh-1, gw) links of a grid; softmax over <= 4 neighbours.
 
     q, k: (B, gh, gw, d) link projections of the patches.
     """
@@ -129,7 +129,10 @@ def merge_links(previous: torch.Tensor | None, log_new: torch.Tensor) -> torch.T
 
 
 def _span_log_sums(prefix: torch.Tensor) -> torch.Tensor:
-    """Sum of link logs between positions i and j, (..., m) prefix sums -> (..., m, m): S_j - S_i for j >= i, else S_i - S_j."""
+    """Sum of the link logs between positions i and j: S_j - S_i if j >= i, else S_i - S_j.
+
+    prefix: (..., m) prefix sums S -> (..., m, m).
+    """
     diff = prefix.unsqueeze(-2) - prefix.unsqueeze(-1)  # [..., i, j] = S_j - S_i
     m = prefix.shape[-1]
     upper = torch.ones(m, m, dtype=torch.bool, device=prefix.device).triu()
@@ -142,7 +145,10 @@ def _log_links(a: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_log_prior(a: torch.Tensor, link_valid: torch.Tensor | None = None) -> torch.Tensor:
-    """log C_{i,j} = sum_{k=min(i,j)}^{max(i,j)-1} log a_{k,k+1}; -inf (C = 0) across an invalid link. (B, n-1) -> (B, n, n)."""
+    """log C_{i,j} = sum_{k=min(i,j)}^{max(i,j)-1} log a_{k,k+1}, -inf (C = 0) across an invalid link.
+
+    a: (B, n-1) link probabilities -> (B, n, n).
+    """
     prefix = F.pad(_log_links(a).cumsum(-1), (1, 0))  # (B, n)
     log_c = _span_log_sums(prefix)
     if link_valid is not None:
@@ -152,7 +158,7 @@ def sequence_log_prior(a: torch.Tensor, link_valid: torch.Tensor | None = None) 
 
 
 def grid_log_prior(a_h: torch.Tensor, a_v: torch.Tensor) -> torch.Tensor:
-    """log C on a patch grid = (log C_A + log C_B) / 2 over the two L-shaped paths (module docstring); (B, gh*gw, gh*gw).
+    """log C on a patch grid = (log C_A + log C_B) / 2 over the two L-shaped paths (see the module docstring).
 
     a_h: (B, gh, gw-1) horizontal links; a_v: (B, gh-1, gw) vertical links.
     """
@@ -191,7 +197,10 @@ class HierarchyAwareAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, log_prior: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend x (B, n, D) under the span prior log C (B, n, n); key_valid (B, n) masks padded keys (diagonal kept)."""
+        """Attend x (B, n, D) under the span prior log C (B, n, n); key_valid (B, n) masks padded keys.
+
+        The diagonal stays allowed, so a padded query attends to itself and its row stays finite.
+        """
         batch, n, width = x.shape
         d_head = width // self.heads
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(batch, n, 3, self.heads, d_head).unbind(2)
@@ -240,7 +249,9 @@ class HierarchyAwareBlock(nn.Module):
         self.ln_2 = norm_layer(width)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, width))])
+            OrderedDict(
+                [("c_fc", nn.Linear(width, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, width))]
+            )
         )
 
     def forward(
@@ -385,7 +396,8 @@ def _hierarchy_vision_transformer(visual: nn.Module, renormalize: bool) -> Hiera
 def _run_text_hier_layers(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
     """Forward hook on the Hugging Face text model: its token outputs go through the text tower's hier_layers."""
     valid = kwargs["attention_mask"].bool()  # (B, L) True = real token
-    output.last_hidden_state = module.clearglass_text_tower.hier_layers(output.last_hidden_state, key_padding_mask=valid)
+    layers = module.clearglass_text_tower.hier_layers
+    output.last_hidden_state = layers(output.last_hidden_state, key_padding_mask=valid)  # (B, L, width)
     return output
 
 
@@ -398,7 +410,9 @@ def apply_hier_attention(model: nn.Module, settings: dict) -> None:
     """
     unknown = set(settings) - HIER_ATTENTION_KEYS
     if unknown:
-        raise ClearglassError(f"model config hier_attention: unknown keys {sorted(unknown)}, expected {sorted(HIER_ATTENTION_KEYS)}")
+        raise ClearglassError(
+            f"model config hier_attention: unknown keys {sorted(unknown)}, expected {sorted(HIER_ATTENTION_KEYS)}"
+        )
     renormalize = bool(settings.get("renormalize", False))
     if settings.get("vision", False):
         visual = getattr(model, "visual", None)
@@ -419,7 +433,7 @@ def apply_hier_attention(model: nn.Module, settings: dict) -> None:
                 "bypasses the extra layers; use mean_pooler or max_pooler"
             )
         width, heads = hf_model.config.hidden_size, hf_model.config.num_attention_heads
-        layers = HierarchyAwareTransformer(width, extra, heads, grid_size=None, num_prefix_tokens=1, renormalize=renormalize)
+        layers = HierarchyAwareTransformer(width, extra, heads, None, num_prefix_tokens=1, renormalize=renormalize)
         for block in layers.resblocks:
             nn.init.zeros_(block.attn.out_proj.weight)
             nn.init.zeros_(block.mlp.c_proj.weight)
