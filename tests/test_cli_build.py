@@ -47,3 +47,18 @@ def test_library_function_and_errors(tmp_path, capsys):
     assert main(["build", "--source", "coco", "--labeler", "truth", "--coco-root", str(tmp_path / "nope"),
                  "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
     assert "captions_val2017.json: COCO caption file not found" in capsys.readouterr().err
+
+
+def test_coco_wordnet_build(tmp_path, capsys):
+    from magic_fixtures import write_coco
+
+    captions = {i: ["a dog in the park", "a brown dog"] for i in range(1, 4)}
+    captions |= {i: ["a cat on a sofa", "a sleepy cat"] for i in range(4, 7)}
+    write_coco(tmp_path / "coco", captions)
+    out = tmp_path / "coco.json"
+    assert main(["build", "--source", "coco", "--coco-root", str(tmp_path / "coco"), "--labeler", "wordnet",
+                 "--min-group-size", "3", "--out", str(out), "--no-progress"]) == 0
+    concepts = load_concepts(out)
+    assert {c.concept for c in concepts} == {"domestic animal", "feline"}
+    assert concepts[0].train_images[0].image.endswith(".jpg")
+    assert validate(out, tmp_path / "coco" / "val2017") == []
