@@ -240,3 +240,9 @@ def test_multilevel_errors():
         MultiLevelGroupedLoss()(images, texts, torch.tensor([3, 3, 3, 3]))
     with pytest.raises(ClearglassError, match="level1_weight"):
         MultiLevelGroupedLoss(level1_weight=-1.0)
+
+
+def test_huge_finite_features_are_not_reported_as_non_finite():
+    images = torch.full((3, 2, 8), 1e37)  # their sum overflows float32; every value is finite
+    out = GroupedContrastiveLoss()(images, torch.randn(3, 2, 8))
+    assert torch.isfinite(out["loss"])

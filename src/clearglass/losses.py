@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from clearglass.errors import ClearglassError
 
 LN_100 = math.log(100.0)
+NORM_EPS = 1e-12  # the floor of F.normalize
 OUTER_LOSSES = ("pairwise", "centroid", "clip")
 INNER_LOSSES = ("pairwise", "scaled_pairwise", "centroid", "scaled_centroid")
 
@@ -47,6 +48,7 @@ class _Batch:
     num_groups: int
     rows: slice  # pairs whose rows this process computes (all of them unless local_loss)
     world_scale: float  # W under local_loss, else 1: a mean over rows is world_scale * sum(owned) / total
+    block: int | None  # N when group g is exactly rows g*N .. g*N+N-1 (level 1), else None
 
     def row_mean(self, owned_losses: Tensor, total: int) -> Tensor:
         """Mean over all `total` rows, computed from the owned ones: world_scale * sum(owned) / total."""
@@ -97,7 +99,9 @@ def _check_negatives(text_negatives: Tensor, dim: int) -> None:
 
 def _check_finite(name: str, x: Tensor) -> None:
     """Raise ClearglassError naming the first non-finite row of `x` (leading axes are its index)."""
-    bad = ~torch.isfinite(x)
+    if torch.isfinite(x.sum()):  # one cheap reduction: any NaN/inf makes the sum non-finite
+        return
+    bad = ~torch.isfinite(x)  # the sum may also overflow on huge finite values
     if bad.any():
         index = tuple(int(i) for i in bad.nonzero()[0][:-1])
         raise ClearglassError(f"{name}: expected finite features, found NaN/inf at index {index}"
@@ -153,6 +157,17 @@ def centroid_outer(b: _Batch, scale: Tensor | float) -> Tensor:
     return 0.5 * (per_group * b.group_weights()).sum()
 
 
+def _product_norms(images: Tensor, texts: Tensor) -> Tensor:
+    """(G, N, N) |a_i (x) b_j| of each group's image/text pairs, = sqrt((a*a) @ (b*b)^T), floored like F.normalize."""
+    squared = torch.bmm(images.square(), texts.square().transpose(1, 2))  # (G, N, N)
+    return squared.clamp_min(NORM_EPS**2).sqrt()
+
+
+def _product_centroids(images: Tensor, texts: Tensor, norms: Tensor) -> Tensor:
+    """(G, D) normalize(sum_ij a_i (x) b_j / |a_i (x) b_j|), summed as sum_i a_i (x) (W b)_i with W = 1/norms."""
+    return F.normalize((images * torch.bmm(norms.reciprocal(), texts)).sum(1), dim=-1)
+
+
 def _products(b: _Batch) -> tuple[Tensor, Tensor, Tensor]:
     """Normalised image(x)text products of every (i, j) in the same group: (P, D), their labels and image rows."""
     same = b.labels[:, None] == b.labels[None, :]  # (B, B)
@@ -168,6 +183,14 @@ def _owned(index: Tensor, rows: slice) -> Tensor:
 
 def pairwise_inner(b: _Batch) -> Tensor:
     """Mean over within-group products p_ij of 1 - cos(p_ij, c_g), c_g = normalize(sum of the group's p_ij)."""
+    if b.block is not None:  # equal contiguous groups: p_ij . c = ((a_i (x) c) . b_j) / |a_i (x) b_j|, no (G, N, N, D)
+        n = b.block
+        images, texts = b.images.view(-1, n, b.images.shape[1]), b.texts.view(-1, n, b.texts.shape[1])  # (G, N, D)
+        norms = _product_norms(images, texts)  # (G, N, N)
+        centroids = _product_centroids(images, texts, norms)  # (G, D)
+        owned = slice(b.rows.start // n, b.rows.stop // n)
+        cos = torch.bmm(images[owned] * centroids[owned, None, :], texts[owned].transpose(1, 2)) / norms[owned]
+        return b.row_mean(1.0 - cos, b.labels.numel() * n)
     products, labels, image_idx = _products(b)
     centroids = _centroids(products, labels, b.num_groups)  # (G, D)
     owned = _owned(image_idx, b.rows)
@@ -177,6 +200,19 @@ def pairwise_inner(b: _Batch) -> Tensor:
 
 def scaled_pairwise_inner(b: _Batch, tau_inner: float) -> Tensor:
     """Mean over within-group products p_ij of cross-entropy of p_ij . c_k / tau' over all G centroids, target g."""
+    if b.block is not None:  # equal contiguous groups: never materialise the (G, N, N, D) products
+        n = b.block
+        images, texts = b.images.view(-1, n, b.images.shape[1]), b.texts.view(-1, n, b.texts.shape[1])  # (G, N, D)
+        norms = _product_norms(images, texts)  # (G, N, N)
+        centroids = _product_centroids(images, texts, norms)  # (G, D)
+        owned = slice(b.rows.start // n, b.rows.stop // n)
+        # (a_i (x) b_j) . c_k = (a_i (x) c_k) . b_j: one bmm over the (G_owned, N*G, D) image-centroid products
+        image_centroid = (images[owned, :, None, :] * centroids[None, None, :, :]).flatten(1, 2)  # (G_owned, N*G, D)
+        dots = torch.bmm(image_centroid, texts[owned].transpose(1, 2)).unflatten(1, (n, -1))  # (G_owned, N, G, N)
+        logits = dots.transpose(2, 3) / (norms[owned, :, :, None] * tau_inner)  # (G_owned, N, N, G)
+        target = torch.arange(b.num_groups, device=logits.device)[owned].repeat_interleave(n * n)
+        loss = F.cross_entropy(logits.reshape(-1, b.num_groups), target, reduction="none")
+        return b.row_mean(loss, b.labels.numel() * n)
     products, labels, image_idx = _products(b)
     centroids = _centroids(products, labels, b.num_groups)  # (G, D)
     owned = _owned(image_idx, b.rows)
@@ -305,7 +341,7 @@ def _prepare(image_features: Tensor, text_features: Tensor, text_negatives: Tens
     local = local_loss and world > 1
     rows = slice(rank * m * n, (rank + 1) * m * n) if local else slice(0, groups * n)
     batch = _Batch(images=F.normalize(images.reshape(-1, d), dim=-1), texts=F.normalize(texts.reshape(-1, d), dim=-1),
-                   labels=labels, num_groups=groups, rows=rows, world_scale=float(world) if local else 1.0)
+                   labels=labels, num_groups=groups, rows=rows, world_scale=float(world) if local else 1.0, block=n)
     return batch, negatives
 
 
@@ -366,7 +402,7 @@ class MultiLevelGroupedLoss(nn.Module):
                 pair_ids = ids.repeat_interleave(image_features.shape[1])  # (B,)
                 unique, labels = torch.unique(pair_ids, return_inverse=True)
                 level2_batch = _Batch(batch.images, batch.texts, labels, int(unique.numel()), batch.rows,
-                                      batch.world_scale)
+                                      batch.world_scale, block=None)
                 self.grouped.check_batch(level2_batch, None)
                 out["level2_loss"] = self.grouped.terms(level2_batch, None)["loss"]
                 loss = loss + self.weights[2] * out["level2_loss"]
