@@ -3,7 +3,7 @@
 One batch of M groups x N pairs of D-dim features (default 8 x 10 x 512 = an 80 x 512 batch), loss
 pairwise outer + scaled_pairwise inner. Compared side by side in one run, one CPU thread, median of the
 timed repeats after one warm-up round, the contenders interleaved in each round:
-- grouped: clearglass GroupedContrastiveLoss (normalises inside, float32);
+- grouped: clearglass GroupedContrastiveLoss (normalises inside, float32); grouped_outer_only: inner=None;
 - oracle: the loop oracle of tests/loss_oracles.py (float64, Python loops);
 - clip_loss: open_clip ClipLoss on the same 80 x 512 features, including the F.normalize the model would
   apply (clip_loss_prenormalised: without it).
@@ -59,10 +59,12 @@ def main() -> None:
     images = torch.randn(m, n, d, requires_grad=True)  # (M groups, N pairs, D)
     texts = torch.randn(m, n, d, requires_grad=True)
     grouped = GroupedContrastiveLoss(outer="pairwise", inner="scaled_pairwise", tau=0.1, tau_inner=0.07)
+    outer_only = GroupedContrastiveLoss(outer="pairwise", inner=None, tau=0.1)
     clip = ClipLoss()
     scale = torch.tensor(10.0)
     steps = {
         "grouped": lambda: grouped(images, texts)["loss"],
+        "grouped_outer_only": lambda: outer_only(images, texts)["loss"],
         "oracle": lambda: oracle_terms(images, texts, "pairwise", "scaled_pairwise", tau=0.1, tau_inner=0.07)["loss"],
         "clip_loss": lambda: clip(F.normalize(images.reshape(m * n, d), dim=-1),
                                   F.normalize(texts.reshape(m * n, d), dim=-1), scale),
@@ -76,6 +78,7 @@ def main() -> None:
         print(f"{name}_fwd_bwd_ms: {1000 * value:.3f}")
     print(f"speedup_grouped_vs_oracle: {seconds['oracle'] / seconds['grouped']:.1f}")
     print(f"ratio_grouped_vs_clip_loss: {seconds['grouped'] / seconds['clip_loss']:.2f}")
+    print(f"ratio_outer_only_vs_clip_loss: {seconds['grouped_outer_only'] / seconds['clip_loss']:.2f}")
     print(f"ratio_grouped_vs_clip_loss_prenormalised: {seconds['grouped'] / seconds['clip_loss_prenormalised']:.2f}")
 
 
