@@ -39,3 +39,26 @@ def write_tiny_magic(root: Path, concepts: int = 8, images_per_concept: int = 4,
     path = root / "magic.json"
     save_concepts(records, path)
     return path
+
+
+TINY_MODEL_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def write_tiny_model(path: Path, seed: int = 0) -> Path:
+    """A checkpoint (``save_checkpoint`` layout) of a tiny open_clip ViT + text transformer: a model spec for tests."""
+    import open_clip
+    import torch
+
+    from clearglass.models import ModelBundle, ModelSource, register_open_clip_config, save_checkpoint
+
+    name = register_open_clip_config("clearglass-test-tiny", TINY_MODEL_CONFIG)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name)
+    transforms = [open_clip.image_transform(32, is_train) for is_train in (True, False)]
+    model.clearglass_source = ModelSource("open_clip", name, TINY_MODEL_CONFIG)
+    bundle = ModelBundle(model, open_clip.get_tokenizer(name), *transforms, name, TINY_MODEL_CONFIG)
+    return save_checkpoint(bundle, path, train_config={}, data_hash="", metrics={})
