@@ -11,12 +11,13 @@ Rule, deterministic (no tagger models are available offline, so tokens are tried
    a token is a noun if ``morphy(token, NOUN)`` exists and its most frequent sense (first synset)
    descends from physical_entity.n.01;
 2. the head noun is the most frequent such noun over the image's captions (ties: first seen);
-3. its ancestors along its first hypernym path, nearest first, minus those of depth < `MIN_DEPTH`
+3. its ancestors along its longest hypernym path (ties: smaller list of synset names), nearest first, minus those of depth < `MIN_DEPTH`
    (entity, physical entity, object/matter/...), give a[0..n-1]; level k (k = 0..3) is
    a[round(k (n - 1) / 3)], consecutive repeats dropped, padded with None (dog -> canine, mammal, animal, whole);
+   a token counts as a physical thing if any hypernym path of its first sense passes physical_entity.n.01;
 4. concept names are the synsets' first lemmas with spaces; new captions are the captions with every level word
-   removed; hard negatives are the siblings (other hyponyms of level1's parent) then cousins (grandparent's
-   grandchildren), by name, at most `MAX_NEGATIVES` (the builder keeps those that are concepts of the dataset).
+   removed; hard negatives are the siblings (other hyponyms of level1's parent on its longest path) then cousins
+   (grandparent's grandchildren), by name, at most `MAX_NEGATIVES` (the builder keeps those that are concepts of the dataset).
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def wordnet_reader(source: str = str(WORDNET_DIR)):
         return WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
 
 
+def main_path(synset) -> list:
+    """The synset's longest hypernym path, root first (ties: the smaller list of synset names); nltk's order varies."""
+    return max(synset.hypernym_paths(), key=lambda path: (len(path), [x.name() for x in path]))
+
+
 def concept_name(synset) -> str:
     """The first lemma of a synset with spaces: edible_fruit.n.01 -> 'edible fruit'."""
     return synset.lemmas()[0].name().replace("_", " ")
@@ -116,7 +122,7 @@ class WordNetLabeler:
             return None
         lemma = self.wn.morphy(token, self.wn.NOUN)
         senses = self.wn.synsets(lemma, self.wn.NOUN) if lemma else []
-        if not senses or self.physical not in senses[0].hypernym_paths()[0]:
+        if not senses or not any(self.physical in path for path in senses[0].hypernym_paths()):
             return None
         return senses[0]
 
@@ -134,7 +140,7 @@ class WordNetLabeler:
 
     def chain(self, synset) -> list:
         """Up to four ancestors of increasing generality (rule 3 of the module docstring)."""
-        path = synset.hypernym_paths()[0]  # root -> synset
+        path = main_path(synset)  # root -> synset
         ancestors = [s for s in reversed(path[:-1]) if s.min_depth() >= MIN_DEPTH]
         if not ancestors:
             return []
@@ -143,8 +149,8 @@ class WordNetLabeler:
         return [s for i, s in enumerate(picked) if i == 0 or s != picked[i - 1]]
 
     def negatives(self, level1) -> list[str]:
-        """Siblings then cousins of level1 along its first hypernym path, by name, without level1's own name."""
-        path = level1.hypernym_paths()[0]
+        """Siblings then cousins of level1 along its longest hypernym path, by name, without level1's own name."""
+        path = main_path(level1)
         own = concept_name(level1)
         out: list[str] = []
         if len(path) >= 2:
