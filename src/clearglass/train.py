@@ -511,27 +511,28 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
             optimizer.state.clear()  # the main stage starts with fresh moments
         if pretraining:
             old, target = pre_source.next()  # (B, 1, L) each
-            with _autocast(device, autocast_dtype):
-                _, old_f = features(None, old.to(device, non_blocking=True))
-                _, target_f = features(None, target.to(device, non_blocking=True))
-            out_terms = _loss_terms(pre_loss_fn, old_f, target_f, step)
+            with _autocast(device, autocast_dtype):  # one forward (DDP allows one per backward)
+                _, text_f = features(None, torch.cat([old, target], dim=1).to(device, non_blocking=True))  # (B, 2, D)
+            out_terms = _loss_terms(pre_loss_fn, text_f[:, :1], text_f[:, 1:], step)
         else:
             images, tokens = main_source.next()  # (M, N, C, H, W), (M, N, L)
             with _autocast(device, autocast_dtype):
                 image_f, text_f = features(images.to(device, non_blocking=True), tokens.to(device, non_blocking=True))
             out_terms = _loss_terms(loss_fn, image_f, text_f, step)
         loss = out_terms["loss"]
-        _check_finite_terms(out_terms, step, world_size)
+        reduced = _reduce_terms(out_terms, step, world_size)
         optimizer.zero_grad(set_to_none=True)
         trainable = [p for _, p in params]
         if scaler is not None:
             scaler.scale(loss).backward()
+            _average_loss_grads(loss_fn, world_size)
             scaler.unscale_(optimizer)
             grad_norm = _clip(trainable, config.grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
             loss.backward()
+            _average_loss_grads(loss_fn, world_size)
             grad_norm = _clip(trainable, config.grad_clip)
             if not math.isfinite(grad_norm):
                 raise ClearglassError(
@@ -545,7 +546,7 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
             with torch.no_grad():
                 loss_fn.logit_scale.clamp_(0, LN_100)
         step += 1
-        last = {k: float(v.detach()) for k, v in out_terms.items()}
+        last = dict(reduced)
         last.update(
             stage="pretrain" if pretraining else "main",
             lr=lr,
@@ -592,14 +593,28 @@ def _loss_terms(loss_fn: GroupedContrastiveLoss, a: torch.Tensor, b: torch.Tenso
         raise ClearglassError(f"step {step}: {e}") from None
 
 
-def _check_finite_terms(terms: dict[str, torch.Tensor], step: int, world_size: int) -> None:
-    """Raise ClearglassError naming the step and every loss term when the loss is not finite (on any rank)."""
-    finite = torch.isfinite(terms["loss"].detach()).float()
+def _reduce_terms(terms: dict[str, torch.Tensor], step: int, world_size: int) -> dict[str, float]:
+    """The loss terms averaged over ranks (with local_loss each rank holds its share); raises ClearglassError naming
+    the step and every term when the loss is not finite (on any rank), before anything is written."""
+    values = torch.stack([v.detach().float() for v in terms.values()])  # (terms,)
     if world_size > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    if not finite.item():
-        described = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in terms.items())
+        dist.all_reduce(values)
+        values /= world_size
+    reduced = dict(zip(terms, values.tolist()))
+    if not math.isfinite(reduced["loss"]):
+        described = ", ".join(f"{k}={v:.6g}" for k, v in reduced.items())
         raise ClearglassError(f"step {step}: non-finite loss ({described}); stopping without writing a checkpoint")
+    return reduced
+
+
+def _average_loss_grads(loss_fn: nn.Module, world_size: int) -> None:
+    """Average the gradients of the loss's own parameters (a learnt temperature) over ranks, as DDP does the model's."""
+    if world_size == 1:
+        return
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
 
 
 def _clip(params: list[nn.Parameter], max_norm: float | None) -> float:
