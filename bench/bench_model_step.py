@@ -1,7 +1,8 @@
 """Training-step time of the built-in models: batch 64 at 64 px, text tower frozen vs trainable, side by side.
 
 Usage: python bench/bench_model_step.py [--models default clearglass:clearglass-vit] [--steps 5] [--batch 64]
-Prints ``name: value`` lines (seconds per step, median of the timed steps after one warm-up step).
+Prints ``name: value`` lines: wall seconds per step (median of the timed steps after one warm-up step) and process
+CPU seconds per step (all threads; less sensitive to other processes on a shared machine).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from clearglass.models import load_model, lock_towers
 
 
-def step_time(spec: str, lock_text: bool, steps: int, batch: int) -> float:
-    """Median seconds of one forward + backward + AdamW step of the CLIP loss on random images and real captions."""
+def step_time(spec: str, lock_text: bool, steps: int, batch: int) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds) of one forward + backward + AdamW step of the CLIP loss on random images and real captions."""
     bundle = load_model(spec)
     lock_towers(bundle, lock_text=lock_text)
     model = bundle.model.train()
@@ -27,16 +28,17 @@ def step_time(spec: str, lock_text: bool, steps: int, batch: int) -> float:
     size = size if isinstance(size, int) else size[0]
     images = torch.randn(batch, 3, size, size)  # (B, 3, H, W)
     tokens = bundle.tokenizer([f"a photo of object number {i} on a table" for i in range(batch)])  # (B, L)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps + 1):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = loss_fn(model.encode_image(images, normalize=True), model.encode_text(tokens, normalize=True),
                        model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        cpu_times.append(time.process_time() - cpu_start)
+    return statistics.median(times[1:]), statistics.median(cpu_times[1:])
 
 
 def main() -> None:
@@ -47,10 +49,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch_threads: {torch.get_num_threads()}")
     for spec in args.models:
-        frozen = step_time(spec, True, args.steps, args.batch)
-        trainable = step_time(spec, False, args.steps, args.batch)
+        frozen, frozen_cpu = step_time(spec, True, args.steps, args.batch)
+        trainable, trainable_cpu = step_time(spec, False, args.steps, args.batch)
         print(f"{spec} step_s text_frozen: {frozen:.3f}")
         print(f"{spec} step_s text_trainable: {trainable:.3f}")
+        print(f"{spec} cpu_s text_frozen: {frozen_cpu:.3f}")
+        print(f"{spec} cpu_s text_trainable: {trainable_cpu:.3f}")
         print(f"{spec} ratio trainable/frozen: {trainable / frozen:.2f}")
 
 

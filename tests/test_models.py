@@ -21,6 +21,7 @@ from clearglass.models import (
     register_open_clip_config,
     save_checkpoint,
     trainable_parameter_counts,
+    trim_padding,
 )
 
 TINY_OPEN_CLIP = {
@@ -135,6 +136,19 @@ def test_hf_spec_loads_local_directory(tiny_hf_dir):
         out = clip(input_ids=b.tokenizer(CAPTIONS), pixel_values=images)
     torch.testing.assert_close(img, out.image_embeds * img.norm(dim=-1, keepdim=True))
     torch.testing.assert_close(txt / txt.norm(dim=-1, keepdim=True), out.text_embeds)
+
+
+def test_trim_padding_keeps_text_embeddings(default_bundle, tiny_hf_dir, tiny_open_clip_checkpoint):
+    """Trimmed tokens encode exactly like the full-length ones (slow twin: the untrimmed batch)."""
+    path, _ = tiny_open_clip_checkpoint
+    for bundle, expected_length in [(default_bundle, 4), (load_model(f"hf:{tiny_hf_dir}"), 9),
+                                    (load_model(f"open_clip:clearglass-test-tiny:{path}"), 16)]:
+        tokens = bundle.tokenizer(["a cat", "red", "two dogs"])
+        trimmed = trim_padding(bundle, tokens)
+        assert trimmed.shape == (3, expected_length)
+        bundle.model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(bundle.model.encode_text(trimmed), bundle.model.encode_text(tokens))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -352,6 +352,25 @@ def trainable_parameter_counts(model_or_bundle: ModelBundle | nn.Module) -> dict
     return counts
 
 
+def trim_padding(model_or_bundle: ModelBundle | nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Drop trailing token columns that cannot change ``encode_text``: (B, L) -> (B, L' <= L).
+
+    Exact for Hugging Face text towers (the default's MiniLM masks padding; HF CLIP pools at the first end token).
+    open_clip's own text transformer adds a fixed-length positional embedding, so its tokens come back unchanged.
+    Trimming a batch padded to 32 down to its longest caption makes the frozen-MiniLM forward ~3x cheaper.
+    """
+    model = _unwrap(model_or_bundle)
+    if isinstance(model, HFCLIPModel):
+        eos = model.clip.config.text_config.eos_token_id
+        length = int((tokens == eos).int().argmax(dim=1).max()) + 1  # first end token of the longest row
+    elif isinstance(getattr(model, "text", None), open_clip.hf_model.HFTextEncoder):
+        used = (tokens != model.text.config.pad_token_id).any(dim=0).nonzero()  # (n used columns, 1)
+        length = int(used.max()) + 1 if len(used) else 1
+    else:
+        return tokens
+    return tokens[:, :length]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 
