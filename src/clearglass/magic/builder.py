@@ -13,8 +13,8 @@ Steps, each counted in the build stats:
 6. hold out ``holdout_concepts`` concepts (seeded; all their images go to test), split the others per concept
    by image (seeded; ``round(test_fraction * n)`` test images, at least one of each when n >= 2);
 7. hard negatives (level1 concepts of the dataset only): the labeler's, by how often they were named, then
-   hierarchy siblings (same level2), then the other concepts, each part ordered by MiniLM cosine similarity of
-   the concept names, until ``n_hard_negatives``.
+   hierarchy siblings (same level2), then cousins (same level3), then the other concepts, each part ordered by
+   MiniLM cosine similarity of the concept names, until ``n_hard_negatives``.
 """
 
 from __future__ import annotations
@@ -154,17 +154,21 @@ def split_images(images: list[str], test_fraction: float, rng: random.Random) ->
 
 
 def rank_negatives(concepts: list[str], parents: dict[str, str | None], named: dict[str, Counter], k: int,
-                   embed: Callable[[list[str]], torch.Tensor] = embed_names) -> dict[str, list[str]]:
-    """Per concept: labeler-named concepts, then siblings, then the rest (cosine order within each part), first k."""
+                   embed: Callable[[list[str]], torch.Tensor] = embed_names,
+                   grandparents: dict[str, str | None] | None = None) -> dict[str, list[str]]:
+    """Per concept: labeler-named concepts, then siblings (same parent), then cousins (same grandparent, when
+    ``grandparents`` is given), then the rest (cosine order within each part), first k."""
     if k == 0 or len(concepts) < 2:
         return {c: [] for c in concepts}
     vectors = embed(concepts)  # (C, D)
     sim = vectors @ vectors.T  # (C, C)
     index = {c: i for i, c in enumerate(concepts)}
+    up = grandparents or {}
     out = {}
     for c in concepts:
         others = [o for o in concepts if o != c]
-        key = lambda o: (-named[c][o], parents[o] != parents[c] or parents[c] is None, -float(sim[index[c], index[o]]), o)
+        key = lambda o: (-named[c][o], parents[o] != parents[c] or parents[c] is None,
+                         up.get(o) != up.get(c) or up.get(c) is None, -float(sim[index[c], index[o]]), o)
         out[c] = sorted(others, key=key)[:k]
     return out
 
@@ -256,7 +260,8 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
         for image in members[c]:
             named[c].update(n for n in labels[image].hard_negatives if n in members and n != c)
     parents = {c: chains[members[c][0]][1] for c in concepts}
-    negatives = rank_negatives(concepts, parents, named, options.n_hard_negatives, embed)
+    grandparents = {c: chains[members[c][0]][2] for c in concepts}
+    negatives = rank_negatives(concepts, parents, named, options.n_hard_negatives, embed, grandparents)
 
     def record(image: str) -> ImageRecord:
         return ImageRecord(image, list(by_item[image].captions), captions[image], *chains[image])
