@@ -120,18 +120,62 @@ def _centroids(features: Tensor, labels: Tensor, num_groups: int) -> Tensor:
     return F.normalize(sums, dim=-1)
 
 
+class _PairwiseOuter(torch.autograd.Function):
+    """pairwise_outer's value with a hand-written backward: one stacked (2, R, B) logsumexp per term."""
+
+    @staticmethod
+    def forward(ctx, images: Tensor, texts: Tensor, scale: Tensor | float, negatives: Tensor | None,
+                positive: Tensor, rows: slice, weight: float) -> Tensor:
+        """weight * sum over the owned rows of both directions of lse_all - lse_positives."""
+        own_images = images[rows]  # (R, D)
+        cos = torch.mm(own_images, texts.T)  # (R, B) image -> text
+        full = rows == slice(0, images.shape[0])
+        t2i = cos.T if full else torch.mm(texts[rows], images.T)  # (R, B) text -> image
+        logits = torch.stack([cos, t2i]).mul_(scale)  # (2 directions, R, B)
+        lse = logits.logsumexp(-1)  # (2, R)
+        neg_logits = None
+        if negatives is not None:  # extra image -> text denominator columns
+            neg_logits = torch.mm(own_images, negatives.T).mul_(scale)  # (R, K)
+            lse[0] = torch.logaddexp(lse[0], neg_logits.logsumexp(-1))
+        masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
+        lse_positive = masked.logsumexp(-1)  # (2, R)
+        ctx.save_for_backward(images, texts, negatives, logits, lse, masked, lse_positive, neg_logits)
+        ctx.scale, ctx.rows, ctx.weight, ctx.full = scale, rows, weight, full
+        return (lse.sum() - lse_positive.sum()) * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        """d loss / d logits = weight * (softmax_all - softmax_positives), then through the similarity matmuls."""
+        images, texts, negatives, logits, lse, masked, lse_positive, neg_logits = ctx.saved_tensors
+        scale, rows, weight = ctx.scale, ctx.rows, grad * ctx.weight
+        dlogits = (logits - lse[..., None]).exp_().sub_((masked - lse_positive[..., None]).exp_()).mul_(weight)
+        dneg = None if neg_logits is None else (neg_logits - lse[0, :, None]).exp_().mul_(weight)  # (R, K)
+        dscale = None
+        if ctx.needs_input_grad[2]:  # d/dscale of scale * cos = logits / scale
+            dscale = (dlogits * logits).sum() + (0.0 if dneg is None else (dneg * neg_logits).sum())
+            dscale = dscale / scale
+        own_images = images[rows]
+        if ctx.full:  # i2t and t2i are one (B, B) matrix and its transpose
+            dcos = (dlogits[0] + dlogits[1].T).mul_(scale)  # (B, B)
+            dimages, dtexts = torch.mm(dcos, texts), torch.mm(dcos.T, own_images)
+        else:
+            di2t, dt2i = dlogits[0] * scale, dlogits[1] * scale  # (R, B) each
+            dimages, dtexts = torch.mm(dt2i.T, texts[rows]), torch.mm(di2t.T, own_images)
+            dimages[rows] += torch.mm(di2t, texts)
+            dtexts[rows] += torch.mm(dt2i, images)
+        dnegatives = None
+        if dneg is not None:
+            dneg = dneg.mul_(scale)
+            dimages[rows] += torch.mm(dneg, negatives)
+            dnegatives = torch.mm(dneg.T, own_images)
+        return dimages, dtexts, dscale, dnegatives, None, None, None
+
+
 def pairwise_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
     """Multi-positive InfoNCE, symmetric: mean_i -[lse_{j: g_j=g_i} s_ij - lse_j s_ij], s = scale * cos."""
-    own = b.labels[b.rows]
-    positive = own[:, None] == b.labels[None, :]  # (R rows, B columns)
-    i2t = scale * (b.images[b.rows] @ b.texts.T)  # (R, B)
-    full = b.rows == slice(0, b.labels.numel())
-    t2i = i2t.T if full else scale * (b.texts[b.rows] @ b.images.T)  # (R, B)
-    i2t_all = i2t if negatives is None else torch.cat([i2t, scale * (b.images[b.rows] @ negatives.T)], dim=1)
-    loss_i = torch.logsumexp(i2t_all, 1) - torch.logsumexp(i2t.masked_fill(~positive, -math.inf), 1)
-    loss_t = torch.logsumexp(t2i, 1) - torch.logsumexp(t2i.masked_fill(~positive, -math.inf), 1)
-    total = b.labels.numel()
-    return 0.5 * (b.row_mean(loss_i, total) + b.row_mean(loss_t, total))
+    positive = b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
+    return _PairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.rows,
+                                0.5 * b.world_scale / b.labels.numel())
 
 
 def clip_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
@@ -198,21 +242,74 @@ def pairwise_inner(b: _Batch) -> Tensor:
     return b.row_mean(1.0 - cos, labels.numel())
 
 
+class _ScaledPairwiseInner(torch.autograd.Function):
+    """scaled_pairwise_inner on equal contiguous groups, with a hand-written backward and no (G, N, N, D) tensor."""
+
+    @staticmethod
+    def forward(ctx, images: Tensor, texts: Tensor, tau_inner: float, owned: slice, weight: float) -> Tensor:
+        """weight * sum over owned products p_mij of lse_k(p_mij . c_k / tau') - p_mij . c_m / tau'."""
+        squared = torch.bmm(images.square(), texts.square().transpose(1, 2))  # (G, N, N) |a_i (x) b_j|^2
+        inv = squared.clamp_min(NORM_EPS**2).rsqrt_()  # (G, N, N) 1 / |a_i (x) b_j|, floored like F.normalize
+        summed = torch.bmm(inv, texts)  # (G, N, D) sum_j b_j / |a_i (x) b_j|
+        sums = (images * summed).sum(1)  # (G, D) sum_ij p_ij, the unnormalised product centroid
+        norms = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)  # (G, 1)
+        centroids = sums / norms.clamp_min(NORM_EPS)  # (G, D)
+        own_images, own_texts = images[owned], texts[owned]  # (G_o, N, D)
+        g_o, n, d = own_images.shape
+        # p_ij . c_k = ((a_i (x) c_k) . b_j) / |a_i (x) b_j|: one bmm over the (G_o, N*G, D) image-centroid products
+        image_centroid = (own_images[:, :, None, :] * centroids).view(g_o, -1, d)  # (G_o, N*G, D)
+        dots = torch.bmm(image_centroid, own_texts.transpose(1, 2)).view(g_o, n, -1, n)  # (G_o, N, G, N) [m,i,k,j]
+        logits = dots * (inv[owned, :, None, :] * (1.0 / tau_inner))  # (G_o, N, G, N)
+        lse = logits.logsumexp(2)  # (G_o, N, N)
+        # sum_ij p_mij . c_m = c_m . sums_m: the target logits summed without gathering them
+        target = (centroids[owned] * sums[owned]).sum() / tau_inner
+        ctx.save_for_backward(images, texts, squared, inv, summed, sums, norms, centroids, image_centroid, dots,
+                              logits, lse)
+        ctx.tau_inner, ctx.owned, ctx.weight = tau_inner, owned, weight
+        return (lse.sum() - target) * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        """Chain rule through logits, centroids (normalize), the inverse product norms and the squared norms."""
+        images, texts, squared, inv, summed, sums, norms, centroids, image_centroid, dots, logits, lse = \
+            ctx.saved_tensors
+        owned, weight = ctx.owned, grad * (ctx.weight / ctx.tau_inner)
+        own_images, own_texts = images[owned], texts[owned]  # (G_o, N, D)
+        g_o, n, d = own_images.shape
+        prob = (logits - lse[:, :, None, :]).exp_().mul_(weight)  # (G_o, N, G, N) weight/tau' * softmax over k
+        ddots = prob * inv[owned, :, None, :]  # (G_o, N, G, N)
+        dinv = (prob * dots).sum(2)  # (G_o, N, N) from the logits
+        ddots = ddots.view(g_o, -1, n)  # (G_o, N*G, N)
+        dimage_centroid = torch.bmm(ddots, own_texts).view(g_o, n, -1, d)  # (G_o, N, G, D)
+        dtexts_own = torch.bmm(ddots.transpose(1, 2), image_centroid)  # (G_o, N, D)
+        dimages_own = (dimage_centroid * centroids).sum(2)  # (G_o, N, D)
+        dcentroids = (dimage_centroid * own_images[:, :, None, :]).sum((0, 1))  # (G, D)
+        dcentroids[owned] -= weight * sums[owned]  # the target term - c_m . sums_m / tau'
+        # centroids = sums / max(|sums|, eps): project out the radial part where the norm is not floored
+        radial = (dcentroids * centroids).sum(-1, keepdim=True) * (norms > NORM_EPS)
+        dsums = (dcentroids - centroids * radial) / norms.clamp_min(NORM_EPS)  # (G, D)
+        dsums[owned] -= weight * centroids[owned]
+        dsummed = dsums[:, None, :] * images  # (G, N, D)
+        dimages = dsums[:, None, :] * summed  # (G, N, D)
+        dimages[owned] += dimages_own
+        dtexts = torch.bmm(inv.transpose(1, 2), dsummed)  # (G, N, D)
+        dtexts[owned] += dtexts_own
+        dinv_all = torch.bmm(dsummed, texts.transpose(1, 2))  # (G, N, N)
+        dinv_all[owned] += dinv
+        # inv = max(squared, eps^2)^(-1/2); d/dsquared = -inv^3 / 2 (0 where floored); the 2 of d(x^2) folded in
+        dsquared = (dinv_all * inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0).neg_()  # (G, N, N) times 2
+        dimages += images * torch.bmm(dsquared, texts.square())
+        dtexts += texts * torch.bmm(dsquared.transpose(1, 2), images.square())
+        return dimages, dtexts, None, None, None
+
+
 def scaled_pairwise_inner(b: _Batch, tau_inner: float) -> Tensor:
     """Mean over within-group products p_ij of cross-entropy of p_ij . c_k / tau' over all G centroids, target g."""
     if b.block is not None:  # equal contiguous groups: never materialise the (G, N, N, D) products
         n = b.block
         images, texts = b.images.view(-1, n, b.images.shape[1]), b.texts.view(-1, n, b.texts.shape[1])  # (G, N, D)
-        norms = _product_norms(images, texts)  # (G, N, N)
-        centroids = _product_centroids(images, texts, norms)  # (G, D)
         owned = slice(b.rows.start // n, b.rows.stop // n)
-        # (a_i (x) b_j) . c_k = (a_i (x) c_k) . b_j: one bmm over the (G_owned, N*G, D) image-centroid products
-        image_centroid = (images[owned, :, None, :] * centroids[None, None, :, :]).flatten(1, 2)  # (G_owned, N*G, D)
-        dots = torch.bmm(image_centroid, texts[owned].transpose(1, 2)).unflatten(1, (n, -1))  # (G_owned, N, G, N)
-        logits = dots.transpose(2, 3) / (norms[owned, :, :, None] * tau_inner)  # (G_owned, N, N, G)
-        target = torch.arange(b.num_groups, device=logits.device)[owned].repeat_interleave(n * n)
-        loss = F.cross_entropy(logits.reshape(-1, b.num_groups), target, reduction="none")
-        return b.row_mean(loss, b.labels.numel() * n)
+        return _ScaledPairwiseInner.apply(images, texts, tau_inner, owned, b.world_scale / (b.labels.numel() * n))
     products, labels, image_idx = _products(b)
     centroids = _centroids(products, labels, b.num_groups)  # (G, D)
     owned = _owned(image_idx, b.rows)
