@@ -308,7 +308,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.tokenizer = tokenizer
         self.cache_images = cache_images
-        self._images: dict[Path, Image.Image] = {}
+        self._images: dict[tuple[int, int], Image.Image] = {}
         self._tokens: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -317,11 +317,11 @@ class PairDataset(torch.utils.data.Dataset):
 
     def load_image(self, group: int, image: int) -> Image.Image:
         """The decoded RGB image of one record."""
+        if (group, image) in self._images:
+            return self._images[group, image]
         concept = self.index.groups[group].concept
         record = self.index.groups[group].images[image]
         path = resolve_image_path(self.image_root, record.image)
-        if path in self._images:
-            return self._images[path]
         try:
             with Image.open(path) as im:
                 rgb = im.convert("RGB")
@@ -335,7 +335,7 @@ class PairDataset(torch.utils.data.Dataset):
                 f"{path}: unreadable image (concept {concept!r}, train image {record.image!r}): {e}"
             ) from None
         if self.cache_images:
-            self._images[path] = rgb
+            self._images[group, image] = rgb
         return rgb
 
     def tokens(self, text: str) -> torch.Tensor:
@@ -344,15 +344,23 @@ class PairDataset(torch.utils.data.Dataset):
             self._tokens[text] = self.tokenizer([text])[0]
         return self._tokens[text]
 
-    def __getitem__(self, key: PairKey) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image (C, H, W), tokens (L,)) of one pair."""
+    def _pair(self, key: PairKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair of one key; the caller has forked the global torch RNG."""
         record = self.index.groups[key.group].images[key.image]
         caption = getattr(record, self.index.caption_field)[key.caption]
         image = self.load_image(key.group, key.image)
+        torch.manual_seed(key.seed)
+        return self.transform(image), self.tokens(caption)
+
+    def __getitem__(self, key: PairKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (C, H, W), tokens (L,)) of one pair."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(key.seed)
-            pixels = self.transform(image)
-        return pixels, self.tokens(caption)
+            return self._pair(key)
+
+    def __getitems__(self, keys: list[PairKey]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The pairs of a batch of keys (what the DataLoader fetches), forking the global RNG once per batch."""
+        with torch.random.fork_rng(devices=[]):
+            return [self._pair(key) for key in keys]
 
 
 class GroupCollate:
