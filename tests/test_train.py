@@ -95,15 +95,18 @@ def test_cosine_schedule_and_no_decay_on_gains_and_biases():
     assert groups[0]["params"][0] is layer.weight
 
 
-def test_train_and_resume_from_a_checkpoint_match_an_uninterrupted_run(dataset, tmp_path):
-    full = train(tiny_config(dataset, tmp_path / "full", checkpoint_every=2))
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_and_resume_from_a_checkpoint_match_an_uninterrupted_run(dataset, tmp_path, workers):
+    full = train(tiny_config(dataset, tmp_path / "full", checkpoint_every=2, num_workers=workers))
     assert full["step"] == 4 and Path(full["checkpoint"]).name == "step_000004.pt"
     lines = [json.loads(ln) for ln in Path(full["metrics_path"]).read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert {"loss", "outer_loss", "inner_loss", "lr", "logit_scale", "time"} <= lines[0].keys()
     meta = json.loads((tmp_path / "full" / "checkpoints" / "step_000004.json").read_text())
     assert meta["train_config"]["steps"] == 4 and len(meta["data_hash"]) == 64 and meta["metrics"]["loss"] > 0
-    resumed = train(tiny_config(dataset, tmp_path / "resumed"), resume=str(tmp_path / "full/checkpoints/step_000002.pt"))
+    resumed = train(tiny_config(dataset, tmp_path / "resumed", num_workers=workers),
+                    resume=str(tmp_path / "full/checkpoints/step_000002.pt"))
+    assert [json.loads(ln)["step"] for ln in Path(resumed["metrics_path"]).read_text().splitlines()] == [3, 4]
     assert_same_weights(weights(full["checkpoint"]), weights(resumed["checkpoint"]))
     assert resumed["metrics"]["loss"] == full["metrics"]["loss"]
 
@@ -124,10 +127,12 @@ def test_sigkill_then_resume_auto_ends_with_the_same_weights(dataset, tmp_path):
     proc.wait()
     killed_at = json.loads(latest.read_text())["step"]
     assert proc.returncode == -signal.SIGKILL and killed_at < 40
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    before = metrics.read_text().splitlines()[:killed_at]  # the resumed run keeps these and redoes nothing
     done = subprocess.run(command + ["--resume", "auto"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    steps = [json.loads(ln)["step"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 41))
+    after = metrics.read_text().splitlines()
+    assert after[:killed_at] == before and [json.loads(ln)["step"] for ln in after] == list(range(1, 41))
     train(tiny_config(dataset, tmp_path / "full", steps=40))  # in-process, on one thread like the subprocesses
     assert_same_weights(weights(tmp_path / "full/checkpoints/step_000040.pt"),
                         weights(tmp_path / "killed/checkpoints/step_000040.pt"))
