@@ -1,4 +1,5 @@
-"""Training-step time of the built-in models: batch 64 at 64 px, text tower frozen vs trainable, side by side.
+"""Training-step time of the built-in models: batch 64 at 64 px, text tower frozen vs trainable, side by side;
+"trimmed" runs the frozen step on tokens cut to the batch's longest caption (``trim_padding``).
 
 Usage: python bench/bench_model_step.py [--models default clearglass:clearglass-vit] [--steps 5] [--batch 64]
 Prints ``name: value`` lines: wall seconds per step (median of the timed steps after one warm-up step) and process
@@ -14,10 +15,10 @@ import time
 import open_clip
 import torch
 
-from clearglass.models import load_model, lock_towers
+from clearglass.models import load_model, lock_towers, trim_padding
 
 
-def step_time(spec: str, lock_text: bool, steps: int, batch: int) -> tuple[float, float]:
+def step_time(spec: str, lock_text: bool, steps: int, batch: int, trim: bool = False) -> tuple[float, float]:
     """(median wall seconds, median CPU seconds) of one forward + backward + AdamW step of the CLIP loss on random images and real captions."""
     bundle = load_model(spec)
     lock_towers(bundle, lock_text=lock_text)
@@ -28,6 +29,7 @@ def step_time(spec: str, lock_text: bool, steps: int, batch: int) -> tuple[float
     size = size if isinstance(size, int) else size[0]
     images = torch.randn(batch, 3, size, size)  # (B, 3, H, W)
     tokens = bundle.tokenizer([f"a photo of object number {i} on a table" for i in range(batch)])  # (B, L)
+    tokens = trim_padding(bundle, tokens) if trim else tokens
     times, cpu_times = [], []
     for _ in range(steps + 1):
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -50,10 +52,13 @@ def main() -> None:
     print(f"torch_threads: {torch.get_num_threads()}")
     for spec in args.models:
         frozen, frozen_cpu = step_time(spec, True, args.steps, args.batch)
+        trimmed, trimmed_cpu = step_time(spec, True, args.steps, args.batch, trim=True)
         trainable, trainable_cpu = step_time(spec, False, args.steps, args.batch)
         print(f"{spec} step_s text_frozen: {frozen:.3f}")
+        print(f"{spec} step_s text_frozen_trimmed: {trimmed:.3f}")
         print(f"{spec} step_s text_trainable: {trainable:.3f}")
         print(f"{spec} cpu_s text_frozen: {frozen_cpu:.3f}")
+        print(f"{spec} cpu_s text_frozen_trimmed: {trimmed_cpu:.3f}")
         print(f"{spec} cpu_s text_trainable: {trainable_cpu:.3f}")
         print(f"{spec} ratio trainable/frozen: {trainable / frozen:.2f}")
 

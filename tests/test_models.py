@@ -176,6 +176,13 @@ def test_lock_default_towers(default_bundle):
     assert all(p.requires_grad for p in m.parameters())
 
 
+def test_lock_text_projection(default_bundle):
+    lock_towers(default_bundle, lock_text=True, lock_text_projection=True)
+    c = trainable_parameter_counts(default_bundle)
+    assert c["text"]["trainable"] == 0 and c["image"]["trainable"] == c["image"]["total"]
+    lock_towers(default_bundle)
+
+
 def test_lock_open_clip_vit_towers(tiny_open_clip_checkpoint):
     path, _ = tiny_open_clip_checkpoint
     b = load_model(f"open_clip:clearglass-test-tiny:{path}")
@@ -227,6 +234,19 @@ def test_default_checkpoint_round_trip(default_bundle, tmp_path):
         torch.testing.assert_close(plain.encode_image(images), before[0], rtol=0, atol=0)
 
 
+def test_hierarchy_model_checkpoint_round_trip(tmp_path):
+    """A config with hier_attention: blocks are swapped before the weights load, both fresh and from a checkpoint."""
+    b = load_model("clearglass:clearglass-vit-hier")
+    assert b.config["hier_attention"]["vision"] is True
+    with torch.no_grad():
+        b.model.visual.proj.mul_(2.0)
+    path = save_checkpoint(b, tmp_path / "hier.pt", train_config={}, data_hash="h", metrics={})
+    images = torch.randn(2, 3, 64, 64)
+    before, after = _encode(b, images), _encode(load_model(str(path)), images)
+    torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
+    torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
+
+
 def test_hf_checkpoint_round_trip(tiny_hf_dir, tmp_path):
     b = load_model(f"hf:{tiny_hf_dir}")
     with torch.no_grad():
@@ -243,7 +263,7 @@ def test_hf_checkpoint_round_trip(tiny_hf_dir, tmp_path):
 # errors
 
 
-def test_error_cases(tmp_path, tiny_open_clip_checkpoint):
+def test_error_cases(tmp_path, tiny_open_clip_checkpoint, tiny_hf_dir):
     with pytest.raises(ClearglassError, match="nonsense"):
         load_model("nonsense")
     with pytest.raises(ClearglassError, match="no-such.json"):
@@ -271,3 +291,8 @@ def test_error_cases(tmp_path, tiny_open_clip_checkpoint):
     torch.save(torch.load(path), tmp_path / "bad.pt")
     with pytest.raises(ClearglassError, match="bad.json"):
         load_model(str(tmp_path / "bad.pt"))
+    b = load_model(f"hf:{tiny_hf_dir}")
+    path = save_checkpoint(b, tmp_path / "wrong.pt", train_config={}, data_hash="h", metrics={})
+    torch.save({"unrelated": torch.zeros(1)}, path)
+    with pytest.raises(ClearglassError, match="wrong.pt"):
+        load_model(str(path))

@@ -173,7 +173,7 @@ def _open_clip_bundle(
         apply_hier_attention(model, hier)
         model.to(device)
         if pretrained:
-            model.load_state_dict(_load_state_dict(Path(pretrained)))
+            _load_weights(model, Path(pretrained))
     model.clearglass_source = ModelSource("open_clip", name, config)
     return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config)
 
@@ -191,7 +191,7 @@ def _hf_bundle(spec: str, directory: str, device: str | torch.device, weights: P
         raise ClearglassError(f"model spec {spec!r}: cannot load a Hugging Face CLIP model from {directory}: {e}") from e
     model = HFCLIPModel(clip)
     if weights:
-        model.load_state_dict(_load_state_dict(weights))
+        _load_weights(model, weights)
     size = processor.crop_size["height"] if processor.do_center_crop else processor.size["shortest_edge"]
     transforms = [
         open_clip.image_transform(size, is_train, mean=tuple(processor.image_mean), std=tuple(processor.image_std))
@@ -203,11 +203,12 @@ def _hf_bundle(spec: str, directory: str, device: str | torch.device, weights: P
     return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, clip.config.to_dict())
 
 
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def _load_weights(model: nn.Module, path: Path) -> None:
+    """Load a plain state_dict file into the model, all keys matching."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except (OSError, RuntimeError) as e:
-        raise ClearglassError(f"checkpoint {path}: cannot read weights: {e}") from e
+        raise ClearglassError(f"checkpoint {path}: cannot load its weights into {type(model).__name__}: {e}") from e
 
 
 def metadata_path(checkpoint: str | os.PathLike) -> Path:
