@@ -11,6 +11,7 @@ Sampler items are ``PairKey`` tuples; ``PairDataset`` turns one into (image tens
 from __future__ import annotations
 
 import abc
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +39,13 @@ class PairKey(NamedTuple):
 
 @dataclass
 class Group:
-    """One concept's train images that have at least one caption, and its hard-negative groups (as indices)."""
+    """One concept's train images that have at least one caption, its hard-negative groups (as indices) and its
+    level2 parent (the most common level2 of its images; ties: the sorted first)."""
 
     concept: str
     images: list[ImageRecord]
     hard_negatives: list[int]
+    level2: str | None = None
 
 
 class GroupIndex:
@@ -92,6 +95,8 @@ class GroupIndex:
                 hard_negatives=list(dict.fromkeys(
                     self.index_of[n] for n in rec.hard_negative if n in self.index_of and n != rec.concept
                 )),
+                level2=min(Counter(im.level2 for im in usable).most_common(),
+                           key=lambda item: (-item[1], item[0] or ""))[0],
             )
             for rec, usable in kept
         ]
@@ -103,6 +108,14 @@ class GroupIndex:
     def num_pairs(self) -> int:
         """Number of (image, caption) pairs over all groups."""
         return sum(len(getattr(im, self.caption_field)) for g in self.groups for im in g.images)
+
+    def level2_ids(self) -> list[int]:
+        """Per group, an id shared exactly by the groups with the same level2 (sorted names first); a group without
+        a level2 has an id of its own."""
+        names = sorted({g.level2 for g in self.groups if g.level2 is not None})
+        ids = {name: i for i, name in enumerate(names)}
+        alone = iter(range(len(names), len(names) + len(self.groups)))
+        return [ids[g.level2] if g.level2 is not None else next(alone) for g in self.groups]
 
 
 def _rank_slice(size: int, rank: int, world_size: int, what: str) -> slice:
@@ -156,9 +169,13 @@ class _EpochSampler(abc.ABC):
     def __iter__(self) -> Iterator[list[PairKey]]:
         """This rank's batches from the current position to the end of the epoch; the position advances as it goes."""
         while self.position < len(self):
-            keys = self._rank_part(self.global_batch(self.epoch, self.position))
+            keys = self.rank_batch(self.epoch, self.position)
             self.position += 1
             yield keys
+
+    def rank_batch(self, epoch: int, index: int) -> list[Any]:
+        """This rank's part of global batch ``index`` of ``epoch`` (what the iterator yields there)."""
+        return self._rank_part(self.global_batch(epoch, index))
 
     def _rng(self, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, index, stream])

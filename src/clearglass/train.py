@@ -2,8 +2,9 @@
 
 One loop over global steps. Steps [0, pretrain.steps) are the optional caption pre-training stage (text-only CLIP
 loss between original captions and their new captions / concept words, as in the CLEAR GLASS reference); the
-remaining ``steps`` are the main stage on batches of groups (``loss.kind='grouped'``) or random pairs
-(``loss.kind='clip'``, the baseline). AdamW (no weight decay on parameters with ndim < 2), cosine schedule with
+remaining ``steps`` are the main stage on batches of groups (``loss.kind='grouped'``, or ``'multilevel'`` with each
+group's level2 id) or random pairs (``loss.kind='clip'``, the baseline), optionally with synthetic hard-negative
+captions as extra text negatives (``synthetic_negatives``, see `clearglass.hard_negatives`). AdamW (no weight decay on parameters with ndim < 2), cosine schedule with
 linear warmup per stage, gradient clipping, fp32/bf16/amp. Checkpoints are written atomically with the model
 weights, a metadata JSON, and a resume state (optimizer, scheduler, sampler positions, RNG states); ``latest.json``
 points at the newest complete one. ``torchrun --nproc_per_node=K -m clearglass.train --config FILE`` runs DDP
@@ -35,13 +36,14 @@ from tqdm import tqdm
 
 from clearglass import data as cg_data
 from clearglass.errors import ClearglassError
-from clearglass.losses import LN_100, GroupedContrastiveLoss
+from clearglass.hard_negatives import CaptionNegatives, SyntheticNegativesConfig, fill_hard_negatives
+from clearglass.losses import LN_100, GroupedContrastiveLoss, MultiLevelGroupedLoss
 from clearglass.magic.schema import load_concepts, write_json_atomic
 from clearglass.models import ModelBundle, load_model, lock_towers, save_checkpoint
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "train"
 PRECISIONS = ("fp32", "bf16", "amp")
-LOSS_KINDS = ("grouped", "clip")
+LOSS_KINDS = ("grouped", "clip", "multilevel")
 
 
 @dataclass
@@ -57,7 +59,9 @@ class LockConfig:
 
 @dataclass
 class LossConfig:
-    """kind 'grouped' (GroupedContrastiveLoss on M x N groups) or 'clip' (outer 'clip', no inner, random pairs)."""
+    """kind 'grouped' (GroupedContrastiveLoss on M x N groups), 'clip' (outer 'clip', no inner, random pairs) or
+    'multilevel' (MultiLevelGroupedLoss on M x N groups with their level2 ids: instance_weight * per-pair CLIP +
+    level1_weight * grouped + level2_weight * grouped over level2 groups; the weights are unused by other kinds)."""
 
     kind: str = "grouped"
     outer: str = "pairwise"
@@ -67,6 +71,9 @@ class LossConfig:
     tau_inner: float = 0.07
     learn_tau: bool = False
     local_loss: bool = False
+    instance_weight: float = 1.0
+    level1_weight: float = 1.0
+    level2_weight: float = 1.0
 
 
 @dataclass
@@ -110,6 +117,7 @@ class TrainConfig:
     num_workers: int = 0
     cache_images: bool = False
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    synthetic_negatives: SyntheticNegativesConfig = field(default_factory=SyntheticNegativesConfig)
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "<dict>") -> TrainConfig:
@@ -196,6 +204,9 @@ def _validate(config: TrainConfig) -> None:
             raise ClearglassError(f"train config: {name} = {getattr(config, name)}: expected >= 1")
     if config.pretrain.steps < 0 or config.warmup < 0 or config.num_workers < 0:
         raise ClearglassError("train config: pretrain.steps, warmup and num_workers must be >= 0")
+    if config.synthetic_negatives.caption and config.loss.kind != "clip" and config.loss.outer == "centroid":
+        raise ClearglassError("train config: synthetic_negatives.caption needs loss.outer 'pairwise' or 'clip' "
+                              "(outer 'centroid' has no per-image rows to add text negatives to)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,14 +248,18 @@ class _Features(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor | None, texts: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(M, N, C, H, W) images (or None), (M, N, L) tokens -> (M, N, D) image and text features."""
+    def forward(self, images: torch.Tensor | None, texts: torch.Tensor, negatives: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(M, N, C, H, W) images (or None), (M, N, L) tokens, (K, L) negative tokens (or None) -> (M, N, D) image
+        and text features and (K, D) negative features; captions and negatives share one text-tower call."""
         m, n = texts.shape[:2]
-        text = self.model.encode_text(texts.flatten(0, 1)).unflatten(0, (m, n))  # (M, N, D)
+        rows = texts.flatten(0, 1) if negatives is None else torch.cat([texts.flatten(0, 1), negatives])  # (M*N+K, L)
+        encoded = self.model.encode_text(rows)  # (M*N+K, D)
+        text, negative = encoded[:m * n].unflatten(0, (m, n)), None if negatives is None else encoded[m * n:]
         if images is None:
-            return None, text
+            return None, text, negative
         image = self.model.encode_image(images.flatten(0, 1)).unflatten(0, (m, n))  # (M, N, D)
-        return image, text
+        return image, text, negative
 
 
 def _frozen_modules_to_eval(model: nn.Module) -> None:
@@ -373,8 +388,16 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
     # data
     data_path = Path(config.data)
     concepts = load_concepts(data_path)
+    synthetic = config.synthetic_negatives
+    filled: list[str] = []
+    if synthetic.concepts:
+        concepts, filled = fill_hard_negatives(concepts, synthetic.concepts_per_group)
     image_root = Path(config.images) if config.images else data_path.parent
     index = cg_data.GroupIndex(concepts, config.caption_field, config.pairs_per_group, config.short_groups)
+    negative_captions = None
+    if synthetic.caption:
+        negative_captions = CaptionNegatives(index, concepts, synthetic.source, synthetic.per_caption, config.seed,
+                                             synthetic.specificity)
     bundle: ModelBundle = load_model(config.model, device)
     lock_towers(bundle, **dataclasses.asdict(config.lock))
     model = bundle.model
@@ -383,16 +406,19 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
             getattr(model, name).requires_grad_(False)
     dataset = cg_data.PairDataset(index, image_root, bundle.preprocess_train, bundle.tokenizer, config.cache_images)
     batch_pairs = config.groups_per_batch * config.pairs_per_group
-    if config.loss.kind == "grouped":
+    if config.loss.kind in ("grouped", "multilevel"):
         anchors = config.anchors_per_batch or world_size
         sampler: cg_data._EpochSampler = cg_data.GroupBatchSampler(
             index, config.groups_per_batch, config.pairs_per_group, config.seed, anchors, rank, world_size
         )
         n = config.pairs_per_group
-        loss_fn = GroupedContrastiveLoss(
-            config.loss.outer, config.loss.inner, config.loss.alpha, config.loss.tau, config.loss.tau_inner,
-            config.loss.learn_tau, config.loss.local_loss,
-        )
+        grouped_args = (config.loss.outer, config.loss.inner, config.loss.alpha, config.loss.tau,
+                        config.loss.tau_inner, config.loss.learn_tau, config.loss.local_loss)
+        if config.loss.kind == "grouped":
+            loss_fn = GroupedContrastiveLoss(*grouped_args)
+        else:
+            loss_fn = MultiLevelGroupedLoss(config.loss.instance_weight, config.loss.level1_weight,
+                                            config.loss.level2_weight, *grouped_args)
     else:
         sampler = cg_data.RandomPairSampler(index, batch_pairs, config.seed, rank, world_size)
         n = 1
@@ -400,6 +426,8 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
             "clip", None, tau=config.loss.tau, learn_tau=config.loss.learn_tau, local_loss=config.loss.local_loss
         )
     loss_fn.to(device)
+    scale_fn = loss_fn.grouped if isinstance(loss_fn, MultiLevelGroupedLoss) else loss_fn  # owns the temperature
+    level2_ids = torch.tensor(index.level2_ids(), device=device)  # (groups,)
     pin = device.type == "cuda"
     main_source = _Source(cg_data.make_loader(dataset, sampler, n, config.num_workers, pin), sampler)
     pre_source = None
@@ -513,13 +541,21 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
         if pretraining:
             old, target = pre_source.next()  # (B, 1, L) each
             with _autocast(device, autocast_dtype):  # one forward (DDP allows one per backward)
-                _, text_f = features(None, torch.cat([old, target], dim=1).to(device, non_blocking=True))  # (B, 2, D)
+                _, text_f, _ = features(None, torch.cat([old, target], dim=1).to(device, non_blocking=True))  # (B,2,D)
             out_terms = _loss_terms(pre_loss_fn, text_f[:, :1], text_f[:, 1:], step)
         else:
             images, tokens = main_source.next()  # (M, N, C, H, W), (M, N, L)
+            keys = sampler.rank_batch(main_source.epoch, main_source.position - 1)  # the keys of this batch
+            negatives = None
+            if negative_captions is not None:
+                negatives = bundle.tokenizer(negative_captions.for_batch(keys)).to(device, non_blocking=True)  # (K, L)
             with _autocast(device, autocast_dtype):
-                image_f, text_f = features(images.to(device, non_blocking=True), tokens.to(device, non_blocking=True))
-            out_terms = _loss_terms(loss_fn, image_f, text_f, step)
+                image_f, text_f, negative_f = features(images.to(device, non_blocking=True),
+                                                       tokens.to(device, non_blocking=True), negatives)
+            extra = {} if negative_f is None else {"text_negatives": negative_f}
+            if isinstance(loss_fn, MultiLevelGroupedLoss):
+                extra["level2_ids"] = level2_ids[[k.group for k in keys[::n]]]  # (M,)
+            out_terms = _loss_terms(loss_fn, image_f, text_f, step, **extra)
         loss = out_terms["loss"]
         reduced = _reduce_terms(out_terms, step, world_size)
         optimizer.zero_grad(set_to_none=True)
@@ -543,15 +579,15 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
             optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         scheduler.step()
-        if loss_fn.logit_scale is not None:
+        if scale_fn.logit_scale is not None:
             with torch.no_grad():
-                loss_fn.logit_scale.clamp_(0, LN_100)
+                scale_fn.logit_scale.clamp_(0, LN_100)
         step += 1
         last = dict(reduced)
         last.update(
             stage="pretrain" if pretraining else "main",
             lr=lr,
-            logit_scale=float(loss_fn.outer_scale()),
+            logit_scale=float(scale_fn.outer_scale()),
             grad_norm=grad_norm,
         )
         bar.update(1)
@@ -578,6 +614,8 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
         "data_hash": digest,
         "skipped_groups": index.skipped,
         "world_size": world_size,
+        "filled_hard_negatives": filled,
+        "synthetic_negatives": dict(negative_captions.stats) if negative_captions is not None else {},
     }
 
 
@@ -587,9 +625,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _loss_terms(loss_fn: GroupedContrastiveLoss, a: torch.Tensor, b: torch.Tensor, step: int) -> dict:
+def _loss_terms(loss_fn: nn.Module, a: torch.Tensor, b: torch.Tensor, step: int, **extra: torch.Tensor) -> dict:
     try:
-        return loss_fn(a, b)
+        return loss_fn(a, b, **extra)
     except ClearglassError as e:
         raise ClearglassError(f"step {step}: {e}") from None
 
