@@ -7,8 +7,8 @@ group's level2 id) or random pairs (``loss.kind='clip'``, the baseline), optiona
 captions as extra text negatives (``synthetic_negatives``, see `clearglass.hard_negatives`). AdamW (no weight
 decay on parameters with ndim < 2), cosine schedule with linear warmup per stage, gradient clipping, fp32/bf16/amp.
 Checkpoints are written atomically with the model weights, a metadata JSON, and a resume state (optimizer,
-scheduler, sampler positions, RNG states); ``latest.json`` points at the newest complete one. ``torchrun --nproc_per_node=K -m clearglass.train --config FILE`` runs DDP
-(gloo on CPU, nccl on GPU): every rank builds the same global batch and takes its slice; the loss gathers features.
+scheduler, sampler positions, RNG states); ``latest.json`` points at the newest complete one.
+``torchrun --nproc_per_node=K -m clearglass.train --config FILE`` runs DDP (gloo on CPU, nccl on GPU): every rank builds the same global batch and takes its slice; the loss gathers features.
 """
 
 from __future__ import annotations
