@@ -8,7 +8,8 @@ captions as extra text negatives (``synthetic_negatives``, see `clearglass.hard_
 decay on parameters with ndim < 2), cosine schedule with linear warmup per stage, gradient clipping, fp32/bf16/amp.
 Checkpoints are written atomically with the model weights, a metadata JSON, and a resume state (optimizer,
 scheduler, sampler positions, RNG states); ``latest.json`` points at the newest complete one.
-``torchrun --nproc_per_node=K -m clearglass.train --config FILE`` runs DDP (gloo on CPU, nccl on GPU): every rank builds the same global batch and takes its slice; the loss gathers features.
+``torchrun --nproc_per_node=K -m clearglass.train --config FILE`` runs DDP (gloo on CPU, nccl on GPU): every rank
+builds the same global batch and takes its slice; the loss gathers features.
 """
 
 from __future__ import annotations
