@@ -2,7 +2,9 @@
 
 One batch of M groups x N pairs of D-dim features (default 8 x 10 x 512 = an 80 x 512 batch), loss
 pairwise outer + scaled_pairwise inner. Compared side by side in one run, one CPU thread, median of the
-timed repeats after one warm-up round, the contenders interleaved in each round:
+timed repeats after one warm-up round, the contenders interleaved in each round. Times are the thread's CPU
+time (time.thread_time), not wall time: on a shared, oversubscribed machine wall-clock medians of a few-ms step
+flip with the scheduler's time slices, CPU time does not.
 - grouped: clearglass GroupedContrastiveLoss (normalises inside, float32); grouped_outer_only: inner=None;
 - oracle: the loop oracle of tests/loss_oracles.py (float64, Python loops);
 - clip_loss: open_clip ClipLoss on the same 80 x 512 features, including the F.normalize the model would
@@ -33,15 +35,15 @@ from loss_oracles import oracle_terms  # noqa: E402
 
 def median_seconds(steps: dict[str, Callable[[], torch.Tensor]], inputs: list[torch.Tensor],
                    repeats: dict[str, int]) -> dict[str, float]:
-    """Median seconds of loss = step(); grad(loss, inputs) per step, interleaved, after one warm-up each."""
+    """Median CPU seconds of loss = step(); grad(loss, inputs) per step, interleaved, after one warm-up each."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for round_ in range(max(repeats.values()) + 1):
         for name, step in steps.items():
             if round_ > repeats[name]:
                 continue
-            start = time.perf_counter()
+            start = time.thread_time()
             torch.autograd.grad(step(), inputs)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.thread_time() - start)
     return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 

@@ -97,11 +97,9 @@ def _check_negatives(text_negatives: Tensor, dim: int) -> None:
         raise ClearglassError(f"text_negatives: expected a floating (K, D={dim}) tensor, got {shape}")
 
 
-def _check_finite(name: str, x: Tensor) -> None:
-    """Raise ClearglassError naming the first non-finite row of `x` (leading axes are its index)."""
-    if torch.isfinite(x.sum()):  # one cheap reduction: any NaN/inf makes the sum non-finite
-        return
-    bad = ~torch.isfinite(x)  # the sum may also overflow on huge finite values
+def _raise_non_finite(name: str, x: Tensor) -> None:
+    """Raise ClearglassError naming the first non-finite row of `x` (leading axes are its index), if there is one."""
+    bad = ~torch.isfinite(x)
     if bad.any():
         index = tuple(int(i) for i in bad.nonzero()[0][:-1])
         raise ClearglassError(f"{name}: expected finite features, found NaN/inf at index {index}"
@@ -283,7 +281,7 @@ class _ScaledPairwiseInner(torch.autograd.Function):
         dimage_centroid = torch.bmm(ddots, own_texts).view(g_o, n, -1, d)  # (G_o, N, G, D)
         dtexts_own = torch.bmm(ddots.transpose(1, 2), image_centroid)  # (G_o, N, D)
         dimages_own = (dimage_centroid * centroids).sum(2)  # (G_o, N, D)
-        dcentroids = (dimage_centroid * own_images[:, :, None, :]).sum((0, 1))  # (G, D)
+        dcentroids = dimage_centroid.mul_(own_images[:, :, None, :]).view(-1, *centroids.shape).sum(0)  # (G, D)
         dcentroids[owned] -= weight * sums[owned]  # the target term - c_m . sums_m / tau'
         # centroids = sums / max(|sums|, eps): project out the radial part where the norm is not floored
         radial = (dcentroids * centroids).sum(-1, keepdim=True) * (norms > NORM_EPS)
@@ -428,10 +426,13 @@ def _prepare(image_features: Tensor, text_features: Tensor, text_negatives: Tens
     if world > 1:
         images, texts = _gather(images), _gather(texts)  # (W*M, N, D)
         negatives = None if negatives is None else _gather(negatives)  # (W*K, D)
-    _check_finite("image_features", images)
-    _check_finite("text_features", texts)
+    # one cheap reduction: any NaN/inf makes the sum non-finite (so may huge finite values: the exact check decides)
+    if not torch.isfinite(images.sum() + texts.sum()):
+        _raise_non_finite("image_features", images)
+        _raise_non_finite("text_features", texts)
     if negatives is not None:
-        _check_finite("text_negatives", negatives)
+        if not torch.isfinite(negatives.sum()):
+            _raise_non_finite("text_negatives", negatives)
         negatives = F.normalize(negatives, dim=-1)
     groups = images.shape[0]
     labels = torch.arange(groups, device=images.device).repeat_interleave(n)  # (B,)
