@@ -163,3 +163,14 @@ def test_demo_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) ->
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert np.isfinite(results["seconds"])
+
+
+def test_search_needs_equal_effort(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"description": "d", "settings": {"clip": [{"lr": 0.001}],
+                                                                  "clear_glass": [{"lr": 0.001}, {"lr": 0.003}]}}))
+    assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "s")]) == 2
+    grid.write_text(json.dumps({"description": "d", "settings": {"nope": [{"lr": 0.001}]}}))
+    with pytest.raises(ClearglassError, match="unknown models"):
+        from clearglass.demo import run_search
+        run_search(tmp_path / "s", grid, "quick")

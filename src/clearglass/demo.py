@@ -376,11 +376,16 @@ def write_demo_report(out: Path, comparisons: dict[str, dict], summary: dict) ->
     search = summary.get("search")
     if search:
         parts.append("## Hyperparameter search (validation split only)\n\n" + search["description"] + "\n\n"
-                     + "| loss | setting | " + " | ".join(search["metrics"]) + " |\n|---|---|"
-                     + "---|" * len(search["metrics"]) + "\n"
-                     + "".join(f"| {r['loss']} | {json.dumps(r['setting'])} | "
-                               + " | ".join(fmt(r['scores'][m]) for m in search["metrics"]) + " |\n"
-                               for r in search["results"]))
+                     + "| loss | setting | " + " | ".join(search["metrics"]) + " | score |\n|---|---|"
+                     + "---|" * (len(search["metrics"]) + 1) + "\n"
+                     + "".join(f"| {r['loss']} | `{json.dumps(r['setting'])}` | "
+                               + " | ".join(fmt(r["scores"][m]) for m in search["metrics"])
+                               + f" | {fmt(r['score'])} |\n" for r in search["results"])
+                     + f"\nChosen: {json.dumps(search['chosen'])}.\n")
+    else:
+        parts.append("## Hyperparameter search\n\nNone recorded (no `configs/demo/search.json`): both losses use the "
+                     "settings above, which differ only in the loss. `clearglass demo --search "
+                     "configs/demo/search-grid.json` runs the equal-effort grid on the validation split.\n")
     for subset in SUBSETS:
         comp = comparisons[subset]
         parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))
@@ -390,6 +395,54 @@ def write_demo_report(out: Path, comparisons: dict[str, dict], summary: dict) ->
     path = out / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+SEARCH_METRICS = [("val_seen", "recognition", "concept_level1", "i2t_R@1"),
+                  ("val_seen", "recognition", "concept_level2", "i2t_R@1"),
+                  ("val_held_out", "recognition", "concept_level1", "i2t_R@1")]
+
+
+def run_search(out: str | os.PathLike, grid_path: str | os.PathLike, config_name: str = "default") -> dict:
+    """Equal-effort grid on the validation split: every setting of every loss is trained (same steps, seed, data)
+    and scored by the mean of ``SEARCH_METRICS``; each result is appended to ``out/search.jsonl`` as it lands and
+    the best setting per loss is chosen. Writes ``out/search.json`` (the layout the report reads)."""
+    config = load_demo_config(config_name)
+    grid = json.loads(Path(grid_path).read_text(encoding="utf-8"))
+    unknown = sorted(set(grid["settings"]) - set(config["models"]))
+    if unknown:
+        raise ClearglassError(f"{grid_path}: settings for unknown models {unknown}: expected {sorted(config['models'])}")
+    sizes = {loss: len(settings) for loss, settings in grid["settings"].items()}
+    if len(set(sizes.values())) != 1:
+        raise ClearglassError(f"{grid_path}: every loss needs the same number of settings (equal effort), got {sizes}")
+    out = Path(out)
+    paths, _ = build_demo_data(out, config["data"], progress=False)
+    splits = {name: load_concepts(p) for name, p in paths.items()}
+    eval_config = EvalConfig(k=config["eval"]["k"], fields=["concept_level1", "concept_level2"], levels=[1, 2],
+                             n_boot=config["eval"]["n_boot"], seed=config["eval"]["seed"], tasks=["recognition"])
+    from clearglass.models import load_model
+
+    names = ["/".join(m[:3]) + "/" + m[3] for m in SEARCH_METRICS]
+    results = []
+    for loss, settings in grid["settings"].items():
+        for i, setting in enumerate(settings):
+            tag = f"search-{loss}-{i}"
+            trained = train_model(tag, {**config["models"][loss], **setting}, config["train"], paths["train"], out,
+                                  config["train"]["seed"])
+            encoder = ModelEncoder(load_model(trained["checkpoint"]), batch_size=128)
+            by_subset = {subset: evaluate_model(encoder, splits[subset], paths["train"].parent, eval_config, model=tag)
+                         for subset in dict.fromkeys(m[0] for m in SEARCH_METRICS)}
+            scores = {name: _row(by_subset[subset], task, tsub, metric)["value"]
+                      for name, (subset, task, tsub, metric) in zip(names, SEARCH_METRICS)}
+            record = {"loss": loss, "setting": setting, "scores": scores, "score": float(np.mean(list(scores.values()))),
+                      "seconds": trained["seconds"], "final_loss": trained["metrics"]["loss"]}
+            results.append(record)
+            with open(out / "search.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+    chosen = {loss: max((r for r in results if r["loss"] == loss), key=lambda r: r["score"])["setting"]
+              for loss in grid["settings"]}
+    summary = {"description": grid["description"], "metrics": names, "results": results, "chosen": chosen}
+    write_json_atomic(summary, out / "search.json")
+    return summary
 
 
 def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default", progress: bool = True) -> dict:
