@@ -130,9 +130,12 @@ class ModelEncoder:
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """(n, D) normalised text embeddings."""
+        from clearglass.models import trim_padding  # exact: drops token columns that cannot change encode_text
+
         def batch(chunk: list[str]) -> torch.Tensor:
             self.n_texts_encoded += len(chunk)
-            return self.bundle.model.encode_text(self.bundle.tokenizer(chunk).to(self.device))
+            tokens = trim_padding(self.bundle, self.bundle.tokenizer(chunk))  # (b, L' <= L)
+            return self.bundle.model.encode_text(tokens.to(self.device))
 
         return self._cached("texts", json.dumps(texts), lambda: self._encode_unique(list(texts), batch, "texts"))
 

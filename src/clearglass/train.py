@@ -40,7 +40,7 @@ from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import CaptionNegatives, SyntheticNegativesConfig, fill_hard_negatives
 from clearglass.losses import LN_100, GroupedContrastiveLoss, MultiLevelGroupedLoss
 from clearglass.magic.schema import load_concepts, write_json_atomic
-from clearglass.models import ModelBundle, load_model, lock_towers, save_checkpoint
+from clearglass.models import ModelBundle, load_model, lock_towers, save_checkpoint, trim_padding
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "train"
 PRECISIONS = ("fp32", "bf16", "amp")
@@ -255,7 +255,7 @@ class _Features(nn.Module):
         and text features and (K, D) negative features; captions and negatives share one text-tower call."""
         m, n = texts.shape[:2]
         rows = texts.flatten(0, 1) if negatives is None else torch.cat([texts.flatten(0, 1), negatives])  # (M*N+K, L)
-        encoded = self.model.encode_text(rows)  # (M*N+K, D)
+        encoded = self.model.encode_text(trim_padding(self.model, rows))  # (M*N+K, D)
         text, negative = encoded[:m * n].unflatten(0, (m, n)), None if negatives is None else encoded[m * n:]
         if images is None:
             return None, text, negative
