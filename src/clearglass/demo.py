@@ -304,15 +304,28 @@ def summary_paragraph(comparisons: dict[str, dict], baseline: str, method: str, 
             f"bootstrap over test items): {method} is significantly better on {wins} and significantly worse on "
             f"{losses} of the {len(parts)} headline measures. ")
     text = head + "; ".join(parts) + "."
+    seen, held = comparisons["test_seen"]["results"], comparisons["test_held_out"]["results"]
+    separated = [label for res, tsub, label in [(seen, "concept_level1", "level-1"), (seen, "concept_level2", "level-2"),
+                                                (held, "concept_level1", "held-out level-1")]
+                 if _row(res[method], "recognition", tsub, "i2t_R@1")["ci_low"]
+                 > _row(res[baseline], "recognition", tsub, "i2t_R@1")["ci_high"]]
+    cost = (_row(seen[baseline], "retrieval", "old_captions", "i2t_R@1")["value"]
+            - _row(seen[method], "retrieval", "old_captions", "i2t_R@1")["value"])
+    met = len(separated) == 3 and cost <= 0.05
+    text += (f" Targets (intervals that do not overlap on level-1, level-2 and held-out recognition; at most 5 points "
+             f"of caption R@1 lost): {'met' if met else 'NOT met'}: non-overlapping on "
+             f"{', '.join(separated) if separated else 'none'}; caption R@1 cost {100 * cost:.1f} points.")
     frozen_m, frozen_b = f"{method}_frozen_text", f"{baseline}_frozen_text"
-    comp = comparisons["test_seen"]
-    full = _diff(comp, method, "recognition", "concept_level1", "i2t_R@1")
-    if frozen_m in comp["results"] and frozen_b in comp["results"] and full is not None:
-        a = _row(comp["results"][frozen_b], "recognition", "concept_level1", "i2t_R@1")["value"]
-        b = _row(comp["results"][frozen_m], "recognition", "concept_level1", "i2t_R@1")["value"]
-        share = f"; that is {fmt((b - a) / full['value'])} of the full gain" if full["value"] > 0 else ""
+    results = comparisons["test_seen"]["results"]
+    full = _diff(comparisons["test_seen"], method, "recognition", "concept_level1", "i2t_R@1")
+    if frozen_m in results and frozen_b in results and full is not None:
+        frozen = _diff(compare({frozen_b: results[frozen_b], frozen_m: results[frozen_m]}), frozen_m, "recognition",
+                       "concept_level1", "i2t_R@1")
+        share = (f"; that is {100 * frozen['value'] / full['value']:.0f}% of the full-model gain"
+                 if full["ci_low"] > 0 else "; the full-model gain itself is not significant, so no share is given")
         text += (f" Image side: with the text projection frozen as well (only the image tower learns), the level-1 "
-                 f"recognition gap is {fmt(b - a)} ({b:.4f} vs {a:.4f}){share}.")
+                 f"recognition difference is {fmt(frozen['value'])} (95% CI [{fmt(frozen['ci_low'])}, "
+                 f"{fmt(frozen['ci_high'])}], {_verdict(frozen)}){share}.")
     return text
 
 
