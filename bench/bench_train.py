@@ -77,7 +77,7 @@ def interleaved_step_seconds(config: TrainConfig, steps: int) -> dict[str, float
         for kind in (("grouped", "clip") if i % 2 else ("clip", "grouped")):
             images, tokens = batches[kind][i % 4]  # (M, N, C, H, W), (M, N, L)
             start = time.perf_counter()
-            image_f, text_f = features(images, tokens)
+            image_f, text_f, _ = features(images, tokens)
             loss = losses[kind](image_f, text_f)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -405,7 +405,8 @@ def save_checkpoint(
     """Write weights (a plain state_dict .pt) and metadata JSON beside them, each atomically; returns the .pt path.
 
     ``extra_state`` (optimizer, step, ...) goes to ``<stem>.extra.pt`` so the weights file stays loadable by
-    ``open_clip.create_model(name, pretrained=path)`` after :func:`register_open_clip_config`.
+    ``open_clip.create_model(name, pretrained=path)`` after :func:`register_open_clip_config` (except for configs
+    with ``hier_attention``, whose swapped blocks only :func:`load_model` rebuilds).
     """
     model = _unwrap(bundle_or_model)
     source = getattr(model, "clearglass_source", None)
