@@ -10,7 +10,7 @@ from loss_oracles import oracle_multilevel, oracle_terms
 from open_clip.loss import ClipLoss
 
 from clearglass.errors import ClearglassError
-from clearglass.losses import GroupedContrastiveLoss, MultiLevelGroupedLoss
+from clearglass.losses import GroupedContrastiveLoss, MultiLevelGroupedLoss, _Batch, _NormalizeRows, pairwise_outer
 
 OUTERS = ["pairwise", "centroid", "clip"]
 INNERS = [None, "pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
@@ -45,6 +45,39 @@ def test_matches_oracle_values_and_gradients(outer, inner, shape):
         torch.testing.assert_close(fast[key].double(), slow[key], rtol=1e-5, atol=1e-5)
     for a, b in zip(grads(fast["loss"], [images, texts]), grads(slow["loss"], [images, texts])):
         torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_normalize_rows_matches_f_normalize_with_floored_rows():
+    images, texts = (x.reshape(-1, 8) for x in features(3, 2, 8))
+    g = torch.Generator().manual_seed(5)
+    tiny = (torch.randn(6, 8, generator=g) * torch.tensor([0.0, 1e-14, 1.0, 1.0, 1.0, 1.0])[:, None]).requires_grad_()
+    for x, y in ((images, texts), (tiny, texts)):  # rows 0 and 1 of tiny have norms below the eps floor
+        fast = _NormalizeRows.apply(x, y)
+        slow = (torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(y, dim=-1))
+        weights = [torch.randn(t.shape, generator=torch.Generator().manual_seed(3)) for t in slow]
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b)
+        fast_loss = sum((w * t).sum() for w, t in zip(weights, fast))
+        slow_loss = sum((w * t).sum() for w, t in zip(weights, slow))
+        for a, b in zip(grads(fast_loss, [x, y]), grads(slow_loss, [x, y])):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("owned", [(0, 4), (2, 4), (1, 3)])  # owned groups: all, rank 1 of 2 under local_loss, middle
+def test_pairwise_outer_block_positives_match_the_label_mask(n, owned):
+    m, d = 4, 8
+    images, texts = (x.detach().reshape(-1, d).requires_grad_() for x in features(m, n, d))
+    negatives = torch.randn(3, d, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    scale = torch.tensor(7.0, requires_grad=True)
+    labels, rows = torch.arange(m).repeat_interleave(n), slice(owned[0] * n, owned[1] * n)
+    unit = torch.nn.functional.normalize
+    losses = [pairwise_outer(_Batch(unit(images, dim=-1), unit(texts, dim=-1), labels, m, rows, 2.0, block), scale,
+                             negatives) for block in (n, None)]  # diagonal blocks, then the (R, B) label mask
+    torch.testing.assert_close(losses[0], losses[1])
+    inputs = [images, texts, negatives, scale]
+    for a, b in zip(grads(losses[0], inputs), grads(losses[1], inputs)):
+        torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("outer", ["pairwise", "clip"])

@@ -75,6 +75,37 @@ def _gather(x: Tensor) -> Tensor:
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 
+class _NormalizeRows(torch.autograd.Function):
+    """F.normalize(x, dim=-1) of image and text features at once, with a hand-written backward.
+
+    y = x / max(|x|, eps); dx = (dy - y (y . dy)) / |x|, or dy / eps where the norm is floored (autograd's
+    generic backward of the same formula takes three times the kernels).
+    """
+
+    @staticmethod
+    def forward(ctx, images: Tensor, texts: Tensor) -> tuple[Tensor, Tensor]:
+        """Both (B, D) inputs with every row divided by max(its L2 norm, eps)."""
+        outputs, saved = [], []
+        for x in (images, texts):
+            norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (B, 1)
+            floored = norms.clamp_min(NORM_EPS)
+            outputs.append(x / floored)
+            saved += [floored, norms > NORM_EPS]
+        ctx.save_for_backward(*outputs, *saved)
+        return outputs[0], outputs[1]
+
+    @staticmethod
+    def backward(ctx, dimages: Tensor, dtexts: Tensor) -> tuple[Tensor, Tensor]:
+        """(dy - y (y . dy)) / max(|x|, eps), without the radial projection where the norm is floored."""
+        images, texts, image_norms, image_unfloored, text_norms, text_unfloored = ctx.saved_tensors
+        grads = []
+        for y, dy, norms, unfloored in ((images, dimages, image_norms, image_unfloored),
+                                        (texts, dtexts, text_norms, text_unfloored)):
+            radial = (y * dy).sum(-1, keepdim=True).mul_(unfloored)  # (B, 1)
+            grads.append((dy - y * radial).div_(norms))
+        return grads[0], grads[1]
+
+
 def _check_features(image_features: Tensor, text_features: Tensor) -> None:
     """Raise ClearglassError unless both are floating tensors of the same (M, N, D) shape."""
     for name, x in (("image_features", image_features), ("text_features", text_features)):
@@ -118,12 +149,21 @@ def _centroids(features: Tensor, labels: Tensor, num_groups: int) -> Tensor:
     return F.normalize(sums, dim=-1)
 
 
+def _diagonal_blocks(logits: Tensor, rows: slice, block: int) -> Tensor:
+    """(2, N, N, G_o) view of the (2, R, B) logits: each owned group's rows against its own columns, [dir, i, j, o]."""
+    return logits.view(2, logits.shape[1] // block, block, -1, block).diagonal(rows.start // block, 1, 3)
+
+
 class _PairwiseOuter(torch.autograd.Function):
-    """pairwise_outer's value with a hand-written backward: one stacked (2, R, B) logsumexp per term."""
+    """pairwise_outer's value with a hand-written backward: one stacked (2, R, B) logsumexp per term.
+
+    The positives of a row are given by a (R, B) mask, or (positive=None, level-1 layout) are the N columns of
+    the row's own group: a diagonal (N, N) block of the logits, so no mask is built.
+    """
 
     @staticmethod
     def forward(ctx, images: Tensor, texts: Tensor, scale: Tensor | float, negatives: Tensor | None,
-                positive: Tensor, rows: slice, weight: float) -> Tensor:
+                positive: Tensor | None, block: int | None, rows: slice, weight: float) -> Tensor:
         """weight * sum over the owned rows of both directions of lse_all - lse_positives."""
         own_images = images[rows]  # (R, D)
         cos = torch.mm(own_images, texts.T)  # (R, B) image -> text
@@ -135,10 +175,14 @@ class _PairwiseOuter(torch.autograd.Function):
         if negatives is not None:  # extra image -> text denominator columns
             neg_logits = torch.mm(own_images, negatives.T).mul_(scale)  # (R, K)
             lse[0] = torch.logaddexp(lse[0], neg_logits.logsumexp(-1))
-        masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
-        lse_positive = masked.logsumexp(-1)  # (2, R)
+        if positive is None:
+            masked = None
+            lse_positive = _diagonal_blocks(logits, rows, block).logsumexp(2)  # (2, N, G_o) [direction, i, o]
+        else:
+            masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
+            lse_positive = masked.logsumexp(-1)  # (2, R)
         ctx.save_for_backward(images, texts, negatives, logits, lse, masked, lse_positive, neg_logits)
-        ctx.scale, ctx.rows, ctx.weight, ctx.full = scale, rows, weight, full
+        ctx.scale, ctx.block, ctx.rows, ctx.weight, ctx.full = scale, block, rows, weight, full
         return (lse.sum() - lse_positive.sum()) * weight
 
     @staticmethod
@@ -146,7 +190,13 @@ class _PairwiseOuter(torch.autograd.Function):
         """d loss / d logits = weight * (softmax_all - softmax_positives), then through the similarity matmuls."""
         images, texts, negatives, logits, lse, masked, lse_positive, neg_logits = ctx.saved_tensors
         scale, rows, weight = ctx.scale, ctx.rows, grad * ctx.weight
-        dlogits = (logits - lse[..., None]).exp_().sub_((masked - lse_positive[..., None]).exp_()).mul_(weight)
+        dlogits = (logits - lse[..., None]).exp_()  # (2, R, B) softmax_all, minus softmax_positives:
+        if masked is None:
+            blocks = _diagonal_blocks(logits, rows, ctx.block)  # (2, N, N, G_o)
+            _diagonal_blocks(dlogits, rows, ctx.block).sub_((blocks - lse_positive[:, :, None, :]).exp_())
+        else:
+            dlogits.sub_((masked - lse_positive[..., None]).exp_())
+        dlogits.mul_(weight)
         dneg = None if neg_logits is None else (neg_logits - lse[0, :, None]).exp_().mul_(weight)  # (R, K)
         dscale = None
         if ctx.needs_input_grad[2]:  # d/dscale of scale * cos = logits / scale
@@ -166,13 +216,13 @@ class _PairwiseOuter(torch.autograd.Function):
             dneg = dneg.mul_(scale)
             dimages[rows] += torch.mm(dneg, negatives)
             dnegatives = torch.mm(dneg.T, own_images)
-        return dimages, dtexts, dscale, dnegatives, None, None, None
+        return dimages, dtexts, dscale, dnegatives, None, None, None, None
 
 
 def pairwise_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
     """Multi-positive InfoNCE, symmetric: mean_i -[lse_{j: g_j=g_i} s_ij - lse_j s_ij], s = scale * cos."""
-    positive = b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
-    return _PairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.rows,
+    positive = None if b.block is not None else b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
+    return _PairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.block, b.rows,
                                 0.5 * b.world_scale / b.labels.numel())
 
 
@@ -282,18 +332,18 @@ class _ScaledPairwiseInner(torch.autograd.Function):
         dtexts_own = torch.bmm(ddots.transpose(1, 2), image_centroid)  # (G_o, N, D)
         dimages_own = (dimage_centroid * centroids).sum(2)  # (G_o, N, D)
         dcentroids = dimage_centroid.mul_(own_images[:, :, None, :]).view(-1, *centroids.shape).sum(0)  # (G, D)
-        dcentroids[owned] -= weight * sums[owned]  # the target term - c_m . sums_m / tau'
+        dcentroids[owned].sub_(weight * sums[owned])  # the target term - c_m . sums_m / tau'
         # centroids = sums / max(|sums|, eps): project out the radial part where the norm is not floored
         radial = (dcentroids * centroids).sum(-1, keepdim=True) * (norms > NORM_EPS)
         dsums = (dcentroids - centroids * radial) / norms.clamp_min(NORM_EPS)  # (G, D)
-        dsums[owned] -= weight * centroids[owned]
+        dsums[owned].sub_(weight * centroids[owned])
         dsummed = dsums[:, None, :] * images  # (G, N, D)
         dimages = dsums[:, None, :] * summed  # (G, N, D)
-        dimages[owned] += dimages_own
+        dimages[owned].add_(dimages_own)
         dtexts = torch.bmm(inv.transpose(1, 2), dsummed)  # (G, N, D)
-        dtexts[owned] += dtexts_own
+        dtexts[owned].add_(dtexts_own)
         dinv_all = torch.bmm(dsummed, texts.transpose(1, 2))  # (G, N, N)
-        dinv_all[owned] += dinv
+        dinv_all[owned].add_(dinv)
         # inv = max(squared, eps^2)^(-1/2); d/dsquared = -inv^3 / 2 (0 where floored); the 2 of d(x^2) folded in
         dsquared = (dinv_all * inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0).neg_()  # (G, N, N) times 2
         dimages += images * torch.bmm(dsquared, texts.square())
@@ -438,8 +488,9 @@ def _prepare(image_features: Tensor, text_features: Tensor, text_negatives: Tens
     labels = torch.arange(groups, device=images.device).repeat_interleave(n)  # (B,)
     local = local_loss and world > 1
     rows = slice(rank * m * n, (rank + 1) * m * n) if local else slice(0, groups * n)
-    batch = _Batch(images=F.normalize(images.reshape(-1, d), dim=-1), texts=F.normalize(texts.reshape(-1, d), dim=-1),
-                   labels=labels, num_groups=groups, rows=rows, world_scale=float(world) if local else 1.0, block=n)
+    unit_images, unit_texts = _NormalizeRows.apply(images.reshape(-1, d), texts.reshape(-1, d))  # (B, D) each
+    batch = _Batch(images=unit_images, texts=unit_texts, labels=labels, num_groups=groups, rows=rows,
+                   world_scale=float(world) if local else 1.0, block=n)
     return batch, negatives
 
 
