@@ -2,7 +2,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from clearglass.errors import ClearglassError

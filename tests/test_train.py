@@ -23,13 +23,7 @@ from tiny_magic import write_tiny_magic, write_tiny_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and the subprocesses below get the same via OMP_NUM_THREADS)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

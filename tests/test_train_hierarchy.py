@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from clearglass.data import GroupIndex
 from clearglass.errors import ClearglassError
@@ -19,12 +18,7 @@ WORDS = [("apple", "banana"), ("cherry", "grape"), ("taxi", "bus"), ("boat", "fe
          ("horse", "zebra")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

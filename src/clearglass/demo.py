@@ -32,7 +32,8 @@ from clearglass.errors import ClearglassError
 from clearglass.evaluate import Encoder, EvalConfig, ModelEncoder, bootstrap, evaluate_model, items_hash, metric_stat
 from clearglass.magic.builder import build_emoji_dataset, split_images
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.schema import ConceptRecord, load_concepts, resolve_image_path, save_concepts, write_json_atomic
+from clearglass.magic.schema import (ConceptRecord, load_concepts, read_json, resolve_image_path, save_concepts,
+                                     write_json_atomic)
 from clearglass.report import compare, differences_table, fmt, markdown_table, write_plots
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "demo"
@@ -54,12 +55,7 @@ HEADLINE = [  # (subset, task, task subset, metric, label) of the report's first
 def load_demo_config(name: str) -> dict:
     """A demo config: ``configs/demo/<name>.json`` or a JSON file path."""
     path = Path(name) if Path(name).suffix == ".json" else CONFIG_DIR / f"{name}.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClearglassError(f"{path}: demo config not found") from None
-    except json.JSONDecodeError as e:
-        raise ClearglassError(f"{path}: not valid JSON ({e})") from None
+    config = read_json(path, "demo config", dict)
     for key in ("data", "train", "models", "baseline", "method", "eval"):
         if key not in config:
             raise ClearglassError(f"{path}: missing section {key!r}")
@@ -396,8 +392,8 @@ def write_demo_report(out: Path, comparisons: dict[str, dict], summary: dict) ->
                                + f" | {fmt(r['score'])} |\n" for r in search["results"])
                      + f"\nChosen: {json.dumps(search['chosen'])}.\n")
     else:
-        parts.append("## Hyperparameter search\n\nNone recorded (no `configs/demo/search.json`): both losses use the "
-                     "settings above, which differ only in the loss. `clearglass demo --search "
+        parts.append("## Hyperparameter search\n\nNone recorded (no `configs/demo/<config>.search.json`): both losses "
+                     "use the settings above, which differ only in the loss. `clearglass demo --search "
                      "configs/demo/search-grid.json` runs the equal-effort grid on the validation split.\n")
     for subset in SUBSETS:
         comp = comparisons[subset]
@@ -508,7 +504,7 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
             plots.append(p)
     plots.append(loss_plot({m: Path(training[m][0]["metrics_path"]) for m in config["models"]},
                            out / "plots" / "training_loss.png"))
-    search_path = CONFIG_DIR / "search.json"
+    search_path = CONFIG_DIR / f"{config_name}.search.json"  # the recorded --search output for this config
     summary = {
         "command": f"clearglass demo --out {out} --seeds {seeds}" + (" --quick" if config_name == "quick" else ""),
         "config_name": config_name, "config": config, "seeds": seed_list, "data": data_summary,

@@ -17,27 +17,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts
+from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts, read_json
 
 FORMATS = ("magic", "hierarcaps-csv", "hierarcaps-json", "breeds")
-
-
-def _read_json_list(path: Path) -> list:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClearglassError(f"{path}: test set file not found") from None
-    except json.JSONDecodeError as e:
-        raise ClearglassError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, list):
-        raise ClearglassError(f"{path}: expected a JSON list of records, got {type(raw).__name__}")
-    return raw
 
 
 def _strings(rec: dict, key: str, where: str) -> list[str]:
@@ -82,7 +69,7 @@ def load_hierarcaps_json(path: str | os.PathLike) -> list[ConceptRecord]:
     """The reference's HierarCaps JSON layout."""
     path = Path(path)
     concepts = []
-    for i, rec in enumerate(_read_json_list(path)):
+    for i, rec in enumerate(read_json(path, "test set file", list)):
         where = f"{path}: record {i}"
         if not isinstance(rec, dict):
             raise ClearglassError(f"{where}: expected an object")
@@ -99,7 +86,7 @@ def load_breeds(paths: list[str | os.PathLike]) -> list[ConceptRecord]:
     """The reference's BREEDS JSON layout (files concatenated, e.g. living + non-living)."""
     concepts = []
     for path in map(Path, paths):
-        for i, rec in enumerate(_read_json_list(path)):
+        for i, rec in enumerate(read_json(path, "test set file", list)):
             where = f"{path}: record {i}"
             if not isinstance(rec, dict):
                 raise ClearglassError(f"{where}: expected an object")

@@ -39,7 +39,7 @@ from clearglass import data as cg_data
 from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import CaptionNegatives, SyntheticNegativesConfig, fill_hard_negatives
 from clearglass.losses import LN_100, GroupedContrastiveLoss, MultiLevelGroupedLoss
-from clearglass.magic.schema import load_concepts, write_json_atomic
+from clearglass.magic.schema import load_concepts, read_json, write_json_atomic
 from clearglass.models import ModelBundle, load_model, lock_towers, save_checkpoint, trim_padding
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "train"
@@ -131,14 +131,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file() and (CONFIG_DIR / f"{path.name.removesuffix('.json')}.json").is_file():
             path = CONFIG_DIR / f"{path.name.removesuffix('.json')}.json"
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ClearglassError(f"{path}: train config not found") from None
-        except json.JSONDecodeError as e:
-            raise ClearglassError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ClearglassError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        raw = read_json(path, "train config", dict)
         for item in overrides or []:
             apply_override(raw, item)
         return cls.from_dict(raw, str(path))

@@ -117,16 +117,25 @@ def concepts_to_json(concepts: list[ConceptRecord]) -> list[dict]:
     return [asdict(c) for c in concepts]
 
 
-def load_concepts(path: str | os.PathLike) -> list[ConceptRecord]:
-    """Read a MAGIC JSON file."""
+def read_json(path: str | os.PathLike, what: str, expect: type | None = None) -> Any:
+    """Parse a JSON file; a missing file, invalid JSON or a top level not of type ``expect`` is a ClearglassError
+    naming the file and ``what`` it should be (e.g. "dataset file")."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ClearglassError(f"{path}: dataset file not found") from None
+        raise ClearglassError(f"{path}: {what} not found") from None
     except json.JSONDecodeError as e:
         raise ClearglassError(f"{path}: not valid JSON ({e})") from None
-    return concepts_from_json(raw, str(path))
+    if expect is not None and not isinstance(raw, expect):
+        raise ClearglassError(f"{path}: expected a JSON {'list' if expect is list else 'object'} ({what}), "
+                              f"got {type(raw).__name__}")
+    return raw
+
+
+def load_concepts(path: str | os.PathLike) -> list[ConceptRecord]:
+    """Read a MAGIC JSON file."""
+    return concepts_from_json(read_json(path, "dataset file"), str(path))
 
 
 def save_concepts(concepts: list[ConceptRecord], path: str | os.PathLike) -> None:
