@@ -296,7 +296,8 @@ class _ScaledPairwiseInner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, images: Tensor, texts: Tensor, tau_inner: float, owned: slice, weight: float) -> Tensor:
         """weight * sum over owned products p_mij of lse_k(p_mij . c_k / tau') - p_mij . c_m / tau'."""
-        squared = torch.bmm(images.square(), texts.square().transpose(1, 2))  # (G, N, N) |a_i (x) b_j|^2
+        images_sq, texts_sq = images.square(), texts.square()  # (G, N, D)
+        squared = torch.bmm(images_sq, texts_sq.transpose(1, 2))  # (G, N, N) |a_i (x) b_j|^2
         inv = squared.clamp_min(NORM_EPS**2).rsqrt_()  # (G, N, N) 1 / |a_i (x) b_j|, floored like F.normalize
         summed = torch.bmm(inv, texts)  # (G, N, D) sum_j b_j / |a_i (x) b_j|
         sums = (images * summed).sum(1)  # (G, D) sum_ij p_ij, the unnormalised product centroid
@@ -311,16 +312,16 @@ class _ScaledPairwiseInner(torch.autograd.Function):
         lse = logits.logsumexp(2)  # (G_o, N, N)
         # sum_ij p_mij . c_m = c_m . sums_m: the target logits summed without gathering them
         target = (centroids[owned] * sums[owned]).sum() / tau_inner
-        ctx.save_for_backward(images, texts, squared, inv, summed, sums, norms, centroids, image_centroid, dots,
-                              logits, lse)
+        ctx.save_for_backward(images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids,
+                              image_centroid, dots, logits, lse)
         ctx.tau_inner, ctx.owned, ctx.weight = tau_inner, owned, weight
         return (lse.sum() - target) * weight
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         """Chain rule through logits, centroids (normalize), the inverse product norms and the squared norms."""
-        images, texts, squared, inv, summed, sums, norms, centroids, image_centroid, dots, logits, lse = \
-            ctx.saved_tensors
+        (images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids, image_centroid, dots, logits,
+         lse) = ctx.saved_tensors
         owned, weight = ctx.owned, grad * (ctx.weight / ctx.tau_inner)
         own_images, own_texts = images[owned], texts[owned]  # (G_o, N, D)
         g_o, n, d = own_images.shape
@@ -345,9 +346,9 @@ class _ScaledPairwiseInner(torch.autograd.Function):
         dinv_all = torch.bmm(dsummed, texts.transpose(1, 2))  # (G, N, N)
         dinv_all[owned].add_(dinv)
         # inv = max(squared, eps^2)^(-1/2); d/dsquared = -inv^3 / 2 (0 where floored); the 2 of d(x^2) folded in
-        dsquared = (dinv_all * inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0).neg_()  # (G, N, N) times 2
-        dimages += images * torch.bmm(dsquared, texts.square())
-        dtexts += texts * torch.bmm(dsquared.transpose(1, 2), images.square())
+        dsquared = dinv_all.mul_(inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0)  # (G, N, N) -2 dloss/dsquared
+        dimages.addcmul_(images, torch.bmm(dsquared, texts_sq), value=-1.0)
+        dtexts.addcmul_(texts, torch.bmm(dsquared.transpose(1, 2), images_sq), value=-1.0)
         return dimages, dtexts, None, None, None
 
 
@@ -476,8 +477,9 @@ def _prepare(image_features: Tensor, text_features: Tensor, text_negatives: Tens
     if world > 1:
         images, texts = _gather(images), _gather(texts)  # (W*M, N, D)
         negatives = None if negatives is None else _gather(negatives)  # (W*K, D)
-    # one cheap reduction: any NaN/inf makes the sum non-finite (so may huge finite values: the exact check decides)
-    if not torch.isfinite(images.sum() + texts.sum()):
+    # one cheap reduction, off the autograd graph: any NaN/inf makes the sum non-finite (so may huge finite values:
+    # the exact check decides)
+    if not torch.isfinite(images.detach().sum() + texts.detach().sum()):
         _raise_non_finite("image_features", images)
         _raise_non_finite("text_features", texts)
     if negatives is not None:
