@@ -378,7 +378,8 @@ def write_demo_report(out: Path, comparisons: dict[str, dict], summary: dict) ->
         f"{', '.join(data['held_out_concepts']['val'])}.\n\n"
         f"Every model starts from the same initialisation of `default` (seed s), trains the same number of steps "
         f"({config['train']['steps']}) with the same optimiser, lr schedule and seeds, batch M*N = "
-        f"{config['train']['groups_per_batch']}x{config['train']['pairs_per_group']}; `init` is the untrained "
+        f"{config['train']['groups_per_batch']}x{config['train']['pairs_per_group']} unless a model's settings below "
+        f"change it; `init` is the untrained "
         f"initialisation. Models and their settings: "
         + "; ".join(f"`{m}`: {json.dumps(o)}" for m, o in config["models"].items())
         + f". Seeds: {summary['seeds']}. Wall time: {summary['seconds']:.0f} s.\n")
