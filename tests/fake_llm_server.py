@@ -74,6 +74,13 @@ def default_script(body: dict, index: int) -> Reply:
     return Reply()
 
 
+class _Backlogged(ThreadingHTTPServer):
+    """A listen backlog above any client concurrency: with the default 5, a burst of 16 connects loses SYNs and
+    waits out the 1 s TCP retransmit, which a real endpoint behind a proper server would not."""
+
+    request_queue_size = 128
+
+
 class FakeLLMServer:
     """A threaded chat-completions server on 127.0.0.1; use as a context manager."""
 
@@ -91,7 +98,7 @@ class FakeLLMServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = _Backlogged(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -134,6 +141,7 @@ class FakeLLMServer:
                     server.auth_headers.append(self.headers.get("Authorization"))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                self.counted = True
                 try:
                     if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                         self._send(401, b'{"error": "bad key"}')
@@ -158,10 +166,17 @@ class FakeLLMServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout); nothing to answer
                 finally:
+                    self._done()
+
+            def _done(self) -> None:
+                """Leave the in-flight count once, before the reply is written (the client may ask again at once)."""
+                if getattr(self, "counted", False):
+                    self.counted = False
                     with server._lock:
                         server.in_flight -= 1
 
             def _send(self, status: int, data: bytes) -> None:
+                self._done()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
