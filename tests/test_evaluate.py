@@ -326,6 +326,38 @@ def test_model_encoder_once_batched_cached_and_bad_files(tmp_path):
         enc.embed_images([tmp_path / "missing.png"])
 
 
+class WeightedBundle(TinyBundle):
+    """TinyBundle whose image embedding is mixed by a weight matrix, so the weights hash changes with it."""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mix = torch.nn.Parameter(torch.eye(3))
+
+        def encode_image(self, x, normalize=False):
+            return x.mean(dim=(2, 3)) @ self.mix
+
+        def encode_text(self, tokens, normalize=False):
+            return tokens.float()
+
+
+def test_model_encoder_cache_misses_on_changed_weights_or_image(tmp_path):
+    for i, colour in enumerate([(255, 0, 0), (0, 255, 0)]):
+        Image.new("RGB", (4, 4), colour).save(tmp_path / f"{i}.png")
+    paths = [tmp_path / "0.png", tmp_path / "1.png"]
+    first = ModelEncoder(WeightedBundle(), cache_dir=tmp_path / "cache").embed_images(paths)
+    changed = WeightedBundle()
+    with torch.no_grad():
+        changed.model.mix[0] = torch.tensor([0.0, 1.0, 0.0])  # red now embeds as green
+    enc = ModelEncoder(changed, cache_dir=tmp_path / "cache")
+    emb = enc.embed_images(paths)
+    assert enc.n_images_encoded == 2 and torch.allclose(emb[0], emb[1]) and not torch.allclose(emb, first)
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "1.png")  # same path, new content (mtime)
+    enc = ModelEncoder(WeightedBundle(), cache_dir=tmp_path / "cache")
+    emb = enc.embed_images(paths)
+    assert enc.n_images_encoded == 2 and torch.allclose(emb[1], torch.tensor([0.0, 0.0, 1.0]))
+
+
 def test_auto_fields_and_levels_skip_with_reasons():
     concepts = make_concepts()
     res = evaluate_model(ConceptEncoder(concepts), concepts, ROOT, EvalConfig(k=3, n_boot=20, tasks=["recognition", "zero_shot"]))
