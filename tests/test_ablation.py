@@ -65,3 +65,14 @@ def test_cli_ablation_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
 def test_cli_steps_only_with_ablation(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="only for --ablation"):
         main(["demo", "--quick", "--steps", "3", "--out", str(tmp_path)])
+
+
+def test_several_seeds_are_averaged_per_variant(tmp_path: Path) -> None:
+    found = run_ablation(tmp_path, AblationOptions(quick=True, seeds=[0, 1], variants=["grouped-vit", "multilevel"]))
+    assert found["models"] == ["grouped-vit", "multilevel"]
+    assert sorted(found["runs"]) == ["grouped-vit/seed0", "grouped-vit/seed1", "multilevel/seed0", "multilevel/seed1"]
+    row = next(r for r in found["results"]["multilevel"]["metrics"]
+               if (r["task"], r["subset"], r["metric"]) == ("recognition", "concept_level1", "i2t_R@1"))
+    assert row["stat"]["stat"] == "mean" and found["results"]["multilevel"]["seeds"] == 2
+    hits = found["results"]["multilevel"]["per_item"]["recognition/concept_level1"]["arrays"]["i2t_R@1_hit"]
+    assert set(hits) <= {0.0, 0.5, 1.0} and abs(sum(hits) / len(hits) - row["value"]) < 1e-9
