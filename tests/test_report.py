@@ -86,3 +86,11 @@ def test_single_results_report(results, tmp_path):
     saved = json.loads(paths["json"].read_text())
     assert saved["models"] == ["onehot"] and saved["differences"] == []
     assert "Paired differences" not in paths["markdown"].read_text()
+
+
+def test_report_names_data_inside_its_folder_relatively(results, tmp_path):
+    inside = {**results["onehot"], "data": str(tmp_path / "data" / "magic.json")}
+    text = write_report(inside, tmp_path)["markdown"].read_text()
+    assert "Data: `data/magic.json`" in text and str(tmp_path) not in text
+    outside = {**results["onehot"], "data": "/elsewhere/magic.json"}
+    assert "Data: `/elsewhere/magic.json`" in write_report(outside, tmp_path / "r")["markdown"].read_text()

@@ -136,6 +136,14 @@ def write_plots(results_by_model: dict[str, dict], out_dir: str | os.PathLike) -
     return paths
 
 
+def _shown_path(path: str, out_dir: Path) -> str:
+    """`path` relative to the report's folder when it lies inside it (a portable report), else as given."""
+    try:
+        return Path(path).resolve().relative_to(out_dir.resolve()).as_posix()
+    except ValueError:
+        return path
+
+
 def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearglass evaluation",
                  intro: str = "") -> dict[str, Path]:
     """Write ``results.json``, ``report.md`` and the plots for one results dict, or for a ``compare`` output."""
@@ -150,7 +158,7 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     parts = [f"# {title}\n"]
     if intro:
         parts.append(intro.strip() + "\n")
-    parts.append(f"Data: `{first['data']}` (hash `{first['data_hash']}`); k={cfg['k']}, template "
+    parts.append(f"Data: `{_shown_path(first['data'], out_dir)}` (hash `{first['data_hash']}`); k={cfg['k']}, template "
                  f"`{cfg['template']}`, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples, "
                  f"{round(cfg['ci_level'] * 100)}% percentile intervals.\n")
     skipped = {what: why for res in by_model.values() for what, why in res.get("skipped", {}).items()}
