@@ -42,6 +42,17 @@ def test_chain_rule_on_real_wordnet(labeler):
         assert not any(leaked_words(c, label.levels) for c in label.new_captions)
 
 
+def test_plants_in_captions_are_labelled_as_food(labeler):
+    banana, apple, tree, dog = labeler.label_many([
+        item("a banana on a plate", "two bananas"), item("a red apple on a table"),
+        item("a tall tree in a field"), item("a dog running in the park")])
+    assert banana.levels == ("edible fruit", "produce", "food", "solid")  # not banana.n.01, a herb
+    assert apple.levels[:3] == ("edible fruit", "produce", "food")  # the food path, not pome -> plant part
+    assert "vegetable" in banana.hard_negatives  # siblings along the food path
+    assert tree.levels[0] == "woody plant" and "plant" in tree.levels  # no food sense: stays a plant
+    assert dog.levels[0] == "canine"  # a first sense that is no plant never becomes food (frank.n.02)
+
+
 def test_head_noun_is_the_most_frequent(labeler):
     [label] = labeler.label_many([item("a bus next to a car", "a red bus", "buses on the street")])
     assert label.levels[0] == "public transport"

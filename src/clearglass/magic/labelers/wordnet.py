@@ -9,9 +9,12 @@ its root) plus the standard 45-line
 Rule, deterministic (no tagger models are available offline, so tokens are tried as nouns):
 1. tokens = lower-case letter runs of every caption, minus function words and `SKIP_WORDS`;
    a token is a noun if ``morphy(token, NOUN)`` exists and its most frequent sense (first synset)
-   descends from physical_entity.n.01;
+   descends from physical_entity.n.01; when that sense is a plant or plant part (under `PLANT_ROOTS`) and the word
+   also has a sense under `FOOD_ROOT` (solid food), the first such food sense is taken instead: in photographs,
+   a banana, broccoli or carrot is food, not a herb (a dog stays a dog: its first sense is no plant);
 2. the head noun is the most frequent such noun over the image's captions (ties: first seen);
-3. its ancestors along its longest hypernym path (ties: smaller list of synset names), nearest first, minus those of depth < `MIN_DEPTH`
+3. its ancestors along its longest hypernym path through `FOOD_ROOT` if it has one (an apple is edible fruit,
+   not a pome), else its longest hypernym path (ties: smaller list of synset names), nearest first, minus those of depth < `MIN_DEPTH`
    (entity, physical entity, object/matter/...), give a[0..n-1]; level k (k = 0..3) is
    a[round(k (n - 1) / 3)], consecutive repeats dropped, padded with None (dog -> canine, mammal, animal, whole);
    a token counts as a physical thing if any hypernym path of its first sense passes physical_entity.n.01;
@@ -49,6 +52,8 @@ LEXNAMES = (
 ).split()
 _POS_NUMBER = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 MIN_DEPTH = 3
+PLANT_ROOTS = ("plant.n.02", "plant_part.n.01")
+FOOD_ROOT = "food.n.02"
 MAX_NEGATIVES = 20
 SKIP_WORDS = frozenset(("is are was be it its there this that picture image photo photograph view background "
                         "top front side left right middle center plain next some two three several one just "
@@ -96,9 +101,12 @@ def wordnet_reader(source: str = str(WORDNET_DIR)):
         return WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
 
 
-def main_path(synset) -> list:
-    """The synset's longest hypernym path, root first (ties: the smaller list of synset names); nltk's order varies."""
-    return max(synset.hypernym_paths(), key=lambda path: (len(path), [x.name() for x in path]))
+def main_path(synset, through=None) -> list:
+    """The synset's longest hypernym path, root first (ties: the smaller list of synset names; nltk's order varies);
+    among the paths through synset `through` when there are any."""
+    paths = synset.hypernym_paths()
+    paths = [p for p in paths if through in p] or paths
+    return max(paths, key=lambda path: (len(path), [x.name() for x in path]))
 
 
 def concept_name(synset) -> str:
@@ -114,16 +122,21 @@ class WordNetLabeler:
     def __init__(self, wordnet_dir: str | os.PathLike = WORDNET_DIR) -> None:
         self.wn = wordnet_reader(str(wordnet_dir))
         self.physical = self.wn.synset("physical_entity.n.01")
+        self.plants = {self.wn.synset(name) for name in PLANT_ROOTS}
+        self.food = self.wn.synset(FOOD_ROOT)
 
     @lru_cache(maxsize=100_000)
     def noun_synset(self, token: str):
-        """The first sense of a token read as a noun, if it is a physical thing; else None."""
+        """The first sense of a token read as a noun if it is a physical thing (a plant yields to a food sense); else None."""
         if token in FUNCTION_WORDS or token in SKIP_WORDS or len(token) < 3:
             return None
         lemma = self.wn.morphy(token, self.wn.NOUN)
         senses = self.wn.synsets(lemma, self.wn.NOUN) if lemma else []
         if not senses or not any(self.physical in path for path in senses[0].hypernym_paths()):
             return None
+        if any(self.plants & set(path) for path in senses[0].hypernym_paths()):
+            food = [s for s in senses if any(self.food in path for path in s.hypernym_paths())]
+            return food[0] if food else senses[0]
         return senses[0]
 
     def head(self, captions: list[str]):
@@ -140,7 +153,7 @@ class WordNetLabeler:
 
     def chain(self, synset) -> list:
         """Up to four ancestors of increasing generality (rule 3 of the module docstring)."""
-        path = main_path(synset)  # root -> synset
+        path = main_path(synset, self.food)  # root -> synset
         ancestors = [s for s in reversed(path[:-1]) if s.min_depth() >= MIN_DEPTH]
         if not ancestors:
             return []
@@ -150,7 +163,7 @@ class WordNetLabeler:
 
     def negatives(self, level1) -> list[str]:
         """Siblings then cousins of level1 along its longest hypernym path, by name, without level1's own name."""
-        path = main_path(level1)
+        path = main_path(level1, self.food)
         own = concept_name(level1)
         out: list[str] = []
         if len(path) >= 2:
