@@ -13,6 +13,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenize
 
 from clearglass.errors import ClearglassError
 from clearglass.models import (
+    FrozenTextCache,
     HFCLIPModel,
     load_extra_state,
     load_model,
@@ -149,6 +150,41 @@ def test_trim_padding_keeps_text_embeddings(default_bundle, tiny_hf_dir, tiny_op
         bundle.model.eval()
         with torch.no_grad():
             torch.testing.assert_close(bundle.model.encode_text(trimmed), bundle.model.encode_text(tokens))
+
+
+def test_frozen_text_cache_matches_encode_text_and_runs_each_caption_once(default_bundle, tiny_open_clip_checkpoint):
+    """Slow twin: model.encode_text on the full batch, in values and in the projection's gradient."""
+    m = default_bundle.model
+    lock_towers(default_bundle, lock_text=True)
+    m.eval()
+    try:
+        tokens = default_bundle.tokenizer(["a cat", "two dogs on a sofa", "a cat"])  # (3, L), a repeated caption
+        expected = m.encode_text(tokens)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), m.text.proj.weight)
+        cache = FrozenTextCache(default_bundle)
+        calls = []
+        hook = m.text.transformer.register_forward_hook(
+            lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape), with_kwargs=True)
+        got = cache(tokens)
+        (grad,) = torch.autograd.grad(got.square().sum(), m.text.proj.weight)
+        again = cache(tokens[[2, 0]])
+        hook.remove()
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(grad, expected_grad)
+        torch.testing.assert_close(again, expected[[2, 0]])
+        assert len(calls) == 1 and calls[0][0] == 2 and calls[0][1] < tokens.shape[1]  # 2 distinct, trimmed
+        m.text.transformer.train()
+        with pytest.raises(ClearglassError, match="training mode"):
+            cache(tokens)
+        lock_towers(default_bundle, lock_text=True, lock_text_unlocked_layers=1)
+        with pytest.raises(ClearglassError, match="trainable layers"):
+            FrozenTextCache(default_bundle)
+    finally:
+        lock_towers(default_bundle)
+        m.eval()
+    path, _ = tiny_open_clip_checkpoint
+    with pytest.raises(ClearglassError, match="no Hugging Face text tower"):
+        FrozenTextCache(load_model(f"open_clip:clearglass-test-tiny:{path}"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -164,6 +164,19 @@ def test_clip_baseline_and_caption_pretraining_stage(dataset, tmp_path):
     assert records[0]["lr"] == pytest.approx(config.pretrain.lr)
 
 
+def test_cached_text_features_train_like_computed_ones(dataset, tmp_path):
+    """cache_text_features=true (frozen MiniLM run once per caption) ends with the weights of the plain run."""
+    runs = {}
+    for cached in (False, True):
+        config = tiny_config(dataset, tmp_path / str(cached), steps=3, model="default",
+                             **{"lock.lock_text": True, "cache_text_features": cached})
+        runs[cached] = weights(train(config)["checkpoint"])
+    for key, value in runs[False].items():
+        torch.testing.assert_close(runs[True][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    with pytest.raises(ClearglassError, match="no Hugging Face text tower"):
+        train(tiny_config(dataset, tmp_path / "tiny", cache_text_features=True))
+
+
 def test_cli_train_end_to_end_and_bad_input_exits_2(dataset, tmp_path, capsys):
     config = tmp_path / "c.json"
     config.write_text(json.dumps(tiny_config(dataset, tmp_path / "cli", steps=2).to_dict()))

@@ -346,6 +346,14 @@ def lock_towers(
         _lock_text_projection(model)
 
 
+def frozen_modules_to_eval(model_or_bundle: ModelBundle | nn.Module) -> None:
+    """Modules whose parameters are all frozen run in eval mode: no dropout, fixed batch-norm statistics."""
+    for module in _unwrap(model_or_bundle).modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
 def tower_of(model: nn.Module, parameter_name: str) -> str:
     """Which tower a parameter belongs to: 'image', 'text' or 'other' (the logit scale/bias)."""
     if isinstance(model, HFCLIPModel):
@@ -387,6 +395,44 @@ def trim_padding(model_or_bundle: ModelBundle | nn.Module, tokens: torch.Tensor)
     else:
         return tokens
     return tokens[:, :length]
+
+
+class FrozenTextCache:
+    """encode_text for a frozen Hugging Face text tower: its pooled output is computed once per distinct caption.
+
+    encode(tokens) = proj(pool(transformer(tokens))), where pool(transformer(.)) comes from a store keyed by the
+    token row and only the (trainable) projection runs every step. Exact when the transformer is frozen and in
+    eval mode (no dropout), which it checks on every call. Memory: one float32 vector of the transformer's width
+    per distinct caption, on the CPU, in the transformer's dtype.
+    """
+
+    def __init__(self, model_or_bundle: ModelBundle | nn.Module) -> None:
+        model = _unwrap(model_or_bundle)
+        text = getattr(model, "text", None)
+        if not isinstance(text, open_clip.hf_model.HFTextEncoder):
+            raise ClearglassError(f"cache_text_features: {type(model).__name__} has no Hugging Face text tower "
+                                  "(open_clip hf_model_name); only its pooled outputs can be cached")
+        if any(p.requires_grad for p in text.transformer.parameters()):
+            raise ClearglassError("cache_text_features: the text transformer has trainable layers; set "
+                                  "lock.lock_text=true and lock.lock_text_unlocked_layers=0")
+        self.model, self.text = model, text
+        self.store: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, D) text features, as model.encode_text(tokens)."""
+        if self.text.transformer.training:
+            raise ClearglassError("cache_text_features: the frozen text transformer is in training mode (dropout); "
+                                  "cached outputs would differ from computed ones")
+        keys = [row.tobytes() for row in tokens.cpu().numpy()]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.store))
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            rows = trim_padding(self.model, tokens[[first[k] for k in missing]])  # (U, L')
+            mask = (rows != self.text.config.pad_token_id).long()
+            with torch.no_grad():
+                pooled = self.text.pooler(self.text.transformer(input_ids=rows, attention_mask=mask), mask)  # (U, W)
+            self.store.update(zip(missing, pooled.cpu()))
+        return self.text.proj(torch.stack([self.store[k] for k in keys]).to(tokens.device))  # (B, W) -> (B, D)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import CaptionNegatives, SyntheticNegativesConfig, fill_hard_negatives
 from clearglass.losses import LN_100, GroupedContrastiveLoss, MultiLevelGroupedLoss
 from clearglass.magic.schema import load_concepts, read_json, write_json_atomic
-from clearglass.models import ModelBundle, load_model, lock_towers, save_checkpoint, trim_padding
+from clearglass.models import (FrozenTextCache, ModelBundle, frozen_modules_to_eval, load_model, lock_towers,
+                               save_checkpoint, trim_padding)
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "train"
 PRECISIONS = ("fp32", "bf16", "amp")
@@ -117,6 +118,7 @@ class TrainConfig:
     tensorboard: bool = False
     num_workers: int = 0
     cache_images: bool = False
+    cache_text_features: bool = False
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     synthetic_negatives: SyntheticNegativesConfig = field(default_factory=SyntheticNegativesConfig)
 
@@ -238,9 +240,10 @@ def make_optimizer(params: list[tuple[str, nn.Parameter]], config: TrainConfig) 
 class _Features(nn.Module):
     """Encodes (M, N, ...) images and tokens to (M, N, D) features; the module DDP wraps."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, text_cache: FrozenTextCache | None = None) -> None:
         super().__init__()
         self.model = model
+        self.encode_text = text_cache or (lambda tokens: model.encode_text(trim_padding(model, tokens)))
 
     def forward(self, images: torch.Tensor | None, texts: torch.Tensor, negatives: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
@@ -248,20 +251,12 @@ class _Features(nn.Module):
         and text features and (K, D) negative features; captions and negatives share one text-tower call."""
         m, n = texts.shape[:2]
         rows = texts.flatten(0, 1) if negatives is None else torch.cat([texts.flatten(0, 1), negatives])  # (M*N+K, L)
-        encoded = self.model.encode_text(trim_padding(self.model, rows))  # (M*N+K, D)
+        encoded = self.encode_text(rows)  # (M*N+K, D)
         text, negative = encoded[:m * n].unflatten(0, (m, n)), None if negatives is None else encoded[m * n:]
         if images is None:
             return None, text, negative
         image = self.model.encode_image(images.flatten(0, 1)).unflatten(0, (m, n))  # (M, N, D)
         return image, text, negative
-
-
-def _frozen_modules_to_eval(model: nn.Module) -> None:
-    """Modules whose parameters are all frozen run in eval mode: no dropout, fixed batch-norm statistics."""
-    for module in model.modules():
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
 
 
 def _rng_state() -> dict:
@@ -447,7 +442,7 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _Schedule(config))
     scaler = torch.amp.GradScaler("cuda") if config.precision == "amp" else None
     autocast_dtype = {"bf16": torch.bfloat16, "amp": torch.float16}.get(config.precision)
-    features = _Features(model)
+    features = _Features(model, FrozenTextCache(model) if config.cache_text_features else None)
     if world_size > 1:
         features = nn.parallel.DistributedDataParallel(
             features, device_ids=[device.index] if device.type == "cuda" else None,
@@ -523,7 +518,7 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
         return path
 
     model.train()
-    _frozen_modules_to_eval(model)
+    frozen_modules_to_eval(model)
     last: dict[str, float] = {}
     last_ckpt = _latest(out) if resume_path is not None else None
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
