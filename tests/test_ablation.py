@@ -76,3 +76,15 @@ def test_several_seeds_are_averaged_per_variant(tmp_path: Path) -> None:
     assert row["stat"]["stat"] == "mean" and found["results"]["multilevel"]["seeds"] == 2
     hits = found["results"]["multilevel"]["per_item"]["recognition/concept_level1"]["arrays"]["i2t_R@1_hit"]
     assert set(hits) <= {0.0, 0.5, 1.0} and abs(sum(hits) / len(hits) - row["value"]) < 1e-9
+
+
+def test_rerun_into_the_same_folder_resumes_and_other_settings_are_refused(tmp_path: Path) -> None:
+    options = AblationOptions(quick=True, variants=["grouped-vit", "multilevel"])
+    first = run_ablation(tmp_path, options)
+    written = {k: Path(v["checkpoint"]).stat().st_mtime_ns for k, v in first["runs"].items()}
+    again = run_ablation(tmp_path, options)  # both runs finished: nothing is retrained, the same results
+    assert {k: Path(v["checkpoint"]).stat().st_mtime_ns for k, v in again["runs"].items()} == written
+    assert again["runs"] == {k: {**v, "train_seconds": again["runs"][k]["train_seconds"]} for k, v in first["runs"].items()}
+    assert again["results"] == first["results"]
+    with pytest.raises(ClearglassError, match="an earlier run with other settings"):
+        run_ablation(tmp_path, AblationOptions(quick=True, variants=["grouped-vit"], steps=3))

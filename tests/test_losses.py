@@ -261,6 +261,22 @@ def test_multilevel_terms_are_the_grouped_losses():
     torch.testing.assert_close(one_group_each["level2_loss"], out["level1_loss"])
 
 
+@pytest.mark.parametrize("outer,inner", [("pairwise", "scaled_pairwise"), ("centroid", "pairwise")])
+def test_multilevel_batch_with_one_level2_group_is_exact_not_an_error(outer, inner):
+    """Groups that all share a level-2 parent (siblings drawn as hard negatives) form one level-2 group."""
+    images, texts = features(4, 3, 8)
+    kw = dict(outer=outer, inner=inner, alpha=0.6, tau=0.2, tau_inner=0.05)
+    fast = MultiLevelGroupedLoss(0.5, 1.0, 0.3, **kw)(images, texts, torch.tensor([3, 3, 3, 3]))
+    slow = oracle_multilevel(images, texts, torch.tensor([3, 3, 3, 3]), 0.5, 1.0, 0.3, **kw)
+    for key in fast:
+        torch.testing.assert_close(fast[key].double(), slow[key], rtol=1e-5, atol=1e-6)
+    if inner == "scaled_pairwise":  # only positives: the contrastive level-2 terms are exactly 0, no gradient
+        level2_only = MultiLevelGroupedLoss(0.0, 0.0, 1.0, **kw)(images, texts, torch.tensor([3, 3, 3, 3]))["loss"]
+        assert fast["level2_loss"] == 0 and not any(g.abs().max() for g in grads(level2_only, [images, texts]))
+    for a, b in zip(grads(fast["loss"], [images, texts]), grads(slow["loss"], [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
 def test_multilevel_errors():
     images, texts = features(4, 3, 8)
     with pytest.raises(ClearglassError, match="level2_ids: expected an \\(M,\\) tensor"):
@@ -269,8 +285,6 @@ def test_multilevel_errors():
         MultiLevelGroupedLoss()(images, texts, torch.tensor([0, 1, 0]))
     with pytest.raises(ClearglassError, match=r"integer tensor"):
         MultiLevelGroupedLoss()(images, texts, torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    with pytest.raises(ClearglassError, match="M >= 2 groups"):
-        MultiLevelGroupedLoss()(images, texts, torch.tensor([3, 3, 3, 3]))
     with pytest.raises(ClearglassError, match="level1_weight"):
         MultiLevelGroupedLoss(level1_weight=-1.0)
 

@@ -12,7 +12,8 @@ with several seeds each variant's per-item hits are averaged over seeds first, a
 4. ``multilevel``: + the multi-level objective (instance + level1 + level2 terms, ``loss.kind='multilevel'``).
 
 ``quick`` shrinks everything (few subgroups and images, 2 steps, few bootstrap resamples) to check the plumbing;
-its numbers mean nothing.
+its numbers mean nothing. Runs resume: the same command into the same folder continues an interrupted run from its
+last checkpoint and retrains nothing that finished (a folder holding a run of other settings is an error).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from clearglass.errors import ClearglassError
 from clearglass.demo import merge_seeds
 from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
 from clearglass.magic.builder import build_emoji_dataset
-from clearglass.magic.schema import load_concepts, write_json_atomic
+from clearglass.magic.schema import load_concepts, read_json, write_json_atomic
 from clearglass.models import load_model
 from clearglass.report import compare, write_report
 from clearglass.train import CONFIG_DIR, TrainConfig, train
@@ -87,8 +88,9 @@ def run_ablation(out_dir: str | os.PathLike, options: AblationOptions = Ablation
         run_dir = out_dir / "runs" / f"{variant}-seed{seed}"
         config = TrainConfig.load(variant_config(variant), [
             f"data={json.dumps(str(data))}", f"out={json.dumps(str(run_dir))}", f"seed={seed}", *options.overrides()])
+        _check_same_config(run_dir, config)
         start = time.perf_counter()
-        trained = train(config)
+        trained = train(config, resume="auto")  # a rerun into the same folder continues: finished runs train nothing
         seconds = time.perf_counter() - start
         bundle = load_model(trained["checkpoint"], device=trained_device(config.device))
         encoder = ModelEncoder(bundle, batch_size=64, device=trained_device(config.device))
@@ -103,6 +105,14 @@ def run_ablation(out_dir: str | os.PathLike, options: AblationOptions = Ablation
     write_report(comparison, out_dir, title="clearglass ablation: hierarchy-aware options", intro=_intro(options, data))
     write_json_atomic({"options": options.__dict__, "data": str(data), "runs": summaries}, out_dir / "ablation.json")
     return {**comparison, "runs": summaries}
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    """Raise ClearglassError when run_dir holds a run of another config (resuming it would mix the two)."""
+    previous = run_dir / "config.json"
+    if previous.is_file() and TrainConfig.from_dict(read_json(previous, "train config"), str(previous)).to_dict() \
+            != config.to_dict():
+        raise ClearglassError(f"{previous}: an earlier run with other settings; use another --out or delete {run_dir}")
 
 
 def trained_device(device: str) -> str:

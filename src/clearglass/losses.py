@@ -512,7 +512,10 @@ class MultiLevelGroupedLoss(nn.Module):
     are one group. Level-2 ids are global (not offset by rank), so a level-2 group may span ranks; level-2
     groups have unequal sizes and every inner term is a mean over all its products/features. text_negatives
     (K, D) enter the instance and level-1 image->text denominators only (a level-1 hard negative may share the
-    level-2 parent). One outer temperature (or learnt logit_scale) serves all levels. Returns
+    level-2 parent). A batch whose groups all share one level-2 id (hard negatives are often siblings) is one
+    level-2 group: every pair is then a positive, so the level-2 terms that contrast groups (outer losses,
+    scaled inner losses) take their exact value 0 with no gradient, and the 'pairwise'/'centroid' inner terms
+    still pull towards the one centroid. One outer temperature (or learnt logit_scale) serves all levels. Returns
     {"loss", "instance_loss", "level1_loss", "level2_loss"} (level2_loss only when level2_ids is given).
     """
 
@@ -554,7 +557,6 @@ class MultiLevelGroupedLoss(nn.Module):
                 unique, labels = torch.unique(pair_ids, return_inverse=True)
                 level2_batch = _Batch(batch.images, batch.texts, labels, int(unique.numel()), batch.rows,
                                       batch.world_scale, block=None)
-                self.grouped.check_batch(level2_batch, None)
                 out["level2_loss"] = self.grouped.terms(level2_batch, None)["loss"]
                 loss = loss + self.weights[2] * out["level2_loss"]
             out["loss"] = loss

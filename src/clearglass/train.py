@@ -454,6 +454,7 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
     # resume
     step = 0
     resume_path = None
+    last: dict[str, float] = {}  # the latest logged metrics (a finished run resumed trains nothing and keeps its own)
     if resume == "auto":
         resume_path = _latest(out)
     elif resume:
@@ -462,6 +463,7 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
         from clearglass.models import load_extra_state, read_checkpoint_metadata
 
         meta = read_checkpoint_metadata(resume_path)
+        last = dict(meta["metrics"])
         if meta["data_hash"] != digest:
             raise ClearglassError(
                 f"resume {resume_path}: trained on data sha256 {meta['data_hash'][:12]}, but {data_path} has"
@@ -519,7 +521,6 @@ def _train(config: TrainConfig, resume: str | None, rank: int, world_size: int, 
 
     model.train()
     frozen_modules_to_eval(model)
-    last: dict[str, float] = {}
     last_ckpt = _latest(out) if resume_path is not None else None
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     start = time.perf_counter()
