@@ -402,8 +402,8 @@ class FrozenTextCache:
 
     encode(tokens) = proj(pool(transformer(tokens))), where pool(transformer(.)) comes from a store keyed by the
     token row and only the (trainable) projection runs every step. Exact when the transformer is frozen and in
-    eval mode (no dropout), which it checks on every call. Memory: one float32 vector of the transformer's width
-    per distinct caption, on the CPU, in the transformer's dtype.
+    eval mode (no dropout), which it checks on every call. Memory: one vector of the transformer's width (in its
+    output dtype) per distinct caption, on the CPU.
     """
 
     def __init__(self, model_or_bundle: ModelBundle | nn.Module) -> None:
@@ -424,10 +424,12 @@ class FrozenTextCache:
             raise ClearglassError("cache_text_features: the frozen text transformer is in training mode (dropout); "
                                   "cached outputs would differ from computed ones")
         keys = [row.tobytes() for row in tokens.cpu().numpy()]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.store))
+        missing: dict[bytes, int] = {}  # uncached caption -> its first row
+        for i, key in enumerate(keys):
+            if key not in self.store:
+                missing.setdefault(key, i)
         if missing:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            rows = trim_padding(self.model, tokens[[first[k] for k in missing]])  # (U, L')
+            rows = trim_padding(self.model, tokens[list(missing.values())])  # (U, L')
             mask = (rows != self.text.config.pad_token_id).long()
             with torch.no_grad():
                 pooled = self.text.pooler(self.text.transformer(input_ids=rows, attention_mask=mask), mask)  # (U, W)

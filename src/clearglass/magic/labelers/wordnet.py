@@ -132,9 +132,10 @@ class WordNetLabeler:
             return None
         lemma = self.wn.morphy(token, self.wn.NOUN)
         senses = self.wn.synsets(lemma, self.wn.NOUN) if lemma else []
-        if not senses or not any(self.physical in path for path in senses[0].hypernym_paths()):
+        paths = senses[0].hypernym_paths() if senses else []
+        if not any(self.physical in path for path in paths):
             return None
-        if any(self.plants & set(path) for path in senses[0].hypernym_paths()):
+        if any(self.plants & set(path) for path in paths):
             food = [s for s in senses if any(self.food in path for path in s.hypernym_paths())]
             return food[0] if food else senses[0]
         return senses[0]
