@@ -1,6 +1,6 @@
 """Benchmark: images labelled per second by the `llm` labeler at concurrency 1 and 16, side by side.
 
-The endpoint is the tests' local chat-completions server (tests/fake_llm_server.py) with a fixed latency per
+The endpoint is the tests' local chat-completions server (clearglass_testing/fake_llm_server.py) with a fixed latency per
 request, standing in for a real one; the cache is off, so every image costs one request.
 
     .venv/bin/python bench/bench_build.py [--images 64] [--latency-ms 50] [--concurrency 16]
@@ -9,17 +9,15 @@ request, standing in for a real one; the cache is off, so every image costs one 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fake_llm_server import FakeLLMServer  # noqa: E402
+from clearglass_testing.fake_llm_server import FakeLLMServer
 
-from clearglass.magic.labelers import ConceptLabel  # noqa: E402
-from clearglass.magic.labelers.llm import LLMLabeler  # noqa: E402
-from clearglass.magic.sources import SourceItem  # noqa: E402
+from clearglass.magic.labelers import ConceptLabel
+from clearglass.magic.labelers.llm import LLMLabeler
+from clearglass.magic.sources import SourceItem
 
 TOPIC_WORDS = ("pizza", "baseball", "giraffe", "street")
 

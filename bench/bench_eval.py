@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clearglass.evaluate import ModelEncoder, make_recognition_items, score_recognition, score_recognition_per_item
+from clearglass.evaluate import ModelEncoder, make_recognition_items, score_recognition
+from clearglass_testing.recognition_oracle import score_recognition_per_item
 from clearglass.magic.schema import ConceptRecord, ImageRecord
 from clearglass.models import load_model
 

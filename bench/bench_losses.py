@@ -6,7 +6,7 @@ timed repeats after one warm-up round, the contenders interleaved in each round.
 time (time.thread_time), not wall time: on a shared, oversubscribed machine wall-clock medians of a few-ms step
 flip with the scheduler's time slices, CPU time does not.
 - grouped: clearglass GroupedContrastiveLoss (normalises inside, float32); grouped_outer_only: inner=None;
-- oracle: the loop oracle of tests/loss_oracles.py (float64, Python loops);
+- oracle: the loop oracle of clearglass_testing/loss_oracles.py (float64, Python loops);
 - clip_loss: open_clip ClipLoss on the same 80 x 512 features, including the F.normalize the model would
   apply (clip_loss_prenormalised: without it).
 
@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +27,7 @@ from open_clip.loss import ClipLoss
 
 from clearglass.losses import GroupedContrastiveLoss
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from loss_oracles import oracle_terms  # noqa: E402
+from clearglass_testing.loss_oracles import oracle_terms
 
 
 def median_seconds(steps: dict[str, Callable[[], torch.Tensor]], inputs: list[torch.Tensor],

@@ -30,7 +30,8 @@ from clearglass import data as cg_data
 from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts, save_concepts
 from clearglass.losses import GroupedContrastiveLoss
 from clearglass.models import load_model, lock_towers
-from clearglass.train import TrainConfig, _Features, make_optimizer
+from clearglass.train import TrainConfig
+from clearglass.train.run import Features, make_optimizer
 
 
 def synthetic_magic(root: Path, concepts: int = 48, images: int = 8, size: int = 80) -> Path:
@@ -60,8 +61,10 @@ def interleaved_step_seconds(config: TrainConfig, steps: int) -> dict[str, float
     index = cg_data.GroupIndex(load_concepts(config.data), config.caption_field, config.pairs_per_group)
     dataset = cg_data.PairDataset(index, Path(config.data).parent, bundle.preprocess_train, bundle.tokenizer, True)
     m, n = config.groups_per_batch, config.pairs_per_group
-    group_loader = cg_data.make_loader(dataset, cg_data.GroupBatchSampler(index, m, n, config.seed), n)
-    pair_loader = cg_data.make_loader(dataset, cg_data.RandomPairSampler(index, m * n, config.seed), 1)
+    group_loader = cg_data.make_loader(dataset, cg_data.GroupBatchSampler(index, m, n, config.seed),
+                                       cg_data.GroupCollate(n))
+    pair_loader = cg_data.make_loader(dataset, cg_data.RandomPairSampler(index, m * n, config.seed),
+                                      cg_data.GroupCollate(1))
     batches = {"grouped": list(itertools.islice(group_loader, 4)), "clip": list(itertools.islice(pair_loader, 4))}
     losses = {
         "grouped": GroupedContrastiveLoss(config.loss.outer, config.loss.inner, config.loss.alpha, config.loss.tau,
@@ -70,12 +73,13 @@ def interleaved_step_seconds(config: TrainConfig, steps: int) -> dict[str, float
     }
     params = [(name, p) for name, p in bundle.model.named_parameters() if p.requires_grad]
     optimizer = make_optimizer(params, config)
-    features = _Features(bundle.model)
+    features = Features(bundle.model)
     bundle.model.train()
     times: dict[str, list[float]] = {"grouped": [], "clip": []}
     for i in range(steps + 2):
         for kind in (("grouped", "clip") if i % 2 else ("clip", "grouped")):
-            images, tokens = batches[kind][i % 4]  # (M, N, C, H, W), (M, N, L)
+            batch = batches[kind][i % 4]
+            images, tokens = batch.images, batch.tokens  # (M, N, C, H, W), (M, N, L)
             start = time.perf_counter()
             image_f, text_f, _ = features(images, tokens)
             loss = losses[kind](image_f, text_f)["loss"]
@@ -95,7 +99,7 @@ def loader_batches_per_second(config: TrainConfig, batches: int) -> float:
     dataset = cg_data.PairDataset(index, Path(config.data).parent, bundle.preprocess_train, bundle.tokenizer,
                                   config.cache_images)
     sampler = cg_data.GroupBatchSampler(index, config.groups_per_batch, config.pairs_per_group, config.seed)
-    loader = cg_data.make_loader(dataset, sampler, config.pairs_per_group, config.num_workers)
+    loader = cg_data.make_loader(dataset, sampler, cg_data.GroupCollate(config.pairs_per_group), config.num_workers)
     produced, start = 0, 0.0
     for epoch in range(1000):
         sampler.set_epoch(epoch)

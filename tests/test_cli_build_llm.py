@@ -14,7 +14,7 @@ from PIL import Image
 from clearglass.cli import main
 from clearglass.magic.schema import load_concepts
 from clearglass.magic.validate import validate
-from fake_llm_server import FakeLLMServer, Reply, last_user_text
+from clearglass_testing.fake_llm_server import FakeLLMServer, Reply, last_user_text
 
 TOPICS = {
     "pizza": ["A {} pizza on a kitchen table.", "Someone slices a pizza.", "Food on a plate {}."],

@@ -40,7 +40,7 @@ def test_eval_writes_results(tmp_path, capsys):
     assert main(["eval", "--model", "default", "--data", str(data), "--levels", "1", "2",
                  "--fields", "old_caption", "concept_level1", "--out", str(out), *COMMON]) == 0
     res = json.loads(out.read_text())
-    assert res["model"] == "default" and len(res["data_hash"]) == 16
+    assert res["model"] == "default" and len(res["test_set_hash"]) == 16
     keys = {(r["task"], r["subset"], r["metric"]) for r in res["metrics"]}
     assert ("recognition", "concept_level1", "t2i_R@1") in keys and ("zero_shot", "level2", "mean_class_recall") in keys
     assert ("retrieval", "old_captions", "i2t_R@10") in keys

@@ -13,6 +13,7 @@ from clearglass.data import (
     PairKey,
     RandomPairSampler,
     TextPairSampler,
+    GroupCollate,
     make_loader,
     text_pretrain_pairs,
 )
@@ -144,9 +145,12 @@ def test_dataset_loads_collates_and_seeds_augmentation(magic):
     transform = transforms.Compose([transforms.RandomResizedCrop(16, scale=(0.2, 1.0)), transforms.ToTensor()])
     dataset = PairDataset(index, root, transform, toy_tokenizer, cache_images=True)
     sampler = GroupBatchSampler(index, 4, 3, seed=0)
-    images, tokens = next(iter(make_loader(dataset, sampler, pairs_per_group=3)))
+    batch = next(iter(make_loader(dataset, sampler, GroupCollate(3, index.level2_ids()))))
+    images, tokens = batch.images, batch.tokens
     assert images.shape == (4, 3, 3, 16, 16) and tokens.shape == (4, 3, 8)
     keys = sampler.global_batch(0, 0)
+    assert batch.keys == keys  # the batch carries its keys and its groups' level2 ids
+    assert batch.level2.tolist() == [index.level2_ids()[k.group] for k in keys[::3]]
     for m in range(4):
         for n in range(3):
             key = keys[m * 3 + n]
@@ -170,7 +174,7 @@ def test_missing_or_unreadable_image_names_file_and_record(magic, tmp_path):
         dataset[PairKey(index.index_of["concept0"], 0, 0, 0)]
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "concept0_0.png").write_bytes(b"not a png")
-    with pytest.raises(ClearglassError, match="unreadable image"):
+    with pytest.raises(ClearglassError, match="not a readable image"):
         dataset[PairKey(index.index_of["concept0"], 0, 0, 0)]
 
 

@@ -17,7 +17,7 @@ from clearglass.demo import (HEADLINE, SUBSETS, centroid_ranks, drop_concept_wor
                              merge_seeds, split_demo)
 from clearglass.errors import ClearglassError
 from clearglass.magic.schema import ConceptRecord, ImageRecord
-from clearglass.models import metadata_path
+from clearglass.checkpoints import metadata_path
 from clearglass.report import fmt
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clearglass.errors import ClearglassError
+from clearglass_testing.recognition_oracle import score_recognition_per_item
 from clearglass.evaluate import (
     EvalConfig,
     ModelEncoder,
@@ -23,7 +24,6 @@ from clearglass.evaluate import (
     make_recognition_items,
     retrieval,
     score_recognition,
-    score_recognition_per_item,
     zero_shot,
 )
 from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path

@@ -283,7 +283,8 @@ def test_errors_name_the_problem():
 
 
 def test_config_switch_builds_trains_and_round_trips_a_checkpoint(tmp_path):
-    from clearglass.models import load_model, lock_towers, save_checkpoint
+    from clearglass.checkpoints import save_checkpoint
+    from clearglass.models import load_model, lock_towers
 
     torch.set_default_dtype(torch.float32)
     bundle = load_model("clearglass:clearglass-vit-hier")
@@ -305,7 +306,7 @@ def test_config_switch_builds_trains_and_round_trips_a_checkpoint(tmp_path):
     loss = model.encode_image(images).square().sum() + model.encode_text(tokens).square().sum()
     loss.backward()
     assert model.visual.transformer.resblocks[0].attn.link_query.weight.grad.isfinite().all()
-    path = save_checkpoint(bundle, tmp_path / "hier.pt", train_config={}, data_hash="x", metrics={})
+    path = save_checkpoint(bundle, tmp_path / "hier.pt", train_config={}, dataset_sha256="x", metrics={})
     reloaded = load_model(str(path)).model.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded.encode_image(images), model.encode_image(images))

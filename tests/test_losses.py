@@ -1,4 +1,4 @@
-"""Fast grouped losses against the loop oracles of tests/loss_oracles.py, plus properties and errors."""
+"""Fast grouped losses against the loop oracles of clearglass_testing/loss_oracles.py, plus properties and errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from loss_oracles import oracle_multilevel, oracle_terms
+from clearglass_testing.loss_oracles import oracle_multilevel, oracle_terms
 from open_clip.loss import ClipLoss
 
 from clearglass.errors import ClearglassError

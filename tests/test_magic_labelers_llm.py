@@ -21,7 +21,7 @@ from clearglass.magic.labelers.llm import (
 )
 from clearglass.magic.llm_cache import LLMCache, request_key
 from clearglass.magic.sources import SourceItem
-from fake_llm_server import FakeLLMServer, Reply, answer_for, last_user_text
+from clearglass_testing.fake_llm_server import FakeLLMServer, Reply, answer_for, last_user_text
 
 VALID = """<output>
 <level1>birthday party</level1>

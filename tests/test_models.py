@@ -11,17 +11,14 @@ from PIL import Image
 from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+from clearglass.checkpoints import load_extra_state, read_checkpoint_metadata, save_checkpoint
 from clearglass.errors import ClearglassError
 from clearglass.models import (
     FrozenTextCache,
     HFCLIPModel,
-    load_extra_state,
     load_model,
     lock_towers,
-    read_checkpoint_metadata,
     register_open_clip_config,
-    save_checkpoint,
-    trainable_parameter_counts,
     trim_padding,
 )
 
@@ -31,6 +28,30 @@ TINY_OPEN_CLIP = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 CAPTIONS = ["a red circle", "an animal in the snow", "tools"]
+
+
+def tower_of(model: torch.nn.Module, parameter_name: str) -> str:
+    """Slow oracle: which tower a parameter belongs to: 'image', 'text' or 'other' (the logit scale/bias)."""
+    if isinstance(model, HFCLIPModel):
+        head = parameter_name.removeprefix("clip.").split(".")[0]
+        return {"vision_model": "image", "visual_projection": "image", "text_model": "text"}.get(
+            head, "text" if head == "text_projection" else "other"
+        )
+    head = parameter_name.split(".")[0]
+    if head == "visual":
+        return "image"
+    return "other" if head in ("logit_scale", "logit_bias") else "text"
+
+
+def trainable_parameter_counts(model_or_bundle: object) -> dict[str, dict[str, int]]:
+    """Slow oracle: per tower ('image', 'text', 'other'): {'trainable': n, 'total': n} parameter element counts."""
+    model = getattr(model_or_bundle, "model", model_or_bundle)
+    counts = {t: {"trainable": 0, "total": 0} for t in ("image", "text", "other")}
+    for name, p in model.named_parameters():
+        c = counts[tower_of(model, name)]
+        c["total"] += p.numel()
+        c["trainable"] += p.numel() if p.requires_grad else 0
+    return counts
 
 
 def _numel(model: torch.nn.Module, prefixes: tuple[str, ...]) -> int:
@@ -249,9 +270,9 @@ def test_default_checkpoint_round_trip(default_bundle, tmp_path):
     with torch.no_grad():
         default_bundle.model.visual.attnpool.c_proj.weight.add_(0.5)  # weights that a fresh model does not have
     path = save_checkpoint(default_bundle, tmp_path / "run" / "ckpt.pt", train_config={"lr": 1e-3},
-                           data_hash="abc123", metrics={"loss": 1.5}, extra_state={"step": 7})
+                           dataset_sha256="abc123", metrics={"loss": 1.5}, extra_state={"step": 7})
     meta = read_checkpoint_metadata(path)
-    assert meta["data_hash"] == "abc123" and meta["metrics"] == {"loss": 1.5} and meta["train_config"] == {"lr": 1e-3}
+    assert meta["dataset_sha256"] == "abc123" and meta["metrics"] == {"loss": 1.5} and meta["train_config"] == {"lr": 1e-3}
     assert meta["model_config"] == default_bundle.config and meta["spec"] == "default"
     assert (tmp_path / "run" / "ckpt.json").is_file()
     assert load_extra_state(path) == {"step": 7}
@@ -276,7 +297,7 @@ def test_hierarchy_model_checkpoint_round_trip(tmp_path):
     assert b.config["hier_attention"]["vision"] is True
     with torch.no_grad():
         b.model.visual.proj.mul_(2.0)
-    path = save_checkpoint(b, tmp_path / "hier.pt", train_config={}, data_hash="h", metrics={})
+    path = save_checkpoint(b, tmp_path / "hier.pt", train_config={}, dataset_sha256="h", metrics={})
     images = torch.randn(2, 3, 64, 64)
     before, after = _encode(b, images), _encode(load_model(str(path)), images)
     torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
@@ -287,7 +308,7 @@ def test_hf_checkpoint_round_trip(tiny_hf_dir, tmp_path):
     b = load_model(f"hf:{tiny_hf_dir}")
     with torch.no_grad():
         b.model.clip.visual_projection.weight.mul_(2.0)
-    path = save_checkpoint(b.model, tmp_path / "hf.pt", train_config={}, data_hash="h", metrics={})
+    path = save_checkpoint(b.model, tmp_path / "hf.pt", train_config={}, dataset_sha256="h", metrics={})
     assert read_checkpoint_metadata(path)["kind"] == "hf"
     images = torch.randn(2, 3, 32, 32)
     before, after = _encode(b, images), _encode(load_model(str(path)), images)
@@ -321,14 +342,14 @@ def test_error_cases(tmp_path, tiny_open_clip_checkpoint, tiny_hf_dir):
     with pytest.raises(ClearglassError, match="empty"):
         load_model(f"hf:{tmp_path / 'empty'}")
     with pytest.raises(ClearglassError, match="not built by load_model"):
-        save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pt", train_config={}, data_hash="", metrics={})
+        save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pt", train_config={}, dataset_sha256="", metrics={})
     path, _ = tiny_open_clip_checkpoint
     (tmp_path / "bad.json").write_text(json.dumps({"format": "something-else"}))
     torch.save(torch.load(path), tmp_path / "bad.pt")
     with pytest.raises(ClearglassError, match="bad.json"):
         load_model(str(tmp_path / "bad.pt"))
     b = load_model(f"hf:{tiny_hf_dir}")
-    path = save_checkpoint(b, tmp_path / "wrong.pt", train_config={}, data_hash="h", metrics={})
+    path = save_checkpoint(b, tmp_path / "wrong.pt", train_config={}, dataset_sha256="h", metrics={})
     torch.save({"unrelated": torch.zeros(1)}, path)
     with pytest.raises(ClearglassError, match="wrong.pt"):
         load_model(str(path))

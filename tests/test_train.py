@@ -17,7 +17,8 @@ import torch
 from clearglass import cli
 from clearglass.errors import ClearglassError
 from clearglass.losses import GroupedContrastiveLoss
-from clearglass.train import CONFIG_DIR, TrainConfig, cosine_factor, make_optimizer, train
+from clearglass.train import CONFIG_DIR, TrainConfig, train
+from clearglass.train.run import cosine_factor, make_optimizer
 from tiny_magic import write_tiny_magic, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def test_train_and_resume_from_a_checkpoint_match_an_uninterrupted_run(dataset, 
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
     assert {"loss", "outer_loss", "inner_loss", "lr", "logit_scale", "time"} <= lines[0].keys()
     meta = json.loads((tmp_path / "full" / "checkpoints" / "step_000004.json").read_text())
-    assert meta["train_config"]["steps"] == 4 and len(meta["data_hash"]) == 64 and meta["metrics"]["loss"] > 0
+    assert meta["train_config"]["steps"] == 4 and len(meta["dataset_sha256"]) == 64 and meta["metrics"]["loss"] > 0
     resumed = train(tiny_config(dataset, tmp_path / "resumed", num_workers=workers),
                     resume=str(tmp_path / "full/checkpoints/step_000002.pt"))
     assert [json.loads(ln)["step"] for ln in Path(resumed["metrics_path"]).read_text().splitlines()] == [3, 4]

@@ -53,7 +53,8 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     import open_clip
     import torch
 
-    from clearglass.models import ModelBundle, ModelSource, register_open_clip_config, save_checkpoint
+    from clearglass.checkpoints import save_checkpoint
+    from clearglass.models import ModelBundle, ModelSource, register_open_clip_config
 
     name = register_open_clip_config("clearglass-test-tiny", TINY_MODEL_CONFIG)
     torch.manual_seed(seed)
@@ -61,4 +62,4 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     transforms = [open_clip.image_transform(32, is_train) for is_train in (True, False)]
     model.clearglass_source = ModelSource("open_clip", name, TINY_MODEL_CONFIG)
     bundle = ModelBundle(model, open_clip.get_tokenizer(name), *transforms, name, TINY_MODEL_CONFIG)
-    return save_checkpoint(bundle, path, train_config={}, data_hash="", metrics={})
+    return save_checkpoint(bundle, path, train_config={}, dataset_sha256="", metrics={})

@@ -31,7 +31,8 @@ from clearglass.errors import ClearglassError
 from clearglass.demo import merge_seeds
 from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
 from clearglass.magic.builder import build_emoji_dataset
-from clearglass.magic.schema import load_concepts, read_json, write_json_atomic
+from clearglass.io import read_json, write_json_atomic
+from clearglass.magic.schema import load_concepts
 from clearglass.models import load_model
 from clearglass.report import compare, write_report
 from clearglass.train import CONFIG_DIR, TrainConfig, train

@@ -5,7 +5,8 @@ pure function of (seed, epoch, position), built identically on every rank; each 
 so the union of the ranks' batches is the one-process batch, and no group appears twice in one global batch.
 
 Sampler items are ``PairKey`` tuples; ``PairDataset`` turns one into (image tensor, token row) and
-``collate_groups`` stacks a batch into images (M, N, C, H, W) and tokens (M, N, L).
+``GroupCollate`` stacks a batch into a ``Batch``: images (M, N, C, H, W), tokens (M, N, L), the keys and the groups'
+level2 ids, so a training step recomputes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +23,7 @@ import torch
 from PIL import Image
 
 from clearglass.errors import ClearglassError
+from clearglass.io import DEFAULT_MAX_PIXELS, load_image
 from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path
 
 CAPTION_FIELDS = ("new_captions", "old_captions")
@@ -319,8 +321,10 @@ class PairDataset(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         cache_images: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.index = index
+        self.max_pixels = max_pixels
         self.image_root = Path(image_root)
         self.transform = transform
         self.tokenizer = tokenizer
@@ -339,18 +343,8 @@ class PairDataset(torch.utils.data.Dataset):
         concept = self.index.groups[group].concept
         record = self.index.groups[group].images[image]
         path = resolve_image_path(self.image_root, record.image)
-        try:
-            with Image.open(path) as im:
-                rgb = im.convert("RGB")
-        except FileNotFoundError:
-            raise ClearglassError(
-                f"{path}: image file not found (concept {concept!r}, train image {record.image!r});"
-                f" expected it under the image root {self.image_root}"
-            ) from None
-        except OSError as e:
-            raise ClearglassError(
-                f"{path}: unreadable image (concept {concept!r}, train image {record.image!r}): {e}"
-            ) from None
+        rgb = load_image(path, f"concept {concept!r}, train image {record.image!r}; image root {self.image_root}",
+                         self.max_pixels)
         if self.cache_images:
             self._images[group, image] = rgb
         return rgb
@@ -374,30 +368,49 @@ class PairDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             return self._pair(key)
 
-    def __getitems__(self, keys: list[PairKey]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The pairs of a batch of keys (what the DataLoader fetches), forking the global RNG once per batch."""
+    def __getitems__(self, keys: list[PairKey]) -> list[tuple[torch.Tensor, torch.Tensor, PairKey]]:
+        """The pairs of a batch of keys with their keys (what the DataLoader fetches), forking the global RNG once."""
         with torch.random.fork_rng(devices=[]):
-            return [self._pair(key) for key in keys]
+            return [(*self._pair(key), key) for key in keys]
+
+
+@dataclass
+class Batch:
+    """One batch of M groups x N pairs and what a training step needs besides pixels and tokens."""
+
+    images: torch.Tensor  # (M, N, C, H, W)
+    tokens: torch.Tensor  # (M, N, L)
+    keys: list[PairKey]  # (M*N,) group by group
+    level2: torch.Tensor  # (M,) level2 id of each group (GroupIndex.level2_ids)
+    negatives: torch.Tensor | None = None  # (K, L) tokens of synthetic negative captions, added by the caller
+
+    def pin_memory(self) -> Batch:
+        """The batch in pinned memory (the DataLoader calls this with pin_memory=True)."""
+        return replace(self, images=self.images.pin_memory(), tokens=self.tokens.pin_memory())
 
 
 class GroupCollate:
-    """Stacks a batch of pairs, group by group, into images (M, N, C, H, W) and tokens (M, N, L)."""
+    """Stacks a batch of pairs, group by group, into a :class:`Batch`."""
 
-    def __init__(self, pairs_per_group: int) -> None:
+    def __init__(self, pairs_per_group: int, level2_ids: list[int] | None = None) -> None:
         self.pairs_per_group = pairs_per_group
+        self.level2_ids = level2_ids
 
-    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (M, N, C, H, W) and tokens (M, N, L)."""
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor, PairKey]]) -> Batch:
+        """Images (M, N, C, H, W), tokens (M, N, L), the keys and the groups' level2 ids (M,)."""
         n = self.pairs_per_group
-        images = torch.stack([im for im, _ in items])  # (M*N, C, H, W)
-        tokens = torch.stack([tok for _, tok in items])  # (M*N, L)
-        return images.unflatten(0, (-1, n)), tokens.unflatten(0, (-1, n))
+        images = torch.stack([im for im, _, _ in items])  # (M*N, C, H, W)
+        tokens = torch.stack([tok for _, tok, _ in items])  # (M*N, L)
+        keys = [key for _, _, key in items]
+        groups = [k.group for k in keys[::n]]
+        level2 = torch.tensor([self.level2_ids[g] for g in groups] if self.level2_ids is not None else groups)
+        return Batch(images.unflatten(0, (-1, n)), tokens.unflatten(0, (-1, n)), keys, level2)
 
 
 def make_loader(
     dataset: torch.utils.data.Dataset,
     sampler: _EpochSampler,
-    pairs_per_group: int,
+    collate: Callable[[list[Any]], Any],
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
@@ -405,7 +418,7 @@ def make_loader(
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=GroupCollate(pairs_per_group),
+        collate_fn=collate,
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
@@ -462,3 +475,20 @@ class TextPairDataset(torch.utils.data.Dataset):
         """(tokens of the original caption (L,), tokens of the target text (L,))."""
         rows = self.tokenizer(list(self.pairs[i]))  # (2, L)
         return rows[0], rows[1]
+
+
+@dataclass
+class TextBatch:
+    """A batch of caption pre-training pairs."""
+
+    old: torch.Tensor  # (B, 1, L) original captions
+    target: torch.Tensor  # (B, 1, L) their new captions or concept words
+
+    def pin_memory(self) -> TextBatch:
+        """The batch in pinned memory."""
+        return TextBatch(self.old.pin_memory(), self.target.pin_memory())
+
+
+def collate_text_pairs(items: list[tuple[torch.Tensor, torch.Tensor]]) -> TextBatch:
+    """Stacks (old, target) token rows into a :class:`TextBatch`."""
+    return TextBatch(torch.stack([a for a, _ in items])[:, None], torch.stack([b for _, b in items])[:, None])

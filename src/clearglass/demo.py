@@ -32,8 +32,8 @@ from clearglass.errors import ClearglassError
 from clearglass.evaluate import Encoder, EvalConfig, ModelEncoder, bootstrap, evaluate_model, items_hash, metric_stat
 from clearglass.magic.builder import build_emoji_dataset, split_images
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.schema import (ConceptRecord, load_concepts, read_json, resolve_image_path, save_concepts,
-                                     write_json_atomic)
+from clearglass.io import read_json, write_json_atomic
+from clearglass.magic.schema import ConceptRecord, load_concepts, resolve_image_path, save_concepts
 from clearglass.report import compare, differences_table, fmt, markdown_table, write_plots
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "demo"
@@ -239,7 +239,8 @@ def merge_seeds(per_seed: list[dict]) -> dict:
 
 def train_model(name: str, overrides: dict, common: dict, data: Path, out: Path, seed: int) -> dict:
     """Train one demo model with the shared settings; returns train()'s result plus the wall time."""
-    from clearglass.train import TrainConfig, apply_override, train
+    from clearglass.config import apply_override
+    from clearglass.train import TrainConfig, train
 
     raw = json.loads((Path(__file__).parent / "configs" / "train" / "default-grouped.json").read_text("utf-8"))
     for key, value in {**common, **overrides}.items():
@@ -469,7 +470,8 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
     image_root = paths["train"].parent
     eval_config = EvalConfig(k=config["eval"]["k"], fields=["concept_level1", "concept_level2"], levels=[1, 2],
                              n_boot=config["eval"]["n_boot"], seed=config["eval"]["seed"])
-    from clearglass.models import load_model, read_checkpoint_metadata, save_checkpoint
+    from clearglass.checkpoints import read_checkpoint_metadata, save_checkpoint
+    from clearglass.models import load_model
 
     seed_list = list(range(config["train"]["seed"], config["train"]["seed"] + seeds))
     per_model: dict[str, list[dict[str, dict]]] = defaultdict(list)
@@ -487,7 +489,7 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
                 meta = read_checkpoint_metadata(result["checkpoint"])
                 checkpoints[name] = str(save_checkpoint(bundle, out / "checkpoints" / f"{name}.pt",
                                                         train_config=meta["train_config"],
-                                                        data_hash=meta["data_hash"], metrics=meta["metrics"]))
+                                                        dataset_sha256=meta["dataset_sha256"], metrics=meta["metrics"]))
     order = ["init", config["baseline"], config["method"]]
     order += [m for m in config["models"] if m not in order]
     comparisons = {}

@@ -22,10 +22,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from clearglass.errors import ClearglassError
+from clearglass.io import json_digest, load_image, load_torch, save_torch_atomic
 from clearglass.magic.schema import LEVELS, ConceptRecord, ImageRecord, resolve_image_path
 
 FIELDS = ("new_caption", "old_caption", "concept_level1", "concept_level2", "concept_level3", "concept_level4")
@@ -45,27 +45,21 @@ class Encoder(Protocol):
 # Encoders
 
 
-def _load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ClearglassError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ClearglassError(f"{path}: not a readable image ({e})") from None
-
-
 class ModelEncoder:
     """An ``Encoder`` for a ``ModelBundle``: each unique image and text is encoded once, batched, without grad.
 
-    With ``cache_dir``, embeddings are stored as ``{kind}-{sha256(model key, data key)}.pt``; the model key is
+    ``encode_text`` replaces ``model.encode_text`` (a training run passes its frozen-text cache). With ``cache_dir``,
+    embeddings are stored as ``{kind}-{sha256(model key, data key)}.pt``; the model key is
     the spec plus a sha256 of the weights, the data key is the ordered texts or the image paths with their
     sizes and modification times.
     """
 
     def __init__(self, bundle: Any, batch_size: int = 64, device: str | torch.device = "cpu",
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None,
+                 encode_text: Callable[[torch.Tensor], torch.Tensor] | None = None, progress: bool = True):
         self.bundle = bundle
+        self.progress = progress
+        self.encode_text = encode_text  # e.g. a run's FrozenTextCache: (B, L) tokens -> (B, D), as encode_text
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -89,12 +83,9 @@ class ModelEncoder:
         key = hashlib.sha256(f"{self.model_key()}\n{data_key}".encode()).hexdigest()
         path = self.cache_dir / f"{kind}-{key}.pt"
         if path.exists():
-            return torch.load(path, map_location="cpu")
+            return load_torch(path, "embedding cache file")
         out = compute()
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(out, tmp)
-        os.replace(tmp, path)
+        save_torch_atomic(out, path)
         return out
 
     def _encode_unique(self, items: list, encode_batch: Callable[[list], torch.Tensor], desc: str) -> torch.Tensor:
@@ -102,7 +93,8 @@ class ModelEncoder:
         rows = []
         self.bundle.model.eval()
         with torch.no_grad():
-            for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False):
+            for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False,
+                              disable=not self.progress):
                 out = encode_batch(unique[start:start + self.batch_size]).float()  # (b, D)
                 rows.append(torch.nn.functional.normalize(out, dim=-1).cpu())
         table = torch.cat(rows) if rows else torch.empty(0, 0)
@@ -122,7 +114,7 @@ class ModelEncoder:
 
         def batch(chunk: list[Path]) -> torch.Tensor:
             self.n_images_encoded += len(chunk)
-            x = torch.stack([self.bundle.preprocess_val(_load_rgb(p)) for p in chunk]).to(self.device)
+            x = torch.stack([self.bundle.preprocess_val(load_image(p)) for p in chunk]).to(self.device)
             return self.bundle.model.encode_image(x)
 
         data_key = "\n".join(stat(p) for p in paths)
@@ -134,6 +126,8 @@ class ModelEncoder:
 
         def batch(chunk: list[str]) -> torch.Tensor:
             self.n_texts_encoded += len(chunk)
+            if self.encode_text is not None:
+                return self.encode_text(self.bundle.tokenizer(chunk).to(self.device))
             tokens = trim_padding(self.bundle, self.bundle.tokenizer(chunk))  # (b, L' <= L)
             return self.bundle.model.encode_text(tokens.to(self.device))
 
@@ -260,8 +254,7 @@ def make_recognition_items(concepts: list[ConceptRecord], field: str, k: int, se
 
 def items_hash(items: Sequence[Any]) -> str:
     """A short sha256 of a list of items (dataclasses or JSON data), to check two models saw the same items."""
-    raw = json.dumps([asdict(x) if hasattr(x, "__dataclass_fields__") else x for x in items], sort_keys=True)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return json_digest([asdict(x) if hasattr(x, "__dataclass_fields__") else x for x in items])
 
 
 def _strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
@@ -283,18 +276,6 @@ def score_recognition(encoder: Encoder, items: list[Item], image_root: str | os.
     t2i = np.einsum("nd,nkd->nk", txt[text_ix[:, 0]], img[image_ix])  # (n, K) anchor text vs K images
     zero = np.zeros(len(items), dtype=int)
     return {"i2t_rank": _strict_rank(i2t, zero), "t2i_rank": _strict_rank(t2i, zero)}
-
-
-def score_recognition_per_item(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The reference's protocol: re-encode the K images and K texts of every item (slow; the parity oracle)."""
-    i2t, t2i = [], []
-    for it in items:
-        img = encoder.embed_images([resolve_image_path(image_root, i) for i in it.images]).float().numpy()  # (K, D)
-        txt = encoder.embed_texts(list(it.texts)).float().numpy()  # (K, D)
-        sims = img @ txt.T  # (K images, K texts)
-        i2t.append(int((sims[0] >= sims[0, 0]).sum() - 1))
-        t2i.append(int((sims[:, 0] >= sims[0, 0]).sum() - 1))
-    return {"i2t_rank": np.array(i2t, dtype=int), "t2i_rank": np.array(t2i, dtype=int)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -506,11 +487,9 @@ class EvalConfig:
     hierarchy_steps: int = 100
 
 
-def data_hash(concepts: list[ConceptRecord]) -> str:
+def test_set_hash(concepts: list[ConceptRecord]) -> str:
     """A short sha256 of the test split (image ids, captions, levels, hard negatives) of a dataset."""
-    raw = json.dumps([[c.concept, c.hard_negative, [asdict(im) for im in c.test_images]] for c in concepts],
-                     sort_keys=True)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return json_digest([[c.concept, c.hard_negative, [asdict(im) for im in c.test_images]] for c in concepts])
 
 
 def _auto_fields(concepts: list[ConceptRecord], k: int) -> tuple[list[str], dict[str, str]]:
@@ -634,6 +613,6 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
     text_emb = encoder.embed_texts(texts)
     units = _run_tasks(_Lookup(paths, image_emb, texts, text_emb), concepts, image_root, config)
     rows, per_item = metric_rows(units, config)
-    return {"model": model, "data": data, "data_hash": data_hash(concepts), "config": asdict(config),
+    return {"model": model, "data": data, "test_set_hash": test_set_hash(concepts), "config": asdict(config),
             "skipped": skipped, "n_images_embedded": len(paths), "n_texts_embedded": len(texts), "metrics": rows,
             "per_item": per_item}

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts, read_json
+from clearglass.io import read_json
+from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts
 
 FORMATS = ("magic", "hierarcaps-csv", "hierarcaps-json", "breeds")
 

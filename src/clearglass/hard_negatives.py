@@ -34,9 +34,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Literal
 
 import torch
 
+from clearglass.config import Config
 from clearglass.data import GroupIndex, PairKey
 from clearglass.errors import ClearglassError
 from clearglass.magic.builder import embed_names, rank_negatives
@@ -50,7 +52,7 @@ _WORD = re.compile(r"[A-Za-z]+")
 
 
 @dataclass
-class SyntheticNegativesConfig:
+class SyntheticNegativesConfig(Config):
     """Synthetic hard negatives of a training run (see the module docstring).
 
     caption: add ``per_caption`` edited captions per pair as extra text negatives of the outer loss, from
@@ -59,12 +61,13 @@ class SyntheticNegativesConfig:
 
     caption: bool = False
     per_caption: int = 1
-    source: str = "both"
+    source: Literal["wordnet", "groups", "both"] = "both"
     specificity: float = 0.5
     concepts: bool = False
     concepts_per_group: int = 3
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """per_caption >= 1, concepts_per_group >= 1, 0 <= specificity < 1, a known source."""
         if self.source not in SOURCES:
             raise ClearglassError(f"synthetic_negatives.source {self.source!r}: expected one of {SOURCES}")
         if self.per_caption < 1 or self.concepts_per_group < 1 or not 0.0 <= self.specificity < 1.0:

@@ -23,6 +23,7 @@ mean are again exactly the full-batch gradients. All ranks must pass tensors of 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -561,3 +562,47 @@ class MultiLevelGroupedLoss(nn.Module):
                 loss = loss + self.weights[2] * out["level2_loss"]
             out["loss"] = loss
             return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry of named losses (what a training config's ``loss.kind`` names)
+
+
+@dataclass(frozen=True)
+class NamedLoss:
+    """A trainable loss by name: how to build it from the loss settings and which batches it trains on
+    ("groups": M groups x N pairs of the group sampler; "pairs": random pairs, the CLIP baseline)."""
+
+    build: Callable[..., nn.Module]
+    batches: str
+    needs_level2: bool = False
+
+
+def _grouped(*, outer: str, inner: str | None, alpha: float, tau: float, tau_inner: float, learn_tau: bool,
+             local_loss: bool, **_: float) -> GroupedContrastiveLoss:
+    return GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss)
+
+
+def _clip(*, tau: float, learn_tau: bool, local_loss: bool, **_: object) -> GroupedContrastiveLoss:
+    return GroupedContrastiveLoss("clip", None, tau=tau, learn_tau=learn_tau, local_loss=local_loss)
+
+
+def _multilevel(*, instance_weight: float, level1_weight: float, level2_weight: float, outer: str,
+                inner: str | None, alpha: float, tau: float, tau_inner: float, learn_tau: bool, local_loss: bool,
+                **_: object) -> MultiLevelGroupedLoss:
+    return MultiLevelGroupedLoss(instance_weight, level1_weight, level2_weight, outer, inner, alpha, tau, tau_inner,
+                                 learn_tau, local_loss)
+
+
+LOSSES: dict[str, NamedLoss] = {
+    "grouped": NamedLoss(_grouped, "groups"),
+    "clip": NamedLoss(_clip, "pairs"),
+    "multilevel": NamedLoss(_multilevel, "groups", needs_level2=True),
+}
+
+
+def make_loss(kind: str, **settings: object) -> nn.Module:
+    """The registered loss ``kind`` built from keyword settings (a training config's ``loss`` section)."""
+    if kind not in LOSSES:
+        raise ClearglassError(f"loss kind {kind!r}: expected one of {sorted(LOSSES)}")
+    return LOSSES[kind].build(**settings)

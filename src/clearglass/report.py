@@ -13,7 +13,7 @@ import numpy as np
 
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import bootstrap, metric_stat
-from clearglass.magic.schema import write_json_atomic
+from clearglass.io import write_json_atomic, write_text_atomic
 
 
 def fmt(x: float) -> str:
@@ -38,9 +38,9 @@ def compare(results_by_model: dict[str, dict], n_boot: int | None = None, seed: 
     differences = []
     for name in names[1:]:
         other = results_by_model[name]
-        if other["data_hash"] != base["data_hash"]:
-            raise ClearglassError(f"model {name!r} was evaluated on data {other['data_hash']}, "
-                                  f"{base_name!r} on {base['data_hash']}: compare needs the same test set")
+        if other["test_set_hash"] != base["test_set_hash"]:
+            raise ClearglassError(f"model {name!r} was evaluated on test set {other['test_set_hash']}, "
+                                  f"{base_name!r} on {base['test_set_hash']}: compare needs the same test set")
         theirs = {_key(r): r for r in other["metrics"]}
         for row in base["metrics"]:
             if _key(row) not in theirs:
@@ -158,7 +158,7 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     parts = [f"# {title}\n"]
     if intro:
         parts.append(intro.strip() + "\n")
-    parts.append(f"Data: `{_shown_path(first['data'], out_dir)}` (hash `{first['data_hash']}`); k={cfg['k']}, template "
+    parts.append(f"Data: `{_shown_path(first['data'], out_dir)}` (test set hash `{first['test_set_hash']}`); k={cfg['k']}, template "
                  f"`{cfg['template']}`, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples, "
                  f"{round(cfg['ci_level'] * 100)}% percentile intervals.\n")
     skipped = {what: why for res in by_model.values() for what, why in res.get("skipped", {}).items()}
@@ -170,5 +170,5 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     if plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     md_path = out_dir / "report.md"
-    md_path.write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic("\n".join(parts), md_path)
     return {"json": json_path, "markdown": md_path, **{p.stem: p for p in plots}}

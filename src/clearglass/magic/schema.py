@@ -8,14 +8,13 @@ A concept whose ``train_images`` is empty is a held-out (unseen) concept.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clearglass.errors import ClearglassError
+from clearglass.io import read_json, write_json_atomic
 
 LEVELS = ("level1", "level2", "level3", "level4")
 SPLITS = ("train", "test")
@@ -117,22 +116,6 @@ def concepts_to_json(concepts: list[ConceptRecord]) -> list[dict]:
     return [asdict(c) for c in concepts]
 
 
-def read_json(path: str | os.PathLike, what: str, expect: type | None = None) -> Any:
-    """Parse a JSON file; a missing file, invalid JSON or a top level not of type ``expect`` is a ClearglassError
-    naming the file and ``what`` it should be (e.g. "dataset file")."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClearglassError(f"{path}: {what} not found") from None
-    except json.JSONDecodeError as e:
-        raise ClearglassError(f"{path}: not valid JSON ({e})") from None
-    if expect is not None and not isinstance(raw, expect):
-        raise ClearglassError(f"{path}: expected a JSON {'list' if expect is list else 'object'} ({what}), "
-                              f"got {type(raw).__name__}")
-    return raw
-
-
 def load_concepts(path: str | os.PathLike) -> list[ConceptRecord]:
     """Read a MAGIC JSON file."""
     return concepts_from_json(read_json(path, "dataset file"), str(path))
@@ -141,17 +124,3 @@ def load_concepts(path: str | os.PathLike) -> list[ConceptRecord]:
 def save_concepts(concepts: list[ConceptRecord], path: str | os.PathLike) -> None:
     """Write a MAGIC JSON file atomically."""
     write_json_atomic(concepts_to_json(concepts), path)
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

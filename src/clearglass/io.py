@@ -1,0 +1,242 @@
+"""Files in and out, in one place: atomic writes, JSON/text/tensor reads whose errors name the file, image loading
+with one error mapping and mode conversion, device choice, and content hashes.
+
+Every write goes through :func:`_write_atomic` (a temporary file in the target's folder, then ``os.replace``), so a
+killed process leaves either the old file or the new one, plus at worst an orphan ``.NAME.*.tmp`` that
+:func:`remove_orphan_temps` clears. Every tensor file is read with ``torch.load(weights_only=True)``: a file that
+needs arbitrary code to unpickle is refused, never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clearglass.errors import ClearglassError
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MAX_PIXELS = 90_000_000  # about PIL's own decompression-bomb warning threshold (89.5 M pixels)
+TEMP_SUFFIX = ".tmp"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# writes
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise ClearglassError(f"{path}: is a folder; expected a file path to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write bytes atomically."""
+    return _write_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write UTF-8 text atomically."""
+    return write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON (indent 1, UTF-8) atomically."""
+    return write_text_atomic(json.dumps(obj, indent=1, ensure_ascii=False), path)
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically; keep ``obj`` to tensors and plain data so :func:`load_torch` can read it."""
+    import torch
+
+    return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save a PIL image atomically, in the format its suffix names."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ClearglassError(f"{path}: unknown image file suffix")
+    return _write_atomic(path, lambda f: image.save(f, format=fmt))
+
+
+def remove_orphan_temps(folder: str | os.PathLike) -> int:
+    """Delete the ``.NAME.*.tmp`` files a killed atomic write left in ``folder`` (not recursive); returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    orphans = [p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return len(orphans)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reads
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file; a missing file, a folder, unreadable or non-UTF-8 bytes are a ClearglassError naming it."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClearglassError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ClearglassError(f"{path}: is a folder; expected a {what} file") from None
+    except UnicodeDecodeError as e:
+        raise ClearglassError(f"{path}: {what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ClearglassError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+
+
+def read_json(path: str | os.PathLike, what: str, expect: type | None = None) -> Any:
+    """Parse a JSON file; a missing file, invalid JSON or a top level not of type ``expect`` is a ClearglassError
+    naming the file and ``what`` it should be (e.g. "dataset file")."""
+    text = read_text(path, what)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ClearglassError(f"{path}: {what} is not valid JSON ({e})") from None
+    if expect is not None and not isinstance(raw, expect):
+        raise ClearglassError(f"{path}: expected a JSON {'list' if expect is list else 'object'} ({what}), "
+                              f"got {type(raw).__name__}")
+    return raw
+
+
+def load_torch(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: tensors and plain data only. A file that needs arbitrary code
+    to unpickle (a crafted or foreign checkpoint) is refused; a missing, truncated or corrupt one is an error."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClearglassError(f"{path}: {what} not found" if not path.exists() else f"{path}: is not a {what} file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClearglassError(f"{path}: {what} holds objects that only arbitrary code can rebuild; refused (only "
+                              f"tensors and plain data load): {first}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({first})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# images
+
+
+def _scaled_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Integer or float pixel values scaled (not clipped) to 0..255 by the range their type implies:
+    [0, 1] floats x 255, values within [0, 255] as they are, within [0, 65535] / 257, otherwise min..max."""
+    v = values.astype(np.float64)
+    low, high = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        v = v * 255.0
+    elif low >= 0 and high <= 255:
+        pass
+    elif low >= 0 and high <= 65535:
+        v = v / 257.0
+    else:
+        v = (v - low) / (high - low) * 255.0 if high > low else np.zeros_like(v)
+    return np.clip(np.rint(v), 0, 255).astype(np.uint8)
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """Any mode PIL opens as 8-bit RGB. 16-bit, 32-bit and float greyscale are scaled (``_scaled_to_uint8``), not
+    clipped; transparency (RGBA, LA, PA, P with a transparent colour) is composited over white; CMYK, YCbCr, 1, L
+    and P convert as PIL does."""
+    mode = image.mode
+    if mode in ("RGB",):
+        return image
+    if mode.startswith("I") or mode == "F":
+        grey = Image.fromarray(_scaled_to_uint8(np.asarray(image)), mode="L")
+        return grey.convert("RGB")
+    if mode == "P" and "transparency" in image.info or mode in ("PA",):
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The decoded image as 8-bit RGB (:func:`to_rgb8`). A missing, unreadable, empty or over-large file is a
+    ClearglassError "PATH: reason (what)", ``what`` saying which record it is (e.g. "concept 'fruit', image 'a.png'")."""
+    path = Path(path)
+    about = f" ({what})" if what else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # our own limit below says it in one line
+            with Image.open(path) as im:
+                pixels = im.size[0] * im.size[1]
+                if pixels > max_pixels:
+                    raise ClearglassError(f"{path}: image of {im.size[0]}x{im.size[1]} = {pixels:,} pixels is over "
+                                          f"the limit of {max_pixels:,}{about} (raise max_image_pixels to allow it)")
+                im.load()
+                return to_rgb8(im)
+    except FileNotFoundError:
+        raise ClearglassError(f"{path}: image file not found{about}") from None
+    except IsADirectoryError:
+        raise ClearglassError(f"{path}: is a folder, not an image file{about}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ClearglassError(f"{path}: over PIL's decompression-bomb limit{about}: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # truncated files are OSErrors
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e)
+        raise ClearglassError(f"{path}: not a readable image{about}: {reason}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# devices and hashes
+
+
+def resolve_device(device: str) -> torch.device:
+    """A torch device; ``auto`` is CUDA when available, else the CPU."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ClearglassError(f"device {device!r}: {e}") from None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """A short (16 hex) sha256 of JSON data, key order ignored: the identity of items, test sets and settings."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

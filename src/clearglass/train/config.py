@@ -1,0 +1,166 @@
+"""The training config: nested JSON data (``configs/train/*.json``) read by the one strict loader of
+`clearglass.config`; ``a.b=value`` overrides on the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from clearglass.config import Config
+from clearglass.errors import ClearglassError
+from clearglass.hard_negatives import SyntheticNegativesConfig
+from clearglass.io import DEFAULT_MAX_PIXELS
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
+OUTER = Literal["pairwise", "centroid", "clip"]
+INNER = Literal["pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
+
+
+@dataclass
+class LockConfig(Config):
+    """Which towers are frozen, and how many of their last layers stay trainable (see models.lock_towers)."""
+
+    lock_image: bool = False
+    lock_image_unlocked_layers: int = 0
+    lock_text: bool = True
+    lock_text_unlocked_layers: int = 0
+    lock_text_projection: bool = False
+
+    def validate(self) -> None:
+        """Unlocked layer counts are >= 0."""
+        for name in ("lock_image_unlocked_layers", "lock_text_unlocked_layers"):
+            if getattr(self, name) < 0:
+                raise ClearglassError(f"{name} = {getattr(self, name)}: expected >= 0")
+
+
+@dataclass
+class LossConfig(Config):
+    """kind 'grouped' (GroupedContrastiveLoss on M x N groups), 'clip' (outer 'clip', no inner, random pairs) or
+    'multilevel' (MultiLevelGroupedLoss on M x N groups with their level2 ids: instance_weight * per-pair CLIP +
+    level1_weight * grouped + level2_weight * grouped over level2 groups; the weights are unused by other kinds)."""
+
+    kind: Literal["grouped", "clip", "multilevel"] = "grouped"
+    outer: OUTER = "pairwise"
+    inner: INNER | None = "scaled_pairwise"
+    alpha: float = 0.7
+    tau: float = 0.1
+    tau_inner: float = 0.07
+    learn_tau: bool = False
+    local_loss: bool = False
+    instance_weight: float = 1.0
+    level1_weight: float = 1.0
+    level2_weight: float = 1.0
+
+    def validate(self) -> None:
+        """Temperatures > 0, 0 <= alpha <= 1, weights >= 0."""
+        if self.tau <= 0 or self.tau_inner <= 0:
+            raise ClearglassError(f"tau = {self.tau}, tau_inner = {self.tau_inner}: expected > 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ClearglassError(f"alpha = {self.alpha}: expected 0 <= alpha <= 1")
+        if min(self.instance_weight, self.level1_weight, self.level2_weight) < 0:
+            raise ClearglassError("instance_weight, level1_weight and level2_weight: expected >= 0")
+
+
+@dataclass
+class PretrainConfig(Config):
+    """Caption pre-training stage: ``steps`` text-only steps of ``batch_size`` pairs before the main stage."""
+
+    steps: int = 0
+    batch_size: int = 64
+    lr: float = 2e-5
+    warmup: int = 0
+
+    def validate(self) -> None:
+        """steps, warmup >= 0; batch_size >= 2; lr > 0."""
+        if self.steps < 0 or self.warmup < 0 or self.batch_size < 2 or self.lr <= 0:
+            raise ClearglassError(f"expected steps >= 0, warmup >= 0, batch_size >= 2 and lr > 0, got {self}")
+
+
+@dataclass
+class TrainConfig(Config):
+    """A training run, as JSON data. ``images`` defaults to the dataset JSON's folder; ``device`` 'auto' picks CUDA
+    when available. ``anchors_per_batch`` None means one anchor group per rank.
+
+    Validation during training: every ``eval_every`` steps (0: never) the model is scored on the test images of
+    ``eval_data`` (a MAGIC file; ``eval_images`` defaults to its folder) with ``eval_tasks``; the mean of
+    ``eval_metrics`` ("task/subset/metric" names of `clearglass.evaluate`) is the validation score, written to
+    ``metrics.jsonl``. ``keep_best`` also keeps ``checkpoints/best.pt``, the checkpoint of the best score;
+    ``early_stop_patience`` > 0 stops after that many evaluations without a better score.
+
+    ``cache_text_features`` runs a frozen Hugging Face text transformer once per distinct caption; with
+    ``text_cache_file`` its outputs for every caption of the data are computed up front and kept in that file
+    (reused by later runs with the same transformer).
+    """
+
+    data: str = ""
+    images: str | None = None
+    model: str = "default"
+    lock: LockConfig = field(default_factory=LockConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    caption_field: Literal["new_captions", "old_captions"] = "new_captions"
+    short_groups: Literal["replace", "skip"] = "replace"
+    groups_per_batch: int = 8
+    pairs_per_group: int = 4
+    anchors_per_batch: int | None = None
+    steps: int = 500
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 50
+    grad_clip: float | None = 1.0
+    precision: Literal["fp32", "bf16", "amp"] = "fp32"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    out: str = "runs/train"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    num_workers: int = 0
+    cache_images: bool = False
+    cache_text_features: bool = False
+    text_cache_file: str | None = None
+    save_frozen: bool = False
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    eval_every: int = 0
+    eval_data: str | None = None
+    eval_images: str | None = None
+    eval_tasks: list[Literal["recognition", "zero_shot", "retrieval"]] = field(
+        default_factory=lambda: ["recognition", "retrieval"])
+    eval_metrics: list[str] = field(
+        default_factory=lambda: ["recognition/concept_level1/i2t_R@1", "retrieval/old_captions/i2t_R@1"])
+    keep_best: bool = False
+    early_stop_patience: int = 0
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    synthetic_negatives: SyntheticNegativesConfig = field(default_factory=SyntheticNegativesConfig)
+    config_dir: ClassVar[Path] = CONFIG_DIR
+
+    def validate(self) -> None:
+        """Ranges, and the combinations that cannot work (checked before anything is loaded)."""
+        for name in ("steps", "groups_per_batch", "pairs_per_group", "checkpoint_every", "log_every",
+                     "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ClearglassError(f"{name} = {getattr(self, name)}: expected >= 1")
+        if self.lr <= 0 or self.weight_decay < 0 or (self.grad_clip is not None and self.grad_clip <= 0):
+            raise ClearglassError(f"lr = {self.lr}, weight_decay = {self.weight_decay}, grad_clip = {self.grad_clip}: "
+                                  "expected lr > 0, weight_decay >= 0 and grad_clip > 0 (or null)")
+        for name in ("warmup", "num_workers", "eval_every", "early_stop_patience"):
+            if getattr(self, name) < 0:
+                raise ClearglassError(f"{name} = {getattr(self, name)}: expected >= 0")
+        if self.anchors_per_batch is not None and self.anchors_per_batch < 1:
+            raise ClearglassError(f"anchors_per_batch = {self.anchors_per_batch}: expected >= 1 or null")
+        if self.synthetic_negatives.caption and self.loss.kind != "clip" and self.loss.outer == "centroid":
+            raise ClearglassError("synthetic_negatives.caption needs loss.outer 'pairwise' or 'clip' "
+                                  "(outer 'centroid' has no per-image rows to add text negatives to)")
+        if (self.eval_every or self.keep_best or self.early_stop_patience) and not (self.eval_every and self.eval_data):
+            raise ClearglassError("eval_every, keep_best and early_stop_patience need validation: set eval_every > 0 "
+                                  "and eval_data")
+        if self.text_cache_file and not self.cache_text_features:
+            raise ClearglassError("text_cache_file keeps the frozen text tower's outputs: set cache_text_features=true")
+        if self.eval_every and not self.eval_metrics:
+            raise ClearglassError("eval_metrics: expected at least one 'task/subset/metric' name")
+
+    def check_ready(self) -> None:
+        """What a run needs beyond valid values: a dataset."""
+        if not self.data:
+            raise ClearglassError("train config: 'data' (the MAGIC dataset JSON) is required")

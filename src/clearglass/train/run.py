@@ -1,0 +1,574 @@
+"""Training as a run: :class:`Run` builds one state (model, data, loss, optimiser), ``restore`` resumes it, ``step``
+takes one batch and returns named loss terms, ``validate`` scores it on the validation file, ``save`` writes an
+atomic checkpoint; :func:`train` is the loop around them.
+
+Steps [0, pretrain.steps) are the optional caption pre-training stage (text-only CLIP loss between original captions
+and their new captions / concept words, as in the CLEAR GLASS reference); the remaining ``steps`` are the main stage,
+on the batches the loss of the registry ``clearglass.losses.LOSSES`` asks for: M groups x N pairs (``grouped``,
+``multilevel`` with each group's level2 id) or random pairs (``clip``, the baseline), optionally with synthetic
+hard-negative captions as extra text negatives. AdamW (no weight decay on parameters with ndim < 2), cosine schedule
+with linear warmup per stage, gradient clipping, fp32/bf16/amp. ``torchrun --nproc_per_node=K -m clearglass.train``
+runs DDP (gloo on CPU, nccl on GPU): every rank builds the same global batch and takes its slice; the loss gathers
+features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from clearglass import data as cg_data
+from clearglass.checkpoints import (checkpoint_dataset_sha256, load_extra_state, load_weights,
+                                    read_checkpoint_metadata, save_checkpoint)
+from clearglass.errors import ClearglassError
+from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
+from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
+from clearglass.io import file_sha256, remove_orphan_temps, resolve_device, write_json_atomic
+from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, make_loss
+from clearglass.magic.schema import load_concepts
+from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_model, lock_towers, trim_padding
+from clearglass.train.config import TrainConfig
+from clearglass.train.reporting import Reporters
+from clearglass.train.state import Source, latest_checkpoint, rng_state, set_rng_state, truncate_metrics
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped a run after it wrote a checkpoint at its last completed step."""
+
+    def __init__(self, step: int, checkpoint: Path, out: Path) -> None:
+        super().__init__(f"interrupted at step {step}: checkpoint {checkpoint}; resume with: clearglass train "
+                         f"--config {out / 'config.json'} --resume auto")
+
+
+def cosine_factor(step: int, steps: int, warmup: int) -> float:
+    """lr multiplier: (step+1)/warmup during warmup, then 0.5 * (1 + cos(pi * (step - warmup) / (steps - warmup)))."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """The learning rate of global ``step``: per-stage cosine with warmup (caption pre-training, then main)."""
+    pre = config.pretrain
+    if step < pre.steps:
+        return pre.lr * cosine_factor(step, pre.steps, pre.warmup)
+    return config.lr * cosine_factor(step - pre.steps, config.steps, config.warmup)
+
+
+def make_optimizer(params: list[tuple[str, nn.Parameter]], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: no decay on gains, biases and logit scales (ndim < 2)."""
+    decay = [p for _, p in params if p.ndim >= 2]
+    no_decay = [p for _, p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+class Features(nn.Module):
+    """Encodes (M, N, ...) images and tokens to (M, N, D) features; the module DDP wraps."""
+
+    def __init__(self, model: nn.Module, text_cache: FrozenTextCache | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.encode_text = text_cache or (lambda tokens: model.encode_text(trim_padding(model, tokens)))
+
+    def forward(self, images: torch.Tensor | None, texts: torch.Tensor, negatives: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """(M, N, C, H, W) images (or None), (M, N, L) tokens, (K, L) negative tokens (or None) -> (M, N, D) image
+        and text features and (K, D) negative features; captions and negatives share one text-tower call."""
+        m, n = texts.shape[:2]
+        rows = texts.flatten(0, 1) if negatives is None else torch.cat([texts.flatten(0, 1), negatives])  # (M*N+K, L)
+        encoded = self.encode_text(rows)  # (M*N+K, D)
+        text, negative = encoded[:m * n].unflatten(0, (m, n)), None if negatives is None else encoded[m * n:]
+        if images is None:
+            return None, text, negative
+        image = self.model.encode_image(images.flatten(0, 1)).unflatten(0, (m, n))  # (M, N, D)
+        return image, text, negative
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group under torchrun (WORLD_SIZE > 1)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    resolved = resolve_device(device)
+    if world_size == 1:
+        return 0, 1, resolved
+    use_cuda = resolved.type == "cuda"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+
+
+class Run:
+    """One training run's state. Build it, optionally ``restore`` it, then ``step`` it batch by batch."""
+
+    def __init__(self, config: TrainConfig, rank: int = 0, world_size: int = 1,
+                 device: torch.device | None = None) -> None:
+        config.check_ready()
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device = device if device is not None else resolve_device(config.device)
+        if config.precision == "amp" and self.device.type != "cuda":
+            raise ClearglassError("train config: precision 'amp' (fp16 + GradScaler) needs CUDA; use 'bf16' or 'fp32'")
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.out = Path(config.out)
+        self.step_count = 0
+        self.metrics: dict[str, Any] = {}  # the latest logged row (a finished run resumed keeps its own)
+        self.best: dict[str, Any] = {"score": None, "step": None, "bad_evals": 0}
+        self._build_data()
+        self._build_model()
+        self._build_sources()
+        self._build_optimisation()
+        self.validation = _Validation(self) if config.eval_every else None
+        if self.text_cache is not None and config.text_cache_file:
+            self._fill_text_cache(Path(config.text_cache_file))
+
+    # -- build ------------------------------------------------------------------------------------------------
+
+    def _build_data(self) -> None:
+        c = self.config
+        self.data_path = Path(c.data)
+        concepts = load_concepts(self.data_path)
+        self.filled: list[str] = []
+        if c.synthetic_negatives.concepts:
+            concepts, self.filled = fill_hard_negatives(concepts, c.synthetic_negatives.concepts_per_group)
+        self.concepts = concepts
+        self.image_root = Path(c.images) if c.images else self.data_path.parent
+        self.index = cg_data.GroupIndex(concepts, c.caption_field, c.pairs_per_group, c.short_groups)
+        s = c.synthetic_negatives
+        self.negative_captions = CaptionNegatives(self.index, concepts, s.source, s.per_caption, c.seed,
+                                                  s.specificity) if s.caption else None
+        self.dataset_sha256 = file_sha256(self.data_path)
+
+    def _build_model(self) -> None:
+        c = self.config
+        self.bundle = load_model(c.model, self.device)
+        lock_towers(self.bundle, **dataclasses.asdict(c.lock))
+        self.model = self.bundle.model
+        for name in ("logit_scale", "logit_bias"):  # the model's own scale is unused: the loss has its temperature
+            if isinstance(getattr(self.model, name, None), nn.Parameter):
+                getattr(self.model, name).requires_grad_(False)
+        self.text_cache = FrozenTextCache(self.model) if c.cache_text_features else None
+        self.named_loss = LOSSES[c.loss.kind]
+        self.loss_fn = make_loss(**dataclasses.asdict(c.loss)).to(self.device)
+        self.scale_owner = getattr(self.loss_fn, "grouped", self.loss_fn)  # owns the temperature
+
+    def _build_sources(self) -> None:
+        c, bundle, pin = self.config, self.bundle, self.device.type == "cuda"
+        dataset = cg_data.PairDataset(self.index, self.image_root, bundle.preprocess_train, bundle.tokenizer,
+                                      c.cache_images, c.max_image_pixels)
+        if self.named_loss.batches == "groups":
+            anchors = c.anchors_per_batch or self.world_size
+            sampler: cg_data._EpochSampler = cg_data.GroupBatchSampler(
+                self.index, c.groups_per_batch, c.pairs_per_group, c.seed, anchors, self.rank, self.world_size)
+            n = c.pairs_per_group
+        else:
+            sampler = cg_data.RandomPairSampler(self.index, c.groups_per_batch * c.pairs_per_group, c.seed,
+                                                self.rank, self.world_size)
+            n = 1
+        collate = cg_data.GroupCollate(n, self.index.level2_ids())
+        self.main = Source(cg_data.make_loader(dataset, sampler, collate, c.num_workers, pin), sampler,
+                           self._add_negatives if self.negative_captions is not None else None)
+        self.pre = None
+        if c.pretrain.steps:
+            if not any(p.requires_grad for name, p in self.model.named_parameters() if not name.startswith("visual")):
+                raise ClearglassError(
+                    "train config: pretrain.steps > 0 trains the text tower, but lock.lock_text freezes all of it")
+            pairs = cg_data.text_pretrain_pairs(self.concepts)
+            pre_sampler = cg_data.TextPairSampler(len(pairs), c.pretrain.batch_size, c.seed, self.rank,
+                                                  self.world_size)
+            self.pre = Source(cg_data.make_loader(cg_data.TextPairDataset(pairs, bundle.tokenizer), pre_sampler,
+                                                  cg_data.collate_text_pairs, c.num_workers, pin), pre_sampler)
+            self.pre_loss_fn = GroupedContrastiveLoss("clip", None, tau=c.loss.tau).to(self.device)
+
+    def _add_negatives(self, batch: cg_data.Batch) -> cg_data.Batch:
+        """The batch with its synthetic negative captions' tokens (K, L), made in the main process."""
+        texts = self.negative_captions.for_batch(batch.keys)
+        return dataclasses.replace(batch, negatives=self.bundle.tokenizer(texts))
+
+    def _build_optimisation(self) -> None:
+        c = self.config
+        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.params += [(f"loss.{n}", p) for n, p in self.loss_fn.named_parameters()]
+        if not self.params:
+            raise ClearglassError(f"train config: nothing to train: every parameter of {c.model!r} is locked")
+        self.optimizer = make_optimizer(self.params, c)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(c, 0)
+        self.scaler = torch.amp.GradScaler("cuda") if c.precision == "amp" else None
+        self.autocast_dtype = {"bf16": torch.bfloat16, "amp": torch.float16}.get(c.precision)
+        self.features: nn.Module = Features(self.model, self.text_cache)
+        if self.world_size > 1:
+            self.features = nn.parallel.DistributedDataParallel(
+                self.features, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=c.pretrain.steps > 0)
+
+    def _fill_text_cache(self, path: Path) -> None:
+        """Load the stored frozen-text outputs, encode every caption of the data (and validation) not in them yet,
+        and store them again when that added any."""
+        if path.is_file():
+            self.text_cache.load(path)
+        field = self.config.caption_field
+        captions = {cap for g in self.index.groups for im in g.images for cap in getattr(im, field)}
+        if self.validation is not None:
+            captions |= {cap for c in self.validation.concepts for im in c.test_images
+                         for cap in im.old_captions + im.new_captions}
+        before = len(self.text_cache.store)
+        frozen_modules_to_eval(self.model)
+        self.text_cache.fill(self.bundle.tokenizer(sorted(captions)), progress=self.rank == 0)
+        if self.rank == 0 and len(self.text_cache.store) > before:
+            self.text_cache.save(path)
+
+    @property
+    def total_steps(self) -> int:
+        """Caption pre-training steps plus main steps."""
+        return self.config.pretrain.steps + self.config.steps
+
+    # -- resume -----------------------------------------------------------------------------------------------
+
+    def restore(self, checkpoint: Path) -> None:
+        """Continue from a checkpoint of this run: weights, optimiser, samplers, RNG, validation record."""
+        meta = read_checkpoint_metadata(checkpoint)
+        if checkpoint_dataset_sha256(meta) != self.dataset_sha256:
+            raise ClearglassError(
+                f"resume {checkpoint}: trained on data sha256 {checkpoint_dataset_sha256(meta)[:12]}, but "
+                f"{self.data_path} has {self.dataset_sha256[:12]}: expected the same dataset")
+        state = load_extra_state(checkpoint)
+        load_weights(self.model, checkpoint, meta)
+        try:
+            self.loss_fn.load_state_dict(state["loss"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None:
+                self.scaler.load_state_dict(state["scaler"])
+            self.main.load_state_dict(state["main_source"])
+            if self.pre is not None:
+                self.pre.load_state_dict(state["pre_source"])
+            self.step_count = int(state["step"])
+            self.best = dict(state["best"])
+            set_rng_state(state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise ClearglassError(f"resume {checkpoint}: its resume state does not fit this run ({e}): expected "
+                                  "a checkpoint of the same model and settings") from None
+        self.metrics = dict(meta["metrics"])
+
+    # -- one step ---------------------------------------------------------------------------------------------
+
+    def next_batch(self) -> cg_data.Batch | cg_data.TextBatch:
+        """The next batch of the stage the current step belongs to."""
+        if self.step_count < self.config.pretrain.steps:
+            return self.pre.next()
+        return self.main.next()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _terms(self, batch: cg_data.Batch | cg_data.TextBatch) -> dict[str, torch.Tensor]:
+        """The loss terms of one batch (forward only)."""
+        dev = self.device
+        if isinstance(batch, cg_data.TextBatch):
+            with self._autocast():  # one forward (DDP allows one per backward)
+                _, text_f, _ = self.features(None, torch.cat([batch.old, batch.target], dim=1).to(dev))  # (B, 2, D)
+            return _loss_terms(self.pre_loss_fn, text_f[:, :1], text_f[:, 1:], self.step_count)
+        negatives = None if batch.negatives is None else batch.negatives.to(dev, non_blocking=True)
+        with self._autocast():
+            image_f, text_f, negative_f = self.features(batch.images.to(dev, non_blocking=True),
+                                                        batch.tokens.to(dev, non_blocking=True), negatives)
+        extra = {} if negative_f is None else {"text_negatives": negative_f}
+        if self.named_loss.needs_level2:
+            extra["level2_ids"] = batch.level2.to(dev)
+        return _loss_terms(self.loss_fn, image_f, text_f, self.step_count, **extra)
+
+    def step(self, batch: cg_data.Batch | cg_data.TextBatch) -> dict[str, float]:
+        """Forward, backward and one optimiser update on ``batch``; returns the named loss terms (averaged over
+        ranks), the lr used, the logit scale and the gradient norm before clipping."""
+        c, step = self.config, self.step_count
+        if step == c.pretrain.steps and c.pretrain.steps:
+            self.optimizer.state.clear()  # the main stage starts with fresh moments
+        lr = lr_at(c, step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        terms = self._terms(batch)
+        reduced = _reduce_terms(terms, step, self.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        trainable = [p for _, p in self.params]
+        loss = terms["loss"]
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        _average_loss_grads(self.loss_fn, self.world_size)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = _clip(trainable, c.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if not math.isfinite(grad_norm):
+                raise ClearglassError(
+                    f"step {step}: gradient norm is {grad_norm} with loss {float(loss):.6g}: stopping before the"
+                    " weights become non-finite (try a lower lr or precision fp32)")
+            self.optimizer.step()
+        if self.scale_owner.logit_scale is not None:
+            with torch.no_grad():
+                self.scale_owner.logit_scale.clamp_(0, LN_100)
+        self.step_count += 1
+        stage = "pretrain" if step < c.pretrain.steps else "main"
+        return {**reduced, "stage": stage, "lr": lr, "logit_scale": float(self.scale_owner.outer_scale()),
+                "grad_norm": grad_norm}
+
+    # -- validation and checkpoints ---------------------------------------------------------------------------
+
+    def validate(self) -> dict[str, float]:
+        """Score the model on the validation file (rank 0; the decision is shared with every rank): the configured
+        metrics, their mean ``val/score``, and whether it is the best so far (then kept as best.pt with keep_best)."""
+        row: dict[str, Any] = {}
+        if self.rank == 0:
+            row = self.validation.score()
+            improved = self.best["score"] is None or row["val/score"] > self.best["score"]
+            if improved:
+                self.best = {"score": row["val/score"], "step": self.step_count, "bad_evals": 0}
+                if self.config.keep_best:
+                    self._save_weights(self.out / "checkpoints" / "best.pt", row, None)
+            else:
+                self.best["bad_evals"] += 1
+        if self.world_size > 1:
+            shared = [self.best]
+            dist.broadcast_object_list(shared, src=0)
+            self.best = shared[0]
+        self.model.train()
+        frozen_modules_to_eval(self.model)
+        return row
+
+    def should_stop(self) -> bool:
+        """Early stopping: ``early_stop_patience`` evaluations in a row without a better validation score."""
+        patience = self.config.early_stop_patience
+        return bool(patience) and self.best["bad_evals"] >= patience
+
+    def _save_weights(self, path: Path, metrics: dict, extra: dict | None) -> Path:
+        c = self.config
+        return save_checkpoint(self.bundle, path, train_config=c.to_dict(), dataset_sha256=self.dataset_sha256,
+                               metrics=metrics, extra_state=extra, save_frozen=c.save_frozen,
+                               info={"step": self.step_count, "best": self.best})
+
+    def save(self) -> Path:
+        """Write ``checkpoints/step_N.pt`` with its resume state and point ``latest.json`` at it (every rank calls
+        this; rank 0 writes)."""
+        rng = [rng_state()]
+        if self.world_size > 1:
+            rng = [None] * self.world_size
+            dist.all_gather_object(rng, rng_state())
+        path = self.out / "checkpoints" / f"step_{self.step_count:06d}.pt"
+        if self.rank == 0:
+            extra = {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                     "loss": self.loss_fn.state_dict(), "main_source": self.main.state_dict(),
+                     "pre_source": self.pre.state_dict() if self.pre is not None else None, "rng": rng,
+                     "best": self.best}
+            self._save_weights(path, self.metrics, extra)
+            write_json_atomic({"checkpoint": str(path.relative_to(self.out)), "step": self.step_count,
+                               "best": self.best}, self.out / "latest.json")
+        if self.world_size > 1:
+            dist.barrier()
+        return path
+
+
+class _Validation:
+    """The validation pass of a run: the test images of ``eval_data``, encoded once per evaluation."""
+
+    def __init__(self, run: Run) -> None:
+        c = run.config
+        self.run = run
+        self.data = Path(c.eval_data)
+        self.concepts = load_concepts(self.data)
+        self.root = Path(c.eval_images) if c.eval_images else self.data.parent
+        tasks = list(dict.fromkeys(m.split("/")[0] for m in c.eval_metrics))
+        subsets = [m.split("/") for m in c.eval_metrics]
+        bad = [m for m, parts in zip(c.eval_metrics, subsets) if len(parts) != 3 or parts[0] not in
+               ("recognition", "zero_shot", "retrieval")]
+        if bad:
+            raise ClearglassError(f"eval_metrics {bad}: expected 'recognition|zero_shot|retrieval/SUBSET/METRIC', "
+                                  "e.g. recognition/concept_level1/i2t_R@1 or retrieval/old_captions/i2t_R@1")
+        captions = [s[1] for s in subsets if s[0] == "retrieval"]
+        self.eval_config = EvalConfig(
+            tasks=tasks, fields=[s[1] for s in subsets if s[0] == "recognition"] or None,
+            levels=[int(s[1].removeprefix("level")) for s in subsets if s[0] == "zero_shot"] or None,
+            retrieval_captions=captions[0] if captions else "old_captions", n_boot=1)
+
+    def score(self) -> dict[str, float]:
+        """``val/<metric>`` for each configured metric and their mean ``val/score``."""
+        run = self.run
+        encoder = ModelEncoder(run.bundle, batch_size=256, device=run.device, encode_text=run.text_cache,
+                               progress=False)
+        results = evaluate_model(encoder, self.concepts, self.root, self.eval_config)
+        values = {f"{r['task']}/{r['subset']}/{r['metric']}": r["value"] for r in results["metrics"]}
+        missing = [m for m in run.config.eval_metrics if m not in values]
+        if missing:
+            raise ClearglassError(f"{self.data}: validation gave no {missing}; it gave {sorted(values)}")
+        row = {f"val/{m}": values[m] for m in run.config.eval_metrics}
+        row["val/score"] = float(np.mean(list(row.values())))
+        return row
+
+
+def _loss_terms(loss_fn: nn.Module, a: torch.Tensor, b: torch.Tensor, step: int, **extra: torch.Tensor) -> dict:
+    try:
+        return loss_fn(a, b, **extra)
+    except ClearglassError as e:
+        raise ClearglassError(f"step {step}: {e}") from None
+
+
+def _reduce_terms(terms: dict[str, torch.Tensor], step: int, world_size: int) -> dict[str, float]:
+    """The loss terms averaged over ranks (with local_loss each rank holds its share); raises ClearglassError naming
+    the step and every term when the loss is not finite (on any rank), before anything is written."""
+    values = torch.stack([v.detach().float() for v in terms.values()])  # (terms,)
+    if world_size > 1:
+        dist.all_reduce(values)
+        values /= world_size
+    reduced = dict(zip(terms, values.tolist()))
+    if not math.isfinite(reduced["loss"]):
+        described = ", ".join(f"{k}={v:.6g}" for k, v in reduced.items())
+        raise ClearglassError(f"step {step}: non-finite loss ({described}); stopping without writing a checkpoint")
+    return reduced
+
+
+def _average_loss_grads(loss_fn: nn.Module, world_size: int) -> None:
+    """Average the gradients of the loss's own parameters (a learnt temperature) over ranks, as DDP does the model's."""
+    if world_size == 1:
+        return
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def _clip(params: list[nn.Parameter], max_norm: float | None) -> float:
+    """Clip the global gradient norm to ``max_norm`` (when set); returns the norm before clipping."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(grads, max_norm if max_norm is not None else math.inf))
+
+
+class _Interrupts:
+    """While active, SIGINT and SIGTERM only set a flag that the loop reads between steps (all ranks agree)."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size, self.flag, self.previous = world_size, False, {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        """Whether any rank was asked to stop."""
+        if self.world_size == 1:
+            return self.flag
+        flag = torch.tensor([float(self.flag)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _start(run: Run, resume: str | None) -> tuple[Path | None, Reporters | None]:
+    """Resume (``auto``: from ``out/latest.json`` if present), and prepare the output folder on rank 0."""
+    out, config = run.out, run.config
+    for folder in (out, out / "checkpoints"):
+        remove_orphan_temps(folder)
+    resume_path = latest_checkpoint(out) if resume == "auto" else Path(resume) if resume else None
+    if resume_path is not None:
+        run.restore(resume_path)
+    if run.rank != 0:
+        return resume_path, None
+    if out.is_file():
+        raise ClearglassError(f"out = {out}: is a file; expected an output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(config.to_dict(), out / "config.json")
+    metrics_path = out / "metrics.jsonl"
+    if resume_path is not None:
+        truncate_metrics(metrics_path, run.step_count)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    return resume_path, Reporters(config.report_to, out, config.to_dict())
+
+
+def _write_row(run: Run, reporters: Reporters | None, row: dict) -> None:
+    if reporters is None:
+        return
+    with open(run.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    reporters.log(row)
+
+
+def train(config: TrainConfig, resume: str | None = None) -> dict:
+    """Run training; returns the final metrics, the step, the paths (out, checkpoint, metrics) and the best
+    validation step. ``resume``: None (fresh run), 'auto' (continue from ``out/latest.json`` if present) or a
+    checkpoint path. SIGINT/SIGTERM write a checkpoint at the last completed step and raise TrainingInterrupted."""
+    rank, world_size, device = setup_distributed(config.device)
+    try:
+        run = Run(config, rank, world_size, device)
+        resume_path, reporters = _start(run, resume)
+        c, last = config, latest_checkpoint(run.out) if resume_path is not None else None
+        bar = tqdm(total=run.total_steps, initial=run.step_count, desc="train", disable=rank != 0, dynamic_ncols=True)
+        start = time.perf_counter()
+        run.model.train()
+        frozen_modules_to_eval(run.model)
+        with _Interrupts(world_size) as interrupts:
+            while run.step_count < run.total_steps and not run.should_stop():
+                run.metrics = run.step(run.next_batch())
+                step, row = run.step_count, None
+                bar.update(1)
+                if step % c.log_every == 0 or step == run.total_steps:
+                    row = {"step": step, **run.metrics, "time": time.perf_counter() - start}
+                    bar.set_postfix(loss=f"{run.metrics['loss']:.4f}", lr=f"{run.metrics['lr']:.2e}")
+                if c.eval_every and (step % c.eval_every == 0 or step == run.total_steps):
+                    row = {"step": step, **(row or {}), **run.validate(), "time": time.perf_counter() - start}
+                if row is not None:
+                    _write_row(run, reporters, row)
+                if step % c.checkpoint_every == 0 or step == run.total_steps or run.should_stop():
+                    last = run.save()
+                if interrupts.requested():
+                    last = last if last is not None and last.stem == f"step_{step:06d}" else run.save()
+                    raise TrainingInterrupted(step, last, run.out)
+        bar.close()
+        if reporters is not None:
+            reporters.close()
+        return {"step": run.step_count, "metrics": run.metrics, "out": str(run.out),
+                "checkpoint": str(last) if last is not None else None, "metrics_path": str(run.out / "metrics.jsonl"),
+                "dataset_sha256": run.dataset_sha256, "skipped_groups": run.index.skipped, "world_size": world_size,
+                "filled_hard_negatives": run.filled, "best": run.best, "stopped_early": run.should_stop(),
+                "synthetic_negatives": dict(run.negative_captions.stats) if run.negative_captions else {}}
+    finally:
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def print_result(result: dict) -> None:
+    """The one line both train entry points print on rank 0: step, checkpoint, metrics path, metrics, best."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: result[k] for k in ("step", "checkpoint", "metrics_path", "metrics", "best")}))
+        sys.stdout.flush()
