@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.io import json_digest, load_image, load_torch, save_torch_atomic
 from clearglass.magic.schema import LEVELS, ConceptRecord, ImageRecord, resolve_image_path
@@ -470,7 +471,7 @@ def metric_stat(spec: dict, arrays: dict[str, np.ndarray]) -> Callable[[np.ndarr
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """What ``evaluate_model`` runs. ``fields=None``: every field whose concepts have at least k distinct texts;
     ``levels=None``: every level with at least 2 distinct labels; what was left out is listed under ``skipped``."""
 
@@ -485,6 +486,24 @@ class EvalConfig:
     retrieval_captions: str = "old_captions"
     retrieval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     hierarchy_steps: int = 100
+
+    def validate(self) -> None:
+        """Known tasks, fields, levels and caption sources; k >= 2, n_boot >= 1, 0 < ci_level < 1."""
+        for t in self.tasks:
+            if t not in TASKS:
+                raise ClearglassError(f"unknown task {t!r}: expected some of {TASKS}")
+        for f in self.fields or []:
+            if f not in FIELDS:
+                raise ClearglassError(f"unknown field {f!r}: expected some of {FIELDS}")
+        for lv in self.levels or []:
+            if not 1 <= lv <= len(LEVELS):
+                raise ClearglassError(f"unknown level {lv}: expected some of 1..{len(LEVELS)}")
+        if self.retrieval_captions not in CAPTION_SOURCES:
+            raise ClearglassError(f"retrieval_captions {self.retrieval_captions!r}: expected one of {CAPTION_SOURCES}")
+        if self.k < 2 or self.n_boot < 1 or not 0 < self.ci_level < 1 or self.hierarchy_steps < 2 \
+                or any(k < 1 for k in self.retrieval_ks) or "{}" not in self.template:
+            raise ClearglassError(f"expected k >= 2, n_boot >= 1, 0 < ci_level < 1, hierarchy_steps >= 2, retrieval_ks "
+                                  f">= 1 and a template with {{}}, got {self}")
 
 
 def test_set_hash(concepts: list[ConceptRecord]) -> str:
@@ -521,16 +540,7 @@ def _auto_levels(concepts: list[ConceptRecord]) -> tuple[list[int], dict[str, st
     return chosen, skipped
 
 
-def _check(concepts: list[ConceptRecord], config: EvalConfig) -> None:
-    for t in config.tasks:
-        if t not in TASKS:
-            raise ClearglassError(f"unknown task {t!r}: expected some of {TASKS}")
-    for f in config.fields or []:
-        if f not in FIELDS:
-            raise ClearglassError(f"unknown field {f!r}: expected some of {FIELDS}")
-    for lv in config.levels or []:
-        if not 1 <= lv <= len(LEVELS):
-            raise ClearglassError(f"unknown level {lv}: expected some of 1..{len(LEVELS)}")
+def _check(concepts: list[ConceptRecord]) -> None:
     empty = [c.concept for c in concepts if not c.test_images and not c.train_images]
     if empty:
         raise ClearglassError(f"concept(s) without any images: {empty[:5]}; every concept needs images")
@@ -595,7 +605,7 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
                    config: EvalConfig | None = None, model: str = "", data: str = "") -> dict:
     """Run the configured tasks, encoding every unique image and text once, and return the results dict."""
     config = config or EvalConfig()
-    _check(concepts, config)
+    _check(concepts)
     skipped: dict[str, str] = {}
     if config.fields is None:
         fields, skipped_fields = _auto_fields(concepts, config.k)
