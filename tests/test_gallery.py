@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from collections import Counter
 from dataclasses import replace
-from html import unescape
+from html import escape, unescape
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import level_labels
+from clearglass.evaluate import EvalConfig, evaluate_model, level_labels
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.report import compare, headline_sections
 from clearglass.magic.schema import ConceptRecord, ImageRecord
 from test_evaluate import ConceptEncoder, RandomEncoder, make_concepts
 
@@ -89,7 +90,7 @@ def test_predictions_rank_the_truth_and_encode_each_image_once():
 
 
 @pytest.fixture()
-def gallery(tmp_path: Path) -> tuple[Path, list, dict]:
+def gallery(tmp_path: Path) -> tuple[Path, list, dict, list]:
     data = subsets()
     write_images(tmp_path, [c for cs in data.values() for c in cs])
     items = sample_gallery_images(data, per_held_out_concept=3, seen=6)
@@ -97,16 +98,16 @@ def gallery(tmp_path: Path) -> tuple[Path, list, dict]:
     everything = [c for cs in data.values() for c in cs]
     preds = {"clip": gallery_predictions(RandomEncoder(), items, tmp_path, labels, TEMPLATE),
              "clearglass": gallery_predictions(ConceptEncoder(everything), items, tmp_path, labels, TEMPLATE)}
-    summary = [(["measure", "clip, % [95% CI]", "clearglass, % [95% CI]", "clearglass − clip, points [95% CI]",
-                 "verdict"], [["zero-shot level 1", "20.0 [5.0, 40.0]", "100.0 [100.0, 100.0]",
-                               "+80.0 [+60.0, +95.0]", "better"]])]
-    path = write_gallery(tmp_path / "out" / "report.html", "Gallery <test>", summary, items, preds, tmp_path,
-                         notes=["clearglass is better than clip on zero-shot level 1 (+80.0 points)."])
-    return path, items, preds
+    config = EvalConfig(k=3, fields=["concept_level1"], levels=[1, 2], tasks=["recognition", "zero_shot"], n_boot=50)
+    comparison = compare({"clip": evaluate_model(RandomEncoder(), everything, tmp_path, config),
+                          "clearglass": evaluate_model(ConceptEncoder(everything), everything, tmp_path, config)})
+    summary = headline_sections(comparison)
+    path = write_gallery(tmp_path / "out" / "report.html", "Gallery <test>", summary, items, preds, tmp_path)
+    return path, items, preds, summary
 
 
 def test_gallery_page_holds_every_item_thumbnail_and_marked_truth(gallery):
-    path, items, preds = gallery
+    path, items, preds, summary = gallery
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<title>Gallery &lt;test&gt;</title>" in page
     assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(items)
@@ -119,11 +120,15 @@ def test_gallery_page_holds_every_item_thumbnail_and_marked_truth(gallery):
     assert sorted(marked) == sorted(expected)
     rights = sum(p[f"level{lv}"]["true_rank"] == 1 for ps in preds.values() for p in ps for lv in (1, 2))
     assert page.count('<td class="right"') == rights and page.count('<td class="wrong"') == 4 * len(items) - rights
-    assert '<td class="v-better">better</td>' in page and "+80.0 points" in page
+    (section,) = summary  # the report's headline table and verdict lead the page, verdict words coloured
+    header, rows = section["table"]
+    assert all(f">{escape(c)}</t" in page for c in header + [c for row in rows for c in row])
+    assert all(f'<td class="v-{row[-1].split()[0]}">{row[-1]}</td>' in page for row in rows)
+    assert "better" in [row[-1] for row in rows] and f'<p class="note">{escape(section["verdict"])}</p>' in page
 
 
 def test_gallery_refuses_predictions_of_other_items(gallery, tmp_path):
-    _, items, preds = gallery
+    _, items, preds, _ = gallery
     with pytest.raises(ClearglassError, match="not for the"):
         write_gallery(tmp_path / "x.html", "t", [], items, {"clip": preds["clip"][1:]}, tmp_path)
 
@@ -139,10 +144,15 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 # filter set to one concept, are written into the DOM, which --dump-dom prints
 CHECKER = """<script>
 var checkErrors = [];
-window.addEventListener('error', function (e) { checkErrors.push(String(e.message || (e.target && e.target.src))); }, true);
+window.addEventListener('error', function (e) {
+  checkErrors.push(String(e.message || (e.target && e.target.src)));
+}, true);
 document.addEventListener('securitypolicyviolation', function (e) { checkErrors.push('CSP: ' + e.violatedDirective); });
 var pageConsoleError = console.error;
-console.error = function () { checkErrors.push(Array.prototype.join.call(arguments, ' ')); pageConsoleError.apply(console, arguments); };
+console.error = function () {
+  checkErrors.push(Array.prototype.join.call(arguments, ' '));
+  pageConsoleError.apply(console, arguments);
+};
 window.addEventListener('load', function () {
   var images = Array.prototype.slice.call(document.images);
   var shownBefore = document.getElementById('shown').textContent;
@@ -154,7 +164,8 @@ window.addEventListener('load', function () {
     filtered: document.querySelectorAll('.card:not([hidden])').length,
     filteredShown: document.getElementById('shown').textContent,
     images: images.length,
-    undecoded: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.alt; }),
+    undecoded: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                     .map(function (i) { return i.alt; }),
     errors: checkErrors,
     resources: performance.getEntriesByType('resource').map(function (r) { return r.name; })}));
 });
@@ -169,7 +180,7 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
 def test_gallery_in_headless_chromium(gallery, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium not installed: apt-get install chromium (the browser check of report.html needs it)")
-    path, items, _ = gallery
+    path, items, _, _ = gallery
     checked = tmp_path / "checked.html"
     checked.write_text(path.read_text(encoding="utf-8").replace("</head>", CHECKER + "</head>", 1), encoding="utf-8")
     run = chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", checked.as_uri()], tmp_path / "profile")

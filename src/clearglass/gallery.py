@@ -23,7 +23,6 @@ from clearglass.magic.schema import ConceptRecord, resolve_image_path
 
 LEVELS = (1, 2)  # the concept levels a gallery shows
 THUMBNAIL = 112  # longest side of a thumbnail, pixels
-Table = tuple[list[str], list[list[str]]]  # a header and rows of formatted cells (report.headline_cells)
 
 
 @dataclass(frozen=True)
@@ -101,15 +100,18 @@ def _thumbnail(path: Path, what: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _summary_html(summary: list[Table], notes: list[str]) -> str:
+def _summary_html(summary: list[dict]) -> str:
+    """The report's headline sections (``report.headline_sections``): heading, table with coloured verdicts, verdict."""
     parts = []
-    for header, rows in summary:
+    for section in summary:
+        header, rows = section["table"]
         head = "".join(f"<th>{escape(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(
             f'<td class="{"v-" + c.split()[0] if c in ("better", "worse", "no clear difference") else ""}">'
             f"{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+        parts += [f"<h2>{escape(section['heading'])}</h2>"] if section.get("heading") else []
         parts.append(f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
-    parts += [f'<p class="note">{escape(n)}</p>' for n in notes]
+        parts += [f'<p class="note">{escape(section["verdict"])}</p>'] if section.get("verdict") else []
     return "\n".join(parts)
 
 
@@ -174,7 +176,7 @@ def _filter_html(items: list[GalleryItem]) -> str:
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
-h1{font-size:20px;margin:0 0 8px}
+h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:12px 0 4px}
 table.summary{border-collapse:collapse;margin:8px 0;background:#fff}
 table.summary th,table.summary td{border:1px solid #ccc;padding:3px 8px;text-align:left}
 td.v-better{background:#d4f4d4;font-weight:bold}td.v-worse{background:#f8d0d0;font-weight:bold}
@@ -233,11 +235,11 @@ SCRIPT = """
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
 
-def write_gallery(path: str | os.PathLike, title: str, summary: list[Table], items: list[GalleryItem],
-                  predictions_by_model: dict[str, list[dict]], image_root: str | os.PathLike,
-                  notes: list[str] | None = None) -> Path:
-    """Write one self-contained HTML page: the summary tables (and ``notes``) on top, a filter by concept and by
-    outcome, and per item its thumbnail, true level-1/level-2 concepts and each model's top-k per level."""
+def write_gallery(path: str | os.PathLike, title: str, summary: list[dict], items: list[GalleryItem],
+                  predictions_by_model: dict[str, list[dict]], image_root: str | os.PathLike) -> Path:
+    """Write one self-contained HTML page: the summary on top (``report.headline_sections``: dicts of ``heading``,
+    ``table`` = (header, rows), ``verdict``), a filter by concept and by outcome, and per item its thumbnail, true
+    level-1/level-2 concepts and each model's top-k per level (``gallery_predictions``)."""
     for model, preds in predictions_by_model.items():
         if [p["image"] for p in preds] != [it.image for it in items]:
             raise ClearglassError(f"gallery: the predictions of model {model!r} are not for the {len(items)} "
@@ -252,15 +254,15 @@ def write_gallery(path: str | os.PathLike, title: str, summary: list[Table], ite
         uri = _thumbnail(resolve_image_path(image_root, item.image), f"gallery, concept {item.concept!r}, "
                                                                      f"image {item.image!r}")
         cards.append(_card(item, uri, {m: preds[i] for m, preds in predictions_by_model.items()}, levels))
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>"
-            f"<h1>{escape(title)}</h1>\n{_summary_html(summary, notes or [])}\n"
-            f'<p class="legend">Per image and model: the top-{k} concepts per level, best first; the true concept is '
-            "<b>underlined in green</b>; a green cell (✓) means the top-1 is right, a red one (✗) that it is wrong, "
-            f"with the true concept's rank when it is not in the top {k}. Hover a concept for its score.</p>\n"
-            f'<div class="filters">{_filter_html(items)}\n{_scoreboard_html(items, predictions_by_model, levels)}</div>'
-            '\n<div class="grid">\n' + "\n".join(cards) + "\n</div>\n"
-            f"<script>{SCRIPT}</script>\n</body></html>\n")
+    legend = (f"Per image and model: the top-{k} concepts per level, best first; the true concept is <b>underlined in "
+              "green</b>; a green cell (✓) means the top-1 is right, a red one (✗) that it is wrong, with the true "
+              f"concept's rank when it is not in the top {k}. Hover a concept for its score.")
+    page = "\n".join([
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head>",
+        f"<body><h1>{escape(title)}</h1>", _summary_html(summary), f'<p class="legend">{legend}</p>',
+        f'<div class="filters">{_filter_html(items)}', _scoreboard_html(items, predictions_by_model, levels) + "</div>",
+        '<div class="grid">', *cards, "</div>", f"<script>{SCRIPT}</script>", "</body></html>\n"])
     return write_text_atomic(page, path)
