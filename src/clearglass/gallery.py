@@ -190,7 +190,7 @@ table.scoreboard{margin:6px 0 0;font-size:13px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
 .card[hidden]{display:none}
 .top{display:flex;gap:10px;align-items:flex-start}
-.top img{border:1px solid #eee;background:#fff;image-rendering:auto}
+.top img{border:1px solid #eee;background:#fff}
 .truth b{font-size:15px}.truth small{color:#777;display:inline-block;width:48px}
 .id{color:#999;font-size:11px;word-break:break-all}
 .badge{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;color:#fff;margin-bottom:4px}
