@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fonts-noto-color-emoji unicode-data wordnet-base
+APT_PACKAGES := fonts-noto-color-emoji unicode-data wordnet-base chromium
 ARCH := $(shell uname -m)
 ifeq ($(ARCH),x86_64)
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
