@@ -10,7 +10,10 @@ from typing import Any
 
 from clearglass.experiments.demo.evaluation import DemoEvaluator
 from clearglass.io import read_text, write_text_atomic
-from clearglass.report import differences_table, markdown_table, write_plots
+from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.models import load_model
+from clearglass.report import (differences_table, fmt_pct, headline_cells, markdown_table, verdict, verdict_sentences,
+                               write_plots)
 
 # (subset, task, task subset, metric, label): the report's first table, in this order
 HEADLINE = [
@@ -29,12 +32,13 @@ HEADLINE = [
     ("test_seen", "image_clustering", "level1", "centroid_acc", "image-only nearest concept centroid, level 1"),
 ]
 RECOGNITION = [h for h in HEADLINE if h[1] == "recognition"]
+
+
+def measures(comparisons: dict) -> list[tuple[tuple[str, str, str, str], str]]:
+    """The headline measures present in these comparisons, as `clearglass.report` measure keys."""
+    return [((subset, task, tsub, metric), label) for subset, task, tsub, metric, label in HEADLINE
+            if subset in comparisons]
 CROSS = [h for h in RECOGNITION if h[0].startswith("cross")]
-
-
-def pct(x: float, sign: bool = False) -> str:
-    """Percent with one decimal (``sign``: always with + or -)."""
-    return f"{100 * x:+.1f}" if sign else f"{100 * x:.1f}"
 
 
 def row(results: dict, task: str, subset: str, metric: str) -> dict | None:
@@ -48,11 +52,6 @@ def difference(differences: list[dict], model: str, baseline: str, task: str, su
     """The paired difference ``model - baseline`` of one metric."""
     return next((d for d in differences if (d["model"], d["baseline"], d["task"], d["subset"], d["metric"])
                  == (model, baseline, task, subset, metric)), None)
-
-
-def verdict(d: dict) -> str:
-    """better / worse when the paired 95% interval excludes 0, else no clear difference."""
-    return "better" if d["ci_low"] > 0 else "worse" if d["ci_high"] < 0 else "no clear difference"
 
 
 def _diff(comparisons: dict, subset: str, model: str, baseline: str, task: str, tsub: str, metric: str
@@ -103,27 +102,11 @@ def headline_table(comparisons: dict, models: list[str], baseline: str, method: 
         cells = []
         for m in models:
             r = row(comparisons[subset]["results"][m], task, tsub, metric)
-            cells.append(f"{pct(r['value'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r else "-")
+            cells.append(f"{fmt_pct(r['value'])} [{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]" if r else "-")
         d = _diff(comparisons, subset, method, baseline, task, tsub, metric)
-        diff = f"{pct(d['value'], True)} [{pct(d['ci_low'], True)}, {pct(d['ci_high'], True)}]" if d else "-"
+        diff = f"{fmt_pct(d['value'], True)} [{fmt_pct(d['ci_low'], True)}, {fmt_pct(d['ci_high'], True)}]" if d else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {verdict(d) if d else '-'} |")
     return "\n".join(lines) + "\n"
-
-
-def sentences(comparisons: dict, baseline: str, method: str, goals: list[dict]) -> str:
-    """At most three plain sentences: where the method is better, where worse, and whether the targets are met."""
-    better, worse = [], []
-    for subset, task, tsub, metric, label in HEADLINE:
-        d = _diff(comparisons, subset, method, baseline, task, tsub, metric)
-        if d is not None and verdict(d) != "no clear difference":
-            (better if verdict(d) == "better" else worse).append(f"{label} ({pct(d['value'], True)} points)")
-    met = [g for g in goals if g["met"]]
-    return " ".join([
-        f"{method} is better than {baseline} on " + ("; ".join(better) if better else "no headline measure") + ".",
-        "It is worse on " + ("; ".join(worse) if worse else "no headline measure") + ".",
-        f"{len(met)} of the {len(goals)} targets are met" + (": " + "; ".join(
-            g["target"] for g in goals if not g["met"]) + " are not." if len(met) < len(goals) else "."),
-    ])
 
 
 def loss_plot(runs: dict[str, Path], path: Path) -> Path:
@@ -184,14 +167,31 @@ def _search(record: dict | None) -> str:
              "| family | setting | WiSE-FT w | score | " + " | ".join(record["metrics"] + [record["retention_metric"]])
              + " |", "|---|---|---|---|" + "---|" * (len(record["metrics"]) + 1)]
     for r in record["results"]:
-        cells = [pct(r["scores"][m]) if m in r["scores"] else "-" for m in record["metrics"] +
+        cells = [fmt_pct(r["scores"][m]) if m in r["scores"] else "-" for m in record["metrics"] +
                  [record["retention_metric"]]]
-        lines.append(f"| {r['family']} | `{json.dumps(r['setting'])}` | {r['wise_ft']:g} | {pct(r['score'])} | "
+        lines.append(f"| {r['family']} | `{json.dumps(r['setting'])}` | {r['wise_ft']:g} | {fmt_pct(r['score'])} | "
                      + " | ".join(cells) + " |")
-    chosen = "; ".join(f"{f}: `{json.dumps(c['setting'])}`, w {c['wise_ft']:g} (score {pct(c['score'])}"
+    chosen = "; ".join(f"{f}: `{json.dumps(c['setting'])}`, w {c['wise_ft']:g} (score {fmt_pct(c['score'])}"
                        + ("" if c["retention_kept"] else ", no setting kept retention") + ")"
                        for f, c in record["chosen"].items())
     return "\n".join(lines) + f"\n\nChosen: {chosen}.\n"
+
+
+def write_demo_gallery(out: Path, summary: dict, evaluator: DemoEvaluator, section: dict) -> Path:
+    """report.html: a seeded sample of seen and held-out test images with the base's and both fine-tunes' (seed 0)
+    top-3 concepts per level, the true one marked, under the headline table."""
+    config = summary["config"]
+    tests = {s: evaluator.concepts(s) for s in ("test_seen", "test_held_out")}
+    items = sample_gallery_images(tests, config["eval"]["gallery_per_held_out_concept"], config["eval"]["gallery_seen"],
+                                  config["eval"]["seed"])
+    labels = {lv: sorted({v for cs in tests.values() for c in cs for im in c.test_images
+                          if (v := getattr(im, f"level{lv}"))}) for lv in (1, 2)}
+    root = evaluator.paths["test_seen"].parent
+    specs = {"base": config["base"], **{m: summary["checkpoints"][m][0] for m in (config["baseline"], config["method"])}}
+    predictions = {name: gallery_predictions(evaluator.encoder(load_model(spec)), items, root, labels,
+                                             evaluator.concept_config.template) for name, spec in specs.items()}
+    return write_gallery(out / "report.html", f"clearglass demo: {config['method']} vs {config['baseline']}, "
+                         f"fine-tuning {config['base']}", [section], items, predictions, root)
 
 
 def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dict[str, Any]:
@@ -205,15 +205,22 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     plots.append(loss_plot({m: Path(summary["training"][m][0]["metrics_path"]) for m in config["models"]},
                            out / "plots" / "training_loss.png"))
     table = headline_table(comparisons, models, baseline, method)
+    sentence = verdict_sentences(comparisons, baseline, method, measures(comparisons),
+                                 [(g["target"], g["met"]) for g in goals])
     seeds = len(summary["seeds"])
     parts = [f"# clearglass demo: CLEAR GLASS vs the CLIP loss, fine-tuning `{config['base']}`\n",
              "**Targets** (test split; " + f"{seeds} seed{'s' if seeds > 1 else ''}):\n",
              "\n".join(f"- {'MET' if g['met'] else 'MISSED'}: {g['target']}" for g in goals) + "\n",
              f"## Headline measures (% [95% CI]; the last columns are {method} minus {baseline}, paired)\n", table,
-             sentences(comparisons, baseline, method, goals) + "\n", _setup(summary), _search(summary["search"])]
+             sentence + "\n", _setup(summary), _search(summary["search"])]
     for subset, comp in comparisons.items():
         parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))
         parts.append(f"Paired differences on {subset}:\n\n" + differences_table(comp["differences"]))
     parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots) + "\n")
+    parts.append("Pictures: [report.html](report.html), a gallery of test images with each model's top-3 concepts.\n")
     report = write_text_atomic("\n".join(parts), out / "report.md")
-    return {"targets": goals, "report": str(report), "plots": [str(p) for p in plots], "key_table": table}
+    section = {"heading": "", "table": headline_cells(comparisons, baseline, method, measures(comparisons)),
+               "verdict": sentence}
+    gallery = write_demo_gallery(out, summary, evaluator, section)
+    return {"targets": goals, "report": str(report), "gallery": str(gallery), "plots": [str(p) for p in plots],
+            "key_table": table}
