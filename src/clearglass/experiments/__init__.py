@@ -1,0 +1,1 @@
+"""Experiments (pretraining recipes, searches): they use the library, and the library never imports them."""
