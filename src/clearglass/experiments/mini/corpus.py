@@ -8,7 +8,8 @@ and adds two-item pictures of train items ("a banana and a red apple"). Every re
 
 Rendering is deterministic for a seed: picture k of an item draws from ``random.Random(f"{seed}:{key}:{k}")``, a
 two-item picture from ``random.Random(f"{seed}:{key_a}+{key_b}")``. PNGs live under
-``out/renders/s{size}-seed{seed}-{settings digest}/`` and are re-used when present; writes are atomic.
+``out/renders/s{size}-seed{seed}-{settings digest}/{source}/`` as ``{item}-{k}.png`` and ``two/{item a}__{item b}.png``
+(``item_file_stem`` of the keys), and are re-used when present; writes are atomic.
 
 Outputs, in the MAGIC JSON layout: ``train.json`` (one concept per source category, e.g. "symbols: Arrows" or
 "icons: devices", levels null), ``val.json`` and ``test.json`` (held-out renders as ``test_images`` with
@@ -128,7 +129,8 @@ def render_folder(config: CorpusConfig) -> str:
     return f"renders/s{config.image_size}-seed{config.seed}-{digest}"
 
 
-def _file_stem(key: str) -> str:
+def item_file_stem(key: str) -> str:
+    """The file name stem of an item's renders: a slug of its key and a short hash of it."""
     slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:80]
     return f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
@@ -151,7 +153,9 @@ def item_captions(item: CorpusItem, rng: random.Random, forbidden_words: list[st
     """`CAPTIONS_PER_ITEM` phrasings of one item; one names its note or its leak-free CLDR keywords when it has some."""
     x = item.name
     words = {"x": x, "ax": with_article(x), "ax_icon": with_article(f"{x} icon"), "ax_emoji": with_article(f"{x} emoji")}
-    keywords = [k for k in item.keywords if k.lower() not in x.lower() and not leaked_words(k, forbidden_words)]
+    name_words = set(x.lower().split())
+    keywords = [k for k in item.keywords
+                if not set(k.lower().split()) <= name_words and not leaked_words(k, forbidden_words)]
     note = item.note or ", ".join(keywords[:MAX_KEYWORDS])
     templates = TEMPLATES[SOURCE_STYLE.get(item.source, "icon")]
     captions = [t.format(**words) for t in rng.sample(templates, CAPTIONS_PER_ITEM - bool(note))]
@@ -211,7 +215,7 @@ def _item_pictures(items: list[CorpusItem], config: CorpusConfig, folder: str, f
     """`renders_per_item` leak-free pictures per item; an item whose pictures all leak is counted and gone."""
     pictures = []
     for item in items:
-        planned = [Picture(f"{folder}/{item.source}/{_file_stem(item.key)}-{k}.png", (item,),
+        planned = [Picture(f"{folder}/{item.source}/{item_file_stem(item.key)}-{k}.png", (item,),
                            item_captions(item, random.Random(f"{config.seed}:{item.key}:{k}:captions"), forbidden_words),
                            f"{config.seed}:{item.key}:{k}")
                    for k in range(config.renders_per_item)]
@@ -241,9 +245,9 @@ def _pair_pictures(source: str, items: list[CorpusItem], n_single: int, config: 
         a, b = rng.sample(items, 2)
         if a.name != b.name:
             chosen.setdefault(f"{a.key}+{b.key}", (a, b))
-    planned = [Picture(f"{folder}/{source}/two/{_file_stem(key)}.png", pair,
-                       pair_captions(*pair, random.Random(f"{config.seed}:{key}:captions")), f"{config.seed}:{key}")
-               for key, pair in chosen.items()]
+    planned = [Picture(f"{folder}/{source}/two/{item_file_stem(a.key)}__{item_file_stem(b.key)}.png", (a, b),
+                       pair_captions(a, b, random.Random(f"{config.seed}:{key}:captions")), f"{config.seed}:{key}")
+               for key, (a, b) in chosen.items()]
     return _leak_free(planned, forbidden_words, stats)
 
 
