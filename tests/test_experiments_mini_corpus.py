@@ -114,7 +114,8 @@ def test_symbols_without_a_glyph_are_skipped_and_counted():
     assert all(glyphs[cp] for cp in drawn)
     umbrella = next(i for i in items if i.text == "\u2602")
     assert (umbrella.name, umbrella.category) == ("umbrella", "symbols: Miscellaneous Symbols")
-    assert prepare_base(CorpusItem("k", "space", "symbola", "c", text=" ", font=str(corpus_sources.SYMBOLA)), 64) is None
+    space = CorpusItem("symbola:space", "space", "symbola", "symbols: x", text=" ", font=str(corpus_sources.SYMBOLA))
+    assert prepare_base(space, 64) is None  # a glyph that draws nothing counts as missing
     assert prepare_base(umbrella, 64).recolour
 
 
@@ -156,6 +157,9 @@ def test_excluded_chars_appear_in_no_source(tmp_path, monkeypatch, tiny_cldr):
     assert stats["symbola"]["items"] == 4 and stats["symbola"]["skipped"]["letter"] == 1
     service_dog = CorpusItem("emoji:x", "service dog", "emoji", "emoji: x", text="\U0001F415\u200d\U0001F9BA")
     assert exclusion_rule(service_dog, {"\U0001F415"}, set()) == "excluded_chars"
+    umbrella = CorpusItem("emoji:2602", "umbrella", "emoji", "emoji: x", text="\u2602\ufe0f")
+    assert exclusion_rule(umbrella, {"\u2602"}, set()) == "excluded_chars"
+    assert exclusion_rule(umbrella, set(), {"\u2602"}) is None  # a color emoji is no monochrome render
 
 
 def test_held_out_names_never_reach_train(tmp_path, tiny_cldr):
@@ -228,6 +232,6 @@ def test_missing_packages_and_bad_settings_are_named(tmp_path, monkeypatch):
         build_corpus(tmp_path, CorpusConfig(sources=["oxygen"]), [], set(), set(), progress=False)
     with pytest.raises(ClearglassError, match="pair_fraction must be in"):
         build_corpus(tmp_path, CorpusConfig(pair_fraction=1.0), [], set(), set(), progress=False)
-    with pytest.raises(ClearglassError, match="sources must be some of"):
+    with pytest.raises(ClearglassError, match="sources must be distinct names among"):
         build_corpus(tmp_path, CorpusConfig(sources=["bogus"]), [], set(), set(), progress=False)
     assert not list(tmp_path.glob("*.json"))

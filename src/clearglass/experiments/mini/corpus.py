@@ -101,14 +101,15 @@ class Base:
 
 def check_config(config: CorpusConfig) -> None:
     """Raise a ClearglassError naming the first bad setting."""
-    unknown = [s for s in config.sources if s not in SOURCES]
+    val, test, sources = config.val_fraction, config.test_fraction, config.sources
     problems = [
         (config.image_size < 16, f"image_size must be >= 16, got {config.image_size}"),
         (config.renders_per_item < 1, f"renders_per_item must be >= 1, got {config.renders_per_item}"),
         (not 0 <= config.pair_fraction < 1, f"pair_fraction must be in [0, 1), got {config.pair_fraction}"),
-        (not (0 <= config.val_fraction and 0 <= config.test_fraction and config.val_fraction + config.test_fraction < 1),
-         f"val_fraction and test_fraction must be >= 0 with a sum < 1, got {config.val_fraction}, {config.test_fraction}"),
-        (bool(unknown) or not config.sources, f"sources must be some of {list(SOURCES)}, got {config.sources}"),
+        (not (0 <= val and 0 <= test and val + test < 1),
+         f"val_fraction and test_fraction must be >= 0 with a sum < 1, got {val} and {test}"),
+        (not sources or not set(sources) <= set(SOURCES) or len(set(sources)) < len(sources),
+         f"sources must be distinct names among {list(SOURCES)}, got {sources}"),
         (config.limit_per_source is not None and config.limit_per_source < 1,
          f"limit_per_source must be None or >= 1, got {config.limit_per_source}"),
     ]
@@ -152,7 +153,8 @@ def exclusion_rule(item: CorpusItem, excluded: set[str], excluded_monochrome: se
 def item_captions(item: CorpusItem, rng: random.Random, forbidden_words: list[str]) -> tuple[str, ...]:
     """`CAPTIONS_PER_ITEM` phrasings of one item; one names its note or its leak-free CLDR keywords when it has some."""
     x = item.name
-    words = {"x": x, "ax": with_article(x), "ax_icon": with_article(f"{x} icon"), "ax_emoji": with_article(f"{x} emoji")}
+    words = {"x": x, "ax": with_article(x), "ax_icon": with_article(f"{x} icon"),
+             "ax_emoji": with_article(f"{x} emoji")}
     name_words = set(x.lower().split())
     keywords = [k for k in item.keywords
                 if not set(k.lower().split()) <= name_words and not leaked_words(k, forbidden_words)]
@@ -215,10 +217,10 @@ def _item_pictures(items: list[CorpusItem], config: CorpusConfig, folder: str, f
     """`renders_per_item` leak-free pictures per item; an item whose pictures all leak is counted and gone."""
     pictures = []
     for item in items:
+        seeds = [f"{config.seed}:{item.key}:{k}" for k in range(config.renders_per_item)]
         planned = [Picture(f"{folder}/{item.source}/{item_file_stem(item.key)}-{k}.png", (item,),
-                           item_captions(item, random.Random(f"{config.seed}:{item.key}:{k}:captions"), forbidden_words),
-                           f"{config.seed}:{item.key}:{k}")
-                   for k in range(config.renders_per_item)]
+                           item_captions(item, random.Random(f"{seed}:captions"), forbidden_words), seed)
+                   for k, seed in enumerate(seeds)]
         kept = _leak_free(planned, forbidden_words, stats)
         stats["leaks"]["items"] += not kept
         pictures += kept
@@ -416,7 +418,7 @@ def _source_report(stats: dict, pictures: list[Picture], splits: dict[str, str])
         if len(p.items) == 1:
             split_items[_split_of(p, splits)].add(p.items[0].key)
     return {
-        "items": stats["items"], "skipped": dict(sorted(stats["skipped"].items())),
+        "items": stats["items"], "skipped": {reason: n for reason, n in sorted(stats["skipped"].items()) if n},
         "excluded": {"excluded_chars": stats["excluded"]["excluded_chars"],
                      "excluded_monochrome_chars": stats["excluded"]["excluded_monochrome_chars"],
                      "examples": stats["excluded_examples"]},

@@ -249,7 +249,8 @@ def parse_cldr_annotations(path: Path) -> dict[str, CldrAnnotation]:
             names[cp] = text
         else:
             keywords[cp] = tuple(k.strip() for k in text.split("|") if k.strip())
-    return {cp: CldrAnnotation(names.get(cp, ""), keywords.get(cp, ())) for cp in sorted(names.keys() | keywords.keys())}
+    return {cp: CldrAnnotation(names.get(cp, ""), keywords.get(cp, ()))
+            for cp in sorted(names.keys() | keywords.keys())}
 
 
 def emoji_items(skipped: Counter) -> Iterator[CorpusItem]:
