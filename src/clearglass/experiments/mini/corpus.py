@@ -272,7 +272,7 @@ def _glyph_font(path: str) -> ImageFont.FreeTypeFont:
 
 def _draw(item: CorpusItem) -> Image.Image | None:
     """The item drawn once as RGBA (a glyph in black on transparent, an emoji or icon as is), or None."""
-    if item.colour == "color":
+    if item.font and item.colour == "color":  # a color bitmap font (Noto Color Emoji): only at its one strike size
         return render_glyph(item.text, item.font)
     if item.font:
         font = _glyph_font(item.font)
@@ -290,7 +290,8 @@ def _draw(item: CorpusItem) -> Image.Image | None:
             if cairosvg is None:
                 return None
             return Image.open(io.BytesIO(cairosvg.svg2png(url=item.file, output_width=SVG_PX))).convert("RGBA")
-        return Image.open(item.file).convert("RGBA")
+        with Image.open(item.file) as image:
+            return image.convert("RGBA")
     except (OSError, ValueError, SyntaxError):  # unreadable, or an SVG with entities (refused by defusedxml)
         return None
 

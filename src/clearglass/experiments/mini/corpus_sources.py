@@ -27,8 +27,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from fontTools.ttLib import TTFont, TTLibError
-from PIL import Image
-
 from clearglass.errors import ClearglassError
 from clearglass.magic.sources import emoji as emoji_source
 from clearglass.magic.sources.emoji import parse_emoji_test, render_glyph
@@ -308,7 +306,10 @@ def icon_font_items(source: str, skipped: Counter) -> Iterator[CorpusItem]:
 
 
 def _icon_file_rank(path: Path, root: Path) -> tuple[str, tuple[int, int, int]] | None:
-    """The context folder of a theme file and its preference (lower is better), or None outside a context."""
+    """The context folder of a theme file and its preference (lower is better), or None outside a context.
+
+    Preference: plain names before -symbolic before -rtl; then the largest PNG up to `MAX_PNG_SIZE` (a PNG outside
+    a size folder counts as 0 px), then the SVG of the largest size folder, then the smallest larger PNG."""
     context, size = [], 0
     for part in path.relative_to(root).parts[:-1]:
         if m := _SIZE_DIR.match(part):
@@ -323,7 +324,6 @@ def _icon_file_rank(path: Path, root: Path) -> tuple[str, tuple[int, int, int]] 
     variant_rank = 0 if variant is None else 2 * ("rtl" in variant[0]) + ("symbolic" in variant[0])
     if path.suffix == ".svg":
         return "/".join(context), (variant_rank, 1, -size)
-    size = size or max(Image.open(path).size)
     return "/".join(context), (variant_rank, 0, -size) if size <= MAX_PNG_SIZE else (variant_rank, 2, size)
 
 
