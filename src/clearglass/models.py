@@ -448,12 +448,13 @@ class FrozenTextCache:
         from tqdm import tqdm
 
         self._check_eval()
-        rows = [r for r in dict.fromkeys(row.tobytes() for row in tokens.cpu().numpy()) if r not in self.store]
-        table = {row.tobytes(): row for row in tokens.cpu()}
+        array = tokens.cpu().numpy()
+        table = {row.tobytes(): i for i, row in enumerate(array)}  # distinct row -> its first index
+        rows = [r for r in table if r not in self.store]
         for start in tqdm(range(0, len(rows), batch_size), desc="encode captions (frozen text tower)", unit="batch",
                           disable=not progress or not rows):
             chunk = rows[start:start + batch_size]
-            self._encode_missing(torch.stack([table[k] for k in chunk]).to(tokens.device), chunk)
+            self._encode_missing(tokens[[table[k] for k in chunk]], chunk)
 
     def transformer_sha256(self) -> str:
         """sha256 of the frozen transformer's tensors: a stored cache is valid only for the same weights."""

@@ -57,12 +57,10 @@ def write_card(card: dict, path: Path) -> Path:
     """MODEL_CARD.md: what the model is, its corpus with counts, how it was trained (command, steps, wall time)
     and its held-out figures."""
     stats = card["corpus"]["stats"]
-    sources = stats.get("sources", stats)
-    rows = ["| source | items | pictures | pairs | distinct captions |", "|---|---|---|---|---|"]
-    for name, s in sources.items():
-        if isinstance(s, dict) and "pairs" in s:
-            rows.append(f"| {name} | {s.get('items', '')} | {s.get('renders', '')} | {s['pairs']} | "
-                        f"{s.get('distinct_captions', '')} |")
+    rows = ["| source | items | pictures | image-caption pairs | distinct captions |", "|---|---|---|---|---|"]
+    for name, s in [*stats["sources"].items(), ("total", stats["total"])]:
+        rows.append(f"| {name} | {s['items_kept']} | {s['images']['total']} | {s['image_caption_pairs']} | "
+                    f"{s['distinct_captions']} |")
     best = card["best"]
     parts = [
         f"# {card['tag']}\n",
@@ -79,7 +77,9 @@ def write_card(card: dict, path: Path) -> Path:
         "concept appears in any source, and no emoji of the demo is drawn in a monochrome font (so the demo's "
         "cross-style pictures are new to the model). Exclusions and drops: see `card.json` (corpus.stats).\n",
         "## Held-out item names\n",
-        "5% of the item names were held out for validation (early stopping and the best step) and 5% for the test. "
+        f"{100 * card['recipe']['corpus'].get('val_fraction', 0.05):.0f}% of the item names were held out for "
+        f"validation (early stopping and the best step) and {100 * card['recipe']['corpus'].get('test_fraction', 0.05):.0f}% "
+        "for the test. "
         f"Shipped test slice (`{card['shipped']['test']['file']}`, the figures a test re-checks):\n",
         _figures_table(card["figures"]["shipped_test"]) + "\n",
         "Whole corpus test split:\n",
