@@ -1,13 +1,17 @@
-# Two entry points: `make demo` (main job on the embedded default) and `make test` (the whole suite).
-# Each does all set-up on a fresh Debian machine: apt data packages, a virtual environment, pip installs.
+# Three entry points, each doing all set-up on a fresh Debian machine (apt packages, a virtual environment, pip):
+#   make demo      the embedded default (fine-tunes the shipped clearglass-mini base; no corpus needed)
+#   make test      the whole suite
+#   make pretrain  rebuilds the clearglass-mini base from its corpus and ships it into src/clearglass/pretrained/
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fonts-noto-color-emoji unicode-data wordnet-base chromium
-# the pretraining corpus (clearglass.experiments.mini.corpus): all its sources, and the small ones its tests read
-PRETRAIN_APT := fonts-symbola fonts-noto-core unicode-cldr-core fonts-materialdesignicons-webfont fonts-font-awesome \
+# what the demo reads: emoji glyphs and names, Symbola for the cross-style set
+DEMO_APT := fonts-noto-color-emoji unicode-data fonts-symbola
+# what the tests read besides: WordNet, Chromium for the gallery check, a slice of the small corpus packages
+TEST_APT := $(DEMO_APT) wordnet-base chromium fonts-font-awesome fonts-materialdesignicons-webfont tango-icon-theme
+# every source of the pretraining corpus (clearglass.experiments.mini.corpus_sources)
+PRETRAIN_APT := $(DEMO_APT) fonts-noto-core unicode-cldr-core fonts-materialdesignicons-webfont fonts-font-awesome \
   oxygen-icon-theme breeze-icon-theme tango-icon-theme adwaita-icon-theme
-TEST_CORPUS_APT := fonts-symbola fonts-font-awesome fonts-materialdesignicons-webfont tango-icon-theme
 ARCH := $(shell uname -m)
 ifeq ($(ARCH),x86_64)
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
@@ -15,14 +19,24 @@ else
 TORCH_PIN := torch==2.9.1 torchvision==0.24.1
 endif
 
-.PHONY: setup apt venv demo test bench
+.PHONY: apt-demo apt-test apt-pretrain venv demo test pretrain bench
 
-apt:
-	@missing=""; for p in $(APT_PACKAGES) $(TEST_CORPUS_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+apt-demo:
+	$(call apt_install,$(DEMO_APT))
+
+apt-test:
+	$(call apt_install,$(TEST_APT))
+
+apt-pretrain:
+	$(call apt_install,$(PRETRAIN_APT))
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,13 +47,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-setup: apt venv
-
-demo: setup
+demo: apt-demo venv
 	$(VENV)/bin/clearglass demo --out demo_out $(DEMO_ARGS)
 
-test: setup
+test: apt-test venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: setup
+pretrain: apt-pretrain venv
+	$(PY) -m pip install -q -e '.[pretrain]'
+	$(VENV)/bin/clearglass pretrain --out runs/pretrain-mini --ship $(PRETRAIN_ARGS)
+
+bench: apt-test venv
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

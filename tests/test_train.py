@@ -186,3 +186,54 @@ def test_cli_train_end_to_end_and_bad_input_exits_2(dataset, tmp_path, capsys):
     assert len((tmp_path / "cli/metrics.jsonl").read_text().splitlines()) == 1
     assert cli.main(["train", "--config", str(config), "data=\"missing.json\""]) == 2
     assert "missing.json: dataset file not found" in capsys.readouterr().err
+
+
+def _validation_file(dataset: Path) -> Path:
+    """The tiny dataset's train images as the test images of a validation file beside it (same image root)."""
+    from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
+
+    path = dataset.with_name("val.json")
+    save_concepts([ConceptRecord(c.concept, c.hard_negative, [], c.train_images) for c in load_concepts(dataset)
+                   if c.train_images], path)
+    return path
+
+
+def test_validation_rows_keep_best_and_early_stopping(dataset, tmp_path):
+    """eval_every writes val/ rows to metrics.jsonl; keep_best keeps the first step of the best score; patience stops."""
+    val_file = str(_validation_file(dataset))
+    config = tiny_config(dataset, tmp_path / "val", steps=6, eval_every=1, eval_data=val_file, keep_best=True,
+                         eval_metrics=["retrieval/old_captions/i2t_R@1", "retrieval/old_captions/t2i_R@1"])
+    result = train(config)
+    rows = [json.loads(ln) for ln in Path(result["metrics_path"]).read_text().splitlines()]
+    val = [r for r in rows if "val/score" in r]
+    assert [r["step"] for r in val] == list(range(1, 7))
+    for r in val:
+        assert r["val/score"] == pytest.approx((r["val/retrieval/old_captions/i2t_R@1"]
+                                                + r["val/retrieval/old_captions/t2i_R@1"]) / 2)
+    best = max(val, key=lambda r: (r["val/score"], -r["step"]))  # the first step with the best score
+    meta = json.loads((tmp_path / "val/checkpoints/best.json").read_text())
+    assert result["best"]["step"] == best["step"] == meta["step"] and result["best"]["score"] == best["val/score"]
+    assert (tmp_path / "val/checkpoints/best.pt").is_file()
+    stopped = train(tiny_config(dataset, tmp_path / "stop", steps=50, eval_every=1, eval_data=val_file,
+                                early_stop_patience=2, lr=1e-9, eval_metrics=["retrieval/old_captions/i2t_R@1"]))
+    assert stopped["stopped_early"] and stopped["step"] == stopped["best"]["step"] + 2 < 50
+    assert Path(stopped["checkpoint"]).name == f"step_{stopped['step']:06d}.pt"
+    with pytest.raises(ClearglassError, match="need validation"):
+        tiny_config(dataset, tmp_path / "x", keep_best=True)
+
+
+def test_a_text_cache_file_is_filled_once_and_reused(dataset, tmp_path, monkeypatch):
+    from clearglass.models import FrozenTextCache
+
+    cache = tmp_path / "text-cache.pt"
+    kwargs = {"model": "default", "steps": 2, "lock.lock_text": True, "cache_text_features": True,
+              "text_cache_file": str(cache)}
+    first = weights(train(tiny_config(dataset, tmp_path / "a", **kwargs))["checkpoint"])
+    stored = torch.load(cache, weights_only=True)
+    assert stored["rows"].shape[0] == stored["pooled"].shape[0] > 0
+    calls = []
+    monkeypatch.setattr(FrozenTextCache, "_encode_missing", lambda self, tokens, keys: calls.append(
+        [k for k in keys if k not in self.store]) or None)
+    second = weights(train(tiny_config(dataset, tmp_path / "b", **kwargs))["checkpoint"])
+    assert all(not missing for missing in calls)  # every caption came from the file
+    assert_same_weights(first, second)
