@@ -19,4 +19,4 @@ class SourceItem:
     path: Path
     captions: list[str]
     hierarchy: tuple[str, ...] | None = None  # specific -> general, e.g. ("fruit", "food and drink")
-    origin: str = ""  # where the source read it, for error messages, e.g. "captions.csv row 12"
+    origin: str = ""  # where the source read it, for error messages, e.g. "captions.csv:12"
