@@ -200,6 +200,7 @@ def test_planted_key_appears_in_no_output(kind: str, tmp_path: Path, capsys: pyt
     rows = sqlite3.connect(tmp_path / "out" / "llm.sqlite").execute("SELECT key, answer FROM answers").fetchall()
     assert len(rows) == 9
     outputs["cache rows"] = repr(rows)
+    assert "Sending HTTP Request" in caplog.text  # the client's debug log was captured
     assert [name for name, text in outputs.items() if KEY in text] == []
 
 

@@ -517,3 +517,18 @@ def test_failure_reasons_and_answers_never_carry_the_key(tmp_path: Path) -> None
     assert all(isinstance(r, LabelFailure) for r in results) and not any(KEY in r for r in reasons)
     assert "[API key]" in reasons[0] and "repeats the API key" in reasons[1] and "[API key]" in reasons[2]
     assert len(LLMCache(cache)) == 0 and KEY.encode() not in cache.read_bytes()
+
+
+def test_auto_does_not_fall_back_for_a_request_refused_either_way() -> None:
+    """A 400 about the request itself (refused with tags too) is that image's failure, not the schema's."""
+    def script(body: dict, i: int) -> Reply:
+        return Reply(status=400, error_message="prompt too long") if "number 0." in last_user_text(body) else Reply()
+
+    with FakeLLMServer(script) as server, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lab = labeler(server, structured="auto", concurrency=1)
+        results = lab.label_many(items(3))
+    assert isinstance(results[0], LabelFailure) and "prompt too long" in results[0].reason
+    assert all(isinstance(r, ConceptLabel) for r in results[1:])
+    assert [wants_json_schema(b) for b in server.bodies] == [True, False, True, True]
+    assert lab.stats["structured"] == "json_schema"

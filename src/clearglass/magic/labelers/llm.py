@@ -17,8 +17,8 @@ else ``CLEARGLASS_LLM_API_KEY``, else ``OPENAI_API_KEY``; without one no Authori
 Answer layout (``structured``). ``json_schema`` sends ``response_format={"type": "json_schema", ...}`` with
 `ANSWER_SCHEMA`, so servers that constrain decoding (OpenAI, vLLM guided decoding, llama.cpp) return one JSON
 object; ``off`` asks for an ``<output>`` block of tags; ``auto`` (the default) sends the first request with the
-schema and, when the server refuses it (a 4xx answer), warns once, notes it in ``stats`` and asks for tags from
-then on. Either layout is checked against the same rules (`ANSWER_SCHEMA`, then `checked_label`), after any
+schema and, when the server refuses it (a 4xx answer) but answers the same request with tags, warns once, notes
+it in ``stats`` and asks for tags from then on. Either layout is checked against the same rules (`ANSWER_SCHEMA`, then `checked_label`), after any
 ``<think>`` section is removed.
 
 Keys stay home. The API key is sent to the configured base URL only: redirects are not followed at all (an
@@ -474,12 +474,14 @@ class LLMLabeler:
         return structured, self._complete(captions, structured)
 
     def _ask_auto(self, captions: list[str]) -> tuple[bool, str]:
-        """Ask with the schema; an answer keeps json_schema, a refusal switches to tags (said once) and asks again."""
+        """Ask with the schema; an answer keeps json_schema. A refusal asks again with tags: if that is answered,
+        the server refused the schema and tags are used from then on (said once); if not, nothing is decided."""
         try:
             text = self._complete(captions, structured=True)
         except _Refused as e:
+            text = self._complete(captions, structured=False)
             self._fall_back(str(e))
-            return False, self._complete(captions, structured=False)
+            return False, text
         with self._lock:
             if self.stats["structured"] == "auto":
                 self.stats["structured"] = "json_schema"
