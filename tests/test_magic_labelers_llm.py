@@ -484,18 +484,17 @@ def test_redirects_are_not_followed_so_no_key_goes_elsewhere(same_origin: bool) 
             target = (server.base_url + "/other" if same_origin else elsewhere.base_url) + "/chat/completions"
             return Reply(status=307, headers={"Location": target})
 
-        with FakeLLMServer(script) as server:
-            with pytest.raises(ClearglassError, match="HTTP 307 redirect to http://127.0.0.1.*follows no redirects"
-                                                      ) as error:
-                labeler(server, api_key=KEY).label_many(items(1))
+        refused = "HTTP 307 redirect to http://127.0.0.1.*follows no redirects"
+        with FakeLLMServer(script) as server, pytest.raises(ClearglassError, match=refused) as error:
+            labeler(server, api_key=KEY).label_many(items(1))
     assert server.auth_headers == [f"Bearer {KEY}"]  # the configured endpoint, once
     assert elsewhere.auth_headers == [] and KEY not in str(error.value)
 
 
 def test_401_echoing_the_key_is_scrubbed() -> None:
-    with FakeLLMServer(lambda body, i: Reply(status=401, error_message=f"invalid key {KEY}")) as server:
-        with pytest.raises(ClearglassError, match=r"HTTP 401 \(check the API key\)") as error:
-            labeler(server, api_key=KEY).label_many(items(1))
+    with FakeLLMServer(lambda body, i: Reply(status=401, error_message=f"invalid key {KEY}")) as server, \
+            pytest.raises(ClearglassError, match=r"HTTP 401 \(check the API key\)") as error:
+        labeler(server, api_key=KEY).label_many(items(1))
     assert KEY not in str(error.value) and "invalid key [API key]" in str(error.value)
 
 

@@ -18,8 +18,8 @@ Answer layout (``structured``). ``json_schema`` sends ``response_format={"type":
 `ANSWER_SCHEMA`, so servers that constrain decoding (OpenAI, vLLM guided decoding, llama.cpp) return one JSON
 object; ``off`` asks for an ``<output>`` block of tags; ``auto`` (the default) sends the first request with the
 schema and, when the server refuses it (a 4xx answer) but answers the same request with tags, warns once, notes
-it in ``stats`` and asks for tags from then on. Either layout is checked against the same rules (`ANSWER_SCHEMA`, then `checked_label`), after any
-``<think>`` section is removed.
+it in ``stats`` and asks for tags from then on. Either layout is checked against the same rules (`ANSWER_SCHEMA`,
+then `checked_label`), after any ``<think>`` section is removed.
 
 Keys stay home. The API key is sent to the configured base URL only: redirects are not followed at all (an
 OpenAI-compatible endpoint answers the POST it is sent; following a redirect would carry the ``Authorization``
