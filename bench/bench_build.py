@@ -1,7 +1,8 @@
 """Benchmark: images labelled per second by the `llm` labeler at concurrency 1 and 16, side by side.
 
 The endpoint is the tests' local chat-completions server (clearglass_testing/fake_llm_server.py) with a fixed latency per
-request, standing in for a real one; the cache is off, so every image costs one request.
+request, standing in for a real one; the labeler talks to it through the openai client with its default answer layout
+(auto: the server accepts the JSON schema); the cache is off, so every image costs one request.
 
     .venv/bin/python bench/bench_build.py [--images 64] [--latency-ms 50] [--concurrency 16]
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-
 
 from clearglass_testing.fake_llm_server import FakeLLMServer
 
@@ -25,9 +25,12 @@ TOPIC_WORDS = ("pizza", "baseball", "giraffe", "street")
 def images_per_second(base_url: str, items: list[SourceItem], concurrency: int) -> float:
     """Label every item once (no cache) and return items / wall seconds; every item must get a label."""
     labeler = LLMLabeler(base_url=base_url, model="bench", concurrency=concurrency, progress=False)
-    start = time.perf_counter()
-    results = labeler.label_many(items)
-    seconds = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        results = labeler.label_many(items)
+        seconds = time.perf_counter() - start
+    finally:
+        labeler.close()
     failed = [r for r in results if not isinstance(r, ConceptLabel)]
     if failed:
         raise SystemExit(f"benchmark run at concurrency {concurrency} had {len(failed)} failures: {failed[0]}")

@@ -1,8 +1,11 @@
-"""End to end: `clearglass build --source emoji --labeler truth`, then `validate` and `stats`, through `main`."""
+"""End to end through `main`: `build --source emoji --labeler truth`, then `validate` and `stats`; coco with
+wordnet; the README's CSV example through build -> train -> eval; a folder source with captions.csv and .txt."""
 
 import json
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from clearglass.cli import main
 from clearglass.magic.builder import build_emoji_dataset, embed_names, minilm_embed
@@ -62,3 +65,64 @@ def test_coco_wordnet_build(tmp_path, capsys):
     assert {c.concept for c in concepts} == {"canine", "feline"}
     assert concepts[0].train_images[0].image.endswith(".jpg")
     assert validate(out, tmp_path / "coco" / "val2017") == []
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "tiny-csv"  # the README's example
+
+
+def test_csv_build_train_eval(tmp_path, capsys, one_thread):
+    """The README example: the tiny CSV with its concept columns -> build (truth) -> train 2 steps -> eval."""
+    from tiny_magic import write_tiny_model
+
+    out = tmp_path / "tiny" / "magic.json"
+    assert main(["build", "--source", "csv", "--csv", str(EXAMPLE / "captions.csv"), "--csv-level-keys", "concept",
+                 "parent", "--labeler", "truth", "--min-group-size", "3", "--out", str(out), "--no-progress"]) == 0
+    assert "leaks: 0" in capsys.readouterr().out
+    concepts = {c.concept: c for c in load_concepts(out)}
+    assert set(concepts) == {"birthday party", "wedding", "street market", "grocery shopping", "team sport", "hiking"}
+    wedding = concepts["wedding"].train_images + concepts["wedding"].test_images
+    assert sorted(im.image for im in wedding) == [f"images/wedding-{j}.png" for j in range(3)]
+    assert all(im.level2 == "celebration" and len(im.old_captions) == 2 for im in wedding)
+    assert validate(out, EXAMPLE) == []
+    stats = json.loads((tmp_path / "tiny" / "magic.stats.json").read_text())
+    assert stats["build"]["source_stats"]["rows"] == 36 and stats["build"]["source_stats"]["images"] == 18
+
+    model = write_tiny_model(tmp_path / "tiny-model.pt")
+    overrides = [f"data={json.dumps(str(out))}", f"images={json.dumps(str(EXAMPLE))}",
+                 f"out={json.dumps(str(tmp_path / 'run'))}", f"model={json.dumps(str(model))}", "groups_per_batch=4",
+                 "pairs_per_group=2", "steps=2", "warmup=1", "log_every=1", "checkpoint_every=100",
+                 'device="cpu"', "deterministic=true", "lr=0.001"]
+    assert main(["train", "--config", "default-grouped", *overrides]) == 0
+    checkpoint = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
+    assert Path(checkpoint).is_file()
+    results = tmp_path / "results.json"
+    assert main(["eval", "--model", checkpoint, "--data", str(out), "--images", str(EXAMPLE), "--k", "3",
+                 "--n-boot", "20", "--batch-size", "8", "--out", str(results)]) == 0
+    metrics = {(r["task"], r["subset"], r["metric"]): r for r in json.loads(results.read_text())["metrics"]}
+    assert ("recognition", "concept_level1", "i2t_R@1") in metrics and ("zero_shot", "level2", "top1") in metrics
+    assert all(r["n"] >= 1 and 0 <= r["value"] <= 1 for r in metrics.values())
+
+
+def test_folder_build_with_sidecar_and_txt_captions(tmp_path, capsys):
+    root = tmp_path / "photos"
+    for k, (level2, concept) in enumerate([("animal", "golden_retriever"), ("animal", "tabby_cat"),
+                                           ("vehicle", "fire_truck")]):
+        folder = root / level2 / concept
+        folder.mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (16, 16), (40 * k, 20 * j, 90)).save(folder / f"{j}.png")
+        (folder / "0.txt").write_text(f"a view number {k}\n\nanother view {k}\n")
+    rows = [f"{level2}/{concept}/{j}.png,seen from afar {k} {j}"
+            for k, (level2, concept) in enumerate([("animal", "golden_retriever"), ("animal", "tabby_cat"),
+                                                   ("vehicle", "fire_truck")]) for j in range(1, 3)]
+    (root / "captions.csv").write_text("filepath,title\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "folder.json"
+    assert main(["build", "--source", "folder", "--images", str(root), "--folder-depth", "2", "--labeler", "truth",
+                 "--min-group-size", "3", "--hard-negatives", "2", "--out", str(out), "--no-progress"]) == 0
+    concepts = {c.concept: c for c in load_concepts(out)}
+    assert set(concepts) == {"golden retriever", "tabby cat", "fire truck"}
+    first = next(im for im in concepts["tabby cat"].train_images + concepts["tabby cat"].test_images
+                 if im.image == "animal/tabby_cat/0.png")
+    assert first.old_captions == ["a view number 1", "another view 1"] and first.level2 == "animal"
+    assert validate(out, root) == []
+    assert f"image root {root}" in capsys.readouterr().out

@@ -118,3 +118,24 @@ def test_rank_negatives_matches_brute_force():
             return (-named[c][o], not (parents[c] is not None and parents[o] == parents[c]), -float(vec[i] @ vec[j]))
         assert got[c] == sorted((o for o in concepts if o != c), key=score)[:3]
     assert got["a"][:2] == ["e", "b"]
+
+
+def test_every_label_failing_is_an_error_counting_the_reasons(tmp_path):
+    from clearglass.magic.builder import LabellingFailed
+    from clearglass.magic.labelers import LabelFailure
+
+    reasons = ["HTTP 500 after 4 attempts"] * 3 + ["timed out"] * 2 + ["a", "b", "b"]
+
+    class Failing:
+        name = "failing"
+        stats = {"requests": 8}
+
+        def label_many(self, items):
+            return [LabelFailure(i.image, r) for i, r in zip(items, reasons)]
+
+    items = make_items(tmp_path, [("x", 8)])
+    with pytest.raises(LabellingFailed) as error:
+        build_concepts(items, Failing(), OPTS, embed=fake_embed)
+    assert str(error.value) == ("8 of 8 images failed to label: HTTP 500 after 4 attempts (3); timed out (2); b (2); "
+                                "1 other reason (1)")
+    assert error.value.build["label_failures"]["count"] == 8 and error.value.build["labeler_stats"] == {"requests": 8}

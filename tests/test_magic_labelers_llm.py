@@ -1,10 +1,14 @@
-"""The `llm` labeler against a real local chat-completions server: parsing, retries, failures, cache, concurrency."""
+"""The `llm` labeler against a real local chat-completions server: parsing (tags and JSON schema), structured
+output and its fallback, retries, failures, cache, concurrency, and the API key staying home."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -13,15 +17,20 @@ from clearglass.errors import ClearglassError
 from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
 from clearglass.magic.labelers.llm import (
     EXAMPLES,
+    JSON_SYSTEM_PROMPT,
+    RESPONSE_FORMAT,
     LLMConfig,
     LLMLabeler,
     MalformedAnswer,
     build_messages,
     parse_answer,
+    parse_json_answer,
 )
 from clearglass.magic.llm_cache import LLMCache, request_key
 from clearglass.magic.sources import SourceItem
-from clearglass_testing.fake_llm_server import FakeLLMServer, Reply, answer_for, last_user_text
+from clearglass_testing.fake_llm_server import FakeLLMServer, Reply, answer_for, last_user_text, wants_json_schema
+
+KEY = "sk-planted-7f3a9c1e"  # a key that must never be shown or stored
 
 VALID = """<output>
 <level1>birthday party</level1>
@@ -43,16 +52,27 @@ def items(n: int, word: str = "pizza") -> list[SourceItem]:
     ]
 
 
+OPEN: list[LLMLabeler] = []
+
+
 def labeler(server: FakeLLMServer, **settings: object) -> LLMLabeler:
-    """A labeler for the fake server with fast retries and no progress bar."""
-    defaults = dict(base_url=server.base_url, model="fake-model", backoff_s=0.01, backoff_max_s=0.05, progress=False)
-    return LLMLabeler(**(defaults | settings))
+    """A labeler for the fake server asking for <output> tags, with no progress bar; closed after the test."""
+    defaults = dict(base_url=server.base_url, model="fake-model", structured="off", progress=False)
+    OPEN.append(LLMLabeler(**(defaults | settings)))
+    return OPEN[-1]
+
+
+@pytest.fixture(autouse=True)
+def close_labelers() -> None:
+    yield
+    while OPEN:
+        OPEN.pop().close()
 
 
 @pytest.fixture(autouse=True)
 def no_llm_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith("CLEARGLASS_LLM_") or name == "OPENAI_API_KEY":
+        if name.startswith(("CLEARGLASS_LLM_", "OPENAI_")):
             monkeypatch.delenv(name)
 
 
@@ -147,6 +167,7 @@ def test_success_parse_and_factory_and_api_key_header() -> None:
         lab = make_labeler("llm", base_url=server.base_url, model="fake-model", api_key="sk-test", progress=False)
         assert isinstance(lab, Labeler) and lab.name == "llm"
         [label] = lab.label_many(items(1, "pizza"))
+        lab.close()
     assert isinstance(label, ConceptLabel)
     assert label.levels == ("Meal Preparation", "Cooking", "Domestic Task", "Daily Life")
     assert label.new_captions == ["Someone gets a dish ready to share at home."]
@@ -195,11 +216,13 @@ def test_retry_after_timeout() -> None:
 def test_retry_after_connection_refused_then_failure() -> None:
     with FakeLLMServer() as server:
         url = server.base_url
-    lab = LLMLabeler(base_url=url, model="m", max_retries=1, backoff_s=0.01, backoff_max_s=0.01, progress=False)
+    lab = LLMLabeler(base_url=url, model="m", max_retries=1, progress=False)
     [failure] = lab.label_many(items(1))
+    lab.close()
     assert isinstance(failure, LabelFailure) and failure.image == "000000000000"
-    assert "2 attempts failed" in failure.reason and "URLError" in failure.reason
-    assert lab.stats == {"requests": 2, "cache_hits": 0, "retries": 1, "failures": 1}
+    port = url.split(":")[-1].split("/")[0]
+    assert failure.reason == f"connection refused to 127.0.0.1:{port} after 2 attempts"
+    assert lab.stats == {"requests": 2, "cache_hits": 0, "retries": 1, "failures": 1, "structured": "auto"}
 
 
 def test_garbage_is_retried_then_counted_as_failure() -> None:
@@ -312,3 +335,199 @@ def test_cache_key_and_store(tmp_path: Path) -> None:
     bad.write_text("not a database" * 100)
     with pytest.raises(ClearglassError, match="bad.sqlite"):
         LLMCache(bad)
+
+
+# ---- structured output -------------------------------------------------------------------------------------------
+
+VALID_JSON = {"level1": "birthday party", "level2": "Celebration", "level3": "Tradition", "level4": "Culture",
+              "captions": ["Friends gather to mark a special day."], "hard_negatives": ["Wedding", "Picnic"]}
+
+
+def test_parse_json_answer_checks_schema_and_rules() -> None:
+    label = parse_json_answer("<think>{not json}</think>\n" + json.dumps(VALID_JSON))
+    assert label.levels == ("Birthday Party", "Celebration", "Tradition", "Culture")
+    assert label.new_captions == ["Friends gather to mark a special day."]
+    assert label.hard_negatives == ["Wedding", "Picnic"]
+    assert parse_json_answer(build_messages(["x"], LLMConfig(base_url="http://h/v1", model="m"), True)[2]["content"])
+
+
+@pytest.mark.parametrize("change, complaint", [
+    ("plain words", "not a JSON object"),
+    ([1, 2], "answer: expected a JSON object, got list"),
+    ({"level4": None}, r"answer.level4: expected a string, got NoneType"),
+    ({"captions": []}, r"answer.captions: expected a list of at least 1 items"),
+    ({"hard_negatives": "Wedding"}, r"answer.hard_negatives: expected a list"),
+    ({"captions": ["fine", 3]}, r"answer.captions\[1\]: expected a string"),
+    ({"extra": 1}, r"missing keys \[\], unexpected keys \['extra'\]"),
+    ({"captions": ["A birthday gathering."]}, r"names level words \['birthday'\]"),
+    ({"level3": "Celebration"}, "repeat"),
+    ({"hard_negatives": ["Birthday Party"]}, "repeats level1"),
+    ({"captions": ["   "]}, "non-empty captions"),
+])
+def test_parse_json_answer_rejects(change: object, complaint: str) -> None:
+    if isinstance(change, dict):
+        text = json.dumps(VALID_JSON | change)
+    else:
+        text = change if isinstance(change, str) else json.dumps(change)
+    with pytest.raises(MalformedAnswer, match=complaint):
+        parse_json_answer(text)
+
+
+def test_parse_json_answer_names_missing_keys() -> None:
+    missing = {k: v for k, v in VALID_JSON.items() if k != "level2"}
+    with pytest.raises(MalformedAnswer, match=r"missing keys \['level2'\]"):
+        parse_json_answer(json.dumps(missing))
+
+
+def test_json_schema_sends_response_format_and_parses_json() -> None:
+    with FakeLLMServer() as server:
+        lab = labeler(server, structured="json_schema")
+        [label] = lab.label_many(items(1))
+    body = server.bodies[0]
+    assert body["response_format"] == RESPONSE_FORMAT
+    assert body["response_format"]["json_schema"]["schema"]["required"] == [
+        "level1", "level2", "level3", "level4", "captions", "hard_negatives"]
+    assert body["messages"][0]["content"] == JSON_SYSTEM_PROMPT
+    assert json.loads(body["messages"][2]["content"])["level1"] == "Birthday Party"  # few-shot turns in JSON
+    assert label.levels == ("Meal Preparation", "Cooking", "Domestic Task", "Daily Life")
+    assert lab.stats["structured"] == "json_schema"
+
+
+def test_auto_keeps_json_schema_when_the_server_accepts_it() -> None:
+    with FakeLLMServer() as server, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lab = labeler(server, structured="auto", concurrency=4)
+        results = lab.label_many(items(6))
+    assert all(isinstance(r, ConceptLabel) for r in results)
+    assert server.requests == 6 and all(wants_json_schema(b) for b in server.bodies)
+    assert lab.stats["structured"] == "json_schema" and "structured_fallback" not in lab.stats
+
+
+def test_auto_falls_back_to_tags_once_when_the_server_refuses() -> None:
+    with FakeLLMServer(structured=False) as server:
+        lab = labeler(server, structured="auto", concurrency=4)
+        with pytest.warns(UserWarning, match="refused response_format json_schema") as record:
+            results = lab.label_many(items(6))
+    assert [str(w.message) for w in record if "refused" in str(w.message)] == [str(record[0].message)]
+    assert all(isinstance(r, ConceptLabel) for r in results)
+    assert server.requests == 7 and [wants_json_schema(b) for b in server.bodies].count(True) == 1
+    assert lab.stats["structured"] == "off" and "HTTP 400" in lab.stats["structured_fallback"]
+    assert "not supported" in lab.stats["structured_fallback"]
+
+
+def test_json_schema_mode_does_not_fall_back() -> None:
+    with FakeLLMServer(structured=False) as server:
+        results = labeler(server, structured="json_schema").label_many(items(2))
+    assert all(isinstance(r, LabelFailure) and "refused the request: HTTP 400" in r.reason for r in results)
+    assert server.requests == 2
+
+
+def test_malformed_json_answer_is_asked_again() -> None:
+    with FakeLLMServer(lambda body, i: Reply(content='{"level1": "Food"}') if i == 0 else Reply()) as server:
+        lab = labeler(server, structured="json_schema")
+        [label] = lab.label_many(items(1))
+    assert isinstance(label, ConceptLabel) and server.requests == 2 and lab.stats["retries"] == 1
+
+
+def test_auto_mode_reads_cached_tag_answers(tmp_path: Path) -> None:
+    cache = tmp_path / "cache.sqlite"
+    with FakeLLMServer() as server:
+        first = labeler(server, cache_path=cache).label_many(items(3))
+        again = labeler(server, cache_path=cache, structured="auto")
+        assert again.label_many(items(3)) == first
+    assert server.requests == 3 and again.stats["cache_hits"] == 3
+
+
+# ---- faults on the openai client -------------------------------------------------------------------------------
+
+
+def test_429_waits_for_retry_after() -> None:
+    arrivals: list[float] = []
+
+    def script(body: dict, i: int) -> Reply:
+        arrivals.append(time.monotonic())
+        return Reply(status=429, headers={"Retry-After": "0.6"}) if i == 0 else Reply()
+
+    with FakeLLMServer(script) as server:
+        lab = labeler(server)
+        [label] = lab.label_many(items(1))
+    assert isinstance(label, ConceptLabel) and server.requests == 2 and lab.stats["retries"] == 1
+    assert arrivals[1] - arrivals[0] >= 0.6
+
+
+@pytest.mark.parametrize("reply, reason", [
+    (Reply(status=503), "HTTP 503 after 2 attempts"),
+    (Reply(delay_s=1.0), "timed out (timeout 0.2 s) after 2 attempts"),
+    (Reply(raw_body=b"<html>busy</html>"), "malformed answer after 2 attempts: not a chat-completions response"),
+])
+def test_failure_reasons_name_the_cause_and_attempts(reply: Reply, reason: str) -> None:
+    with FakeLLMServer(lambda body, i: reply) as server:
+        lab = labeler(server, max_retries=1, timeout_s=0.2)
+        [failure] = lab.label_many(items(1))
+    assert isinstance(failure, LabelFailure) and failure.reason.startswith(reason)
+    assert server.requests == 2 and lab.stats["failures"] == 1
+
+
+# ---- keys stay home ----------------------------------------------------------------------------------------------
+
+
+def test_config_honours_openai_base_url() -> None:
+    env = {"OPENAI_BASE_URL": "http://openai-env/v1", "CLEARGLASS_LLM_MODEL": "m"}
+    assert LLMConfig.from_env(env).base_url == "http://openai-env/v1"
+    assert LLMConfig.from_env({**env, "CLEARGLASS_LLM_BASE_URL": "http://own/v1"}).base_url == "http://own/v1"
+
+
+@pytest.mark.parametrize("same_origin", [False, True])
+def test_redirects_are_not_followed_so_no_key_goes_elsewhere(same_origin: bool) -> None:
+    with FakeLLMServer() as elsewhere:
+        def script(body: dict, i: int) -> Reply:
+            target = (server.base_url + "/other" if same_origin else elsewhere.base_url) + "/chat/completions"
+            return Reply(status=307, headers={"Location": target})
+
+        refused = "HTTP 307 redirect to http://127.0.0.1.*follows no redirects"
+        with FakeLLMServer(script) as server, pytest.raises(ClearglassError, match=refused) as error:
+            labeler(server, api_key=KEY).label_many(items(1))
+    assert server.auth_headers == [f"Bearer {KEY}"]  # the configured endpoint, once
+    assert elsewhere.auth_headers == [] and KEY not in str(error.value)
+
+
+def test_401_echoing_the_key_is_scrubbed() -> None:
+    with FakeLLMServer(lambda body, i: Reply(status=401, error_message=f"invalid key {KEY}")) as server, \
+            pytest.raises(ClearglassError, match=r"HTTP 401 \(check the API key\)") as error:
+        labeler(server, api_key=KEY).label_many(items(1))
+    assert KEY not in str(error.value) and "invalid key [API key]" in str(error.value)
+
+
+def test_failure_reasons_and_answers_never_carry_the_key(tmp_path: Path) -> None:
+    def script(body: dict, i: int) -> Reply:
+        text = last_user_text(body)
+        if "number 0." in text:
+            return Reply(status=400, error_message=f"bad request for {KEY}")
+        if "number 1." in text:
+            return Reply(content=answer_for("pizza").replace("Someone gets", f"{KEY} gets"))
+        return Reply(raw_body=f"oops {KEY}".encode())
+
+    cache = tmp_path / "cache.sqlite"
+    with FakeLLMServer(script) as server:
+        lab = labeler(server, api_key=KEY, max_retries=0, cache_path=cache)
+        results = lab.label_many(items(3))
+        lab.close()
+    reasons = [r.reason for r in results]
+    assert all(isinstance(r, LabelFailure) for r in results) and not any(KEY in r for r in reasons)
+    assert "[API key]" in reasons[0] and "repeats the API key" in reasons[1] and "[API key]" in reasons[2]
+    assert len(LLMCache(cache)) == 0 and KEY.encode() not in cache.read_bytes()
+
+
+def test_auto_does_not_fall_back_for_a_request_refused_either_way() -> None:
+    """A 400 about the request itself (refused with tags too) is that image's failure, not the schema's."""
+    def script(body: dict, i: int) -> Reply:
+        return Reply(status=400, error_message="prompt too long") if "number 0." in last_user_text(body) else Reply()
+
+    with FakeLLMServer(script) as server, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lab = labeler(server, structured="auto", concurrency=1)
+        results = lab.label_many(items(3))
+    assert isinstance(results[0], LabelFailure) and "prompt too long" in results[0].reason
+    assert all(isinstance(r, ConceptLabel) for r in results[1:])
+    assert [wants_json_schema(b) for b in server.bodies] == [True, False, True, True]
+    assert lab.stats["structured"] == "json_schema"

@@ -2,8 +2,11 @@
 
 `FakeLLMServer(script)` listens on 127.0.0.1 (a free port) in a thread. For each POST to /v1/chat/completions
 it calls `script(body, index)` -> `Reply` (index counts requests from 0) and sends that reply: a valid answer made
-from the captions, a scripted text, an HTTP error, a raw body, or any of these after a delay. It counts
-requests and records the most requests it held in flight at once.
+from the captions, a scripted text, an HTTP error, a raw body, extra headers (Retry-After, Location), or any of
+these after a delay. A request with ``response_format`` of type ``json_schema`` gets the valid answer as JSON
+(`json_answer_for`) unless the server is made with ``structured=False``, when it answers 400 as servers without
+guided decoding do. It counts requests, records each Authorization header and the most requests it held in
+flight at once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # (keywords, level1..level4, concept-level caption, hard negatives); the first topic whose keyword occurs wins.
@@ -44,14 +47,32 @@ FALLBACK_TOPIC = (
 )
 
 
+def _topic(text: str) -> tuple[tuple[str, str, str, str], str, tuple[str, ...]]:
+    """(levels, caption, hard negatives) of the first topic whose keyword the text names, else the fallback."""
+    lowered = text.lower()
+    _, levels, caption, negatives = next((t for t in TOPICS if any(k in lowered for k in t[0])), FALLBACK_TOPIC)
+    return levels, caption, negatives
+
+
 def answer_for(text: str) -> str:
     """A valid `<output>` answer for a prompt, chosen by the first topic whose keyword the last user turn names."""
-    lowered = text.lower()
-    keys, levels, caption, negatives = next((t for t in TOPICS if any(k in lowered for k in t[0])), FALLBACK_TOPIC)
+    levels, caption, negatives = _topic(text)
     lines = [f"<level{i}>{name}</level{i}>" for i, name in enumerate(levels, start=1)]
     lines.append(f"<caption>{caption}</caption>")
     lines += [f"<hard_negative>{n}</hard_negative>" for n in negatives]
     return "<output>\n" + "\n".join(lines) + "\n</output>"
+
+
+def json_answer_for(text: str) -> str:
+    """The same answer as `answer_for`, as the JSON object the structured-output schema asks for."""
+    levels, caption, negatives = _topic(text)
+    answer = {f"level{i}": name for i, name in enumerate(levels, start=1)}
+    return json.dumps(answer | {"captions": [caption], "hard_negatives": list(negatives)})
+
+
+def wants_json_schema(body: dict) -> bool:
+    """Whether a chat request asks for structured output with a JSON schema."""
+    return isinstance(body.get("response_format"), dict) and body["response_format"].get("type") == "json_schema"
 
 
 def last_user_text(body: dict) -> str:
@@ -61,12 +82,15 @@ def last_user_text(body: dict) -> str:
 
 @dataclass
 class Reply:
-    """One scripted reply: `content` (None = a valid answer for the captions), an HTTP error, a raw body, a delay."""
+    """One scripted reply: `content` (None = a valid answer for the captions), an HTTP error (its JSON body names
+    `error_message`), a raw body, extra headers, a delay."""
 
     status: int = 200
     content: str | None = None
     raw_body: bytes | None = None
     delay_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    error_message: str = "scripted"
 
 
 def default_script(body: dict, index: int) -> Reply:
@@ -89,10 +113,12 @@ class FakeLLMServer:
         script: Callable[[dict, int], Reply] = default_script,
         latency_s: float = 0.0,
         api_key: str | None = None,
+        structured: bool = True,
     ) -> None:
         self.script = script
         self.latency_s = latency_s
         self.api_key = api_key
+        self.structured = structured
         self.bodies: list[dict] = []
         self.auth_headers: list[str | None] = []
         self.in_flight = 0
@@ -128,6 +154,9 @@ class FakeLLMServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # TCP_NODELAY, as real servers set it: on a kept-alive connection the body, written after the headers,
+            # would otherwise wait for the client's delayed ACK (about 40 ms)
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length", "0"))
@@ -146,14 +175,19 @@ class FakeLLMServer:
                     if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                         self._send(401, b'{"error": "bad key"}')
                         return
+                    if wants_json_schema(body) and not server.structured:
+                        self._send(400, b'{"error": {"message": "response_format json_schema is not supported"}}')
+                        return
                     reply = server.script(body, index)
                     time.sleep(server.latency_s + reply.delay_s)
                     if reply.raw_body is not None:
-                        self._send(reply.status, reply.raw_body)
+                        self._send(reply.status, reply.raw_body, reply.headers)
                     elif reply.status != 200:
-                        self._send(reply.status, json.dumps({"error": {"message": "scripted"}}).encode())
+                        error = json.dumps({"error": {"message": reply.error_message}}).encode()
+                        self._send(reply.status, error, reply.headers)
                     else:
-                        content = reply.content if reply.content is not None else answer_for(last_user_text(body))
+                        make = json_answer_for if wants_json_schema(body) else answer_for
+                        content = reply.content if reply.content is not None else make(last_user_text(body))
                         payload = {
                             "id": f"chatcmpl-{index}",
                             "object": "chat.completion",
@@ -175,11 +209,13 @@ class FakeLLMServer:
                     with server._lock:
                         server.in_flight -= 1
 
-            def _send(self, status: int, data: bytes) -> None:
+            def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
                 self._done()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 

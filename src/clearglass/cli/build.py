@@ -1,22 +1,29 @@
-"""`clearglass build`: make a MAGIC grouped dataset from a source (coco, emoji) and a labeler (truth, wordnet, llm)."""
+"""`clearglass build`: make a MAGIC grouped dataset from a source (coco, emoji, csv, folder) and a labeler
+(truth, wordnet, llm).
+
+Example: clearglass build --source csv --csv my/captions.csv --csv-level-keys concept --labeler truth --out my.json
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
 from clearglass.magic.builder import BuildOptions, build_dataset, stats_path
 from clearglass.magic.labelers import make_labeler
+from clearglass.magic.sources import SourceItem
 from clearglass.magic.stats import format_stats
 
-SOURCES = ("coco", "emoji")
+SOURCES = ("coco", "emoji", "csv", "folder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `build` command."""
-    p = subparsers.add_parser("build", help="build a MAGIC grouped dataset", description=__doc__)
+    p = subparsers.add_parser("build", help="build a MAGIC grouped dataset", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help=f"image source: one of {SOURCES}")
     p.add_argument("--labeler", required=True, choices=("truth", "wordnet", "llm"))
     p.add_argument("--out", required=True, type=Path, help="output JSON; stats go to <stem>.stats.json beside it")
@@ -26,6 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--emoji-subgroups", help="comma-separated emoji subgroup ids (default: all usable)")
     p.add_argument("--emoji-per-subgroup", type=int, default=12)
     p.add_argument("--image-size", type=int, default=64, help="emoji scene size in pixels")
+    p.add_argument("--csv", type=Path, help="csv: the CSV file of image paths and captions, one row per caption")
+    p.add_argument("--csv-img-key", default="filepath", help="csv (and folder captions.csv): image path column")
+    p.add_argument("--csv-caption-key", default="title", help="csv (and folder captions.csv): caption column")
+    p.add_argument("--csv-separator", default=",", help="csv: field separator (default ','; a tab: $'\\t')")
+    p.add_argument("--csv-level-keys", nargs="+", metavar="COL",
+                   help="csv: concept columns, level1 first, for the truth labeler")
+    p.add_argument("--images", type=Path,
+                   help="csv: root of relative image paths (default: the CSV's folder); folder: the root of the "
+                        "concept folders")
+    p.add_argument("--folder-depth", type=int, default=1, choices=(1, 2),
+                   help="folder: 1 = ROOT/<concept>/<image>, 2 = ROOT/<level2>/<level1>/<image>")
+    p.add_argument("--caption-template", help="folder: caption for images without one, e.g. 'a picture of a {}'")
+    p.add_argument("--allow-concept-captions", action="store_true",
+                   help="folder: allow --caption-template although its captions name the concept")
+    p.add_argument("--strict", action="store_true", help="csv, folder: an empty caption is an error, not skipped")
     p.add_argument("--min-group-size", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--holdout-concepts", type=int, default=0)
@@ -38,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--llm-api-key-env", help="name of the environment variable holding the API key")
     p.add_argument("--llm-concurrency", type=int)
     p.add_argument("--llm-cache", type=Path, help="SQLite answer cache file")
+    p.add_argument("--llm-structured", choices=("auto", "json_schema", "off"),
+                   help="answer layout: json_schema = response_format with the answer's JSON schema, off = <output> "
+                        "tags, auto (default) = json_schema unless the server refuses it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -51,28 +76,48 @@ def _labeler_options(args: argparse.Namespace) -> dict:
         if not api_key:
             raise ClearglassError(f"--llm-api-key-env {args.llm_api_key_env}: that environment variable is not set")
     opts = {"base_url": args.llm_base_url, "model": args.llm_model, "api_key": api_key,
-            "concurrency": args.llm_concurrency, "cache_path": args.llm_cache, "seed": args.seed,
+            "concurrency": args.llm_concurrency, "cache_path": args.llm_cache, "structured": args.llm_structured,
             "progress": not args.no_progress}
     return {k: v for k, v in opts.items() if v is not None}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build the dataset, write it and its stats, print the stats."""
+def _source(args: argparse.Namespace) -> tuple[Iterable[SourceItem], Path]:
+    """The source the arguments name and its image root."""
     if args.source == "coco":
         from clearglass.magic.sources.coco import CocoSource
 
         if args.coco_root is None:
             raise ClearglassError("--source coco needs --coco-root")
         source = CocoSource(args.coco_root, args.split, args.max_images)
-        image_root = source.image_root
-    elif args.source == "emoji":
+        return source, source.image_root
+    if args.source == "emoji":
         from clearglass.magic.sources.emoji import EmojiSource
 
         subgroups = [s.strip() for s in args.emoji_subgroups.split(",")] if args.emoji_subgroups else None
         source = EmojiSource(args.out.parent, subgroups, args.emoji_per_subgroup, args.image_size, args.seed)
-        image_root = args.out.parent
-    else:
-        raise ClearglassError(f"unknown source {args.source!r}: expected one of {SOURCES}")
+        return source, args.out.parent
+    if args.source == "csv":
+        from clearglass.magic.sources.csv import CsvSource
+
+        if args.csv is None:
+            raise ClearglassError("--source csv needs --csv FILE (with --csv-img-key and --csv-caption-key)")
+        source = CsvSource(args.csv, args.csv_img_key, args.csv_caption_key, args.csv_separator, args.csv_level_keys,
+                           args.images, args.strict)
+        return source, source.image_root
+    if args.source == "folder":
+        from clearglass.magic.sources.folder import FolderSource
+
+        if args.images is None:
+            raise ClearglassError("--source folder needs --images ROOT (ROOT/<concept>/<image>)")
+        source = FolderSource(args.images, args.folder_depth, args.caption_template, args.allow_concept_captions,
+                              args.csv_img_key, args.csv_caption_key, args.csv_separator, args.strict)
+        return source, source.root
+    raise ClearglassError(f"unknown source {args.source!r}: expected one of {SOURCES}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the dataset, write it and its stats, print the stats."""
+    source, image_root = _source(args)
     options = BuildOptions(min_group_size=args.min_group_size, test_fraction=args.test_fraction,
                            holdout_concepts=args.holdout_concepts, seed=args.seed, n_hard_negatives=args.hard_negatives,
                            filter_leaks=args.filter_leaks, skip_bad_images=args.skip_bad_images,

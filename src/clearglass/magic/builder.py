@@ -2,7 +2,8 @@
 
 Steps, each counted in the build stats:
 1. verify every image with PIL (a bad one is an error naming it, or skipped with ``skip_bad_images``);
-2. label every item (`LabelFailure`s are counted with examples, never silently dropped);
+2. label every item (`LabelFailure`s are counted with examples, never silently dropped; when every image
+   fails, `LabellingFailed` counts the reasons);
 3. make chains consistent: every image of a level1 concept gets that concept's most common chain
    (ties broken by the sorted chain);
 4. merge concepts with fewer than ``min_group_size`` images into their level2 parent, shifting the chain up
@@ -61,6 +62,25 @@ class BuildOptions:
         if self.min_group_size < 1 or not 0.0 <= self.test_fraction < 1.0 or self.holdout_concepts < 0 \
                 or self.n_hard_negatives < 0:
             raise ClearglassError(f"build options out of range: {self}")
+
+
+class LabellingFailed(ClearglassError):
+    """Every image failed to label; carries the build stats so far, so they can be written anyway."""
+
+    def __init__(self, message: str, build: dict) -> None:
+        super().__init__(message)
+        self.build = build
+
+
+def failure_summary(failures: list[dict], n_images: int, top: int = 3) -> str:
+    """The error of a build whose every image failed: "8 of 8 images failed to label: REASON (5); REASON (3)",
+    the most common reasons first, the others counted."""
+    counts = Counter(f["reason"] for f in failures)
+    parts = [f"{reason} ({n})" for reason, n in counts.most_common(top)]
+    if len(counts) > top:
+        others = counts.most_common()[top:]
+        parts.append(f"{len(others)} other reason{'s' if len(others) > 1 else ''} ({sum(n for _, n in others)})")
+    return f"{len(failures)} of {n_images} images failed to label: " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)
@@ -183,9 +203,13 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
         elif options.skip_bad_images:
             bad.append({"image": item.image, "path": str(item.path), "reason": reason})
         else:
-            raise ClearglassError(f"{item.path}: image {item.image!r}: {reason} (pass --skip-bad-images to skip it)")
+            origin = f" ({item.origin})" if item.origin else ""
+            raise ClearglassError(f"{item.path}: image {item.image!r}{origin}: {reason} "
+                                  "(pass --skip-bad-images to skip it)")
     build["images_in"] = len(seen)
     build["bad_images"] = {"count": len(bad), "examples": bad[:MAX_EXAMPLES]}
+    if hasattr(items, "stats"):
+        build["source_stats"] = dict(items.stats)
     if not good:
         raise ClearglassError("the source yielded no usable images")
 
@@ -206,6 +230,8 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
     build["label_failures"] = {"count": len(failures), "examples": failures[:MAX_EXAMPLES]}
     if hasattr(labeler, "stats"):
         build["labeler_stats"] = dict(labeler.stats)
+    if not labels:
+        raise LabellingFailed(failure_summary(failures, len(good)), build)
 
     chains, relabelled = consistent_chains({i: tuple(lab.levels) for i, lab in labels.items()})
     build["chains_relabelled"] = relabelled
@@ -271,10 +297,16 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
 
 def build_dataset(items: Iterable[SourceItem], labeler: Labeler, out: str | os.PathLike,
                   options: BuildOptions = BuildOptions(), image_root: str | os.PathLike | None = None) -> dict:
-    """Build, write ``out`` and ``<out stem>.stats.json`` beside it; returns the stats (dataset + build)."""
+    """Build, write ``out`` and ``<out stem>.stats.json`` beside it; returns the stats (dataset + build).
+
+    When every image fails to label, the stats file is still written and the error counts the reasons."""
     out = Path(out)
-    records, build = build_concepts(items, labeler, options)
     root = out.parent if image_root is None else Path(image_root)
+    try:
+        records, build = build_concepts(items, labeler, options)
+    except LabellingFailed as e:
+        write_json_atomic({"image_root": str(root), "error": str(e), "build": e.build}, stats_path(out))
+        raise ClearglassError(f"{e} (build stats: {stats_path(out)})") from None
     stats = dataset_stats(records)
     stats["image_root"] = str(root)
     stats["build"] = build

@@ -1,30 +1,48 @@
 """The `llm` labeler: an OpenAI-compatible chat-completions endpoint names the concept chain of each image.
 
-One request per image (POST ``{base_url}/chat/completions``) asks, from the image's captions, for
-level1..level4 (level1 an event or theme rather than an object; each higher level generalises the one below),
-concept-level captions that never name a level word, and hard-negative level1 concepts, all in one
-``<output>`` section that is parsed strictly. Requests run in a thread pool; 408/429/5xx answers, timeouts,
-connection errors and malformed answers are retried with exponential backoff and jitter, then returned as a
-``LabelFailure``. Valid answers are kept in an SQLite cache keyed by (model, messages, temperature).
-Only the standard library's HTTP client is used.
+One request per image asks, from the image's captions, for level1..level4 (level1 an event or theme rather than
+an object; each higher level generalises the one below), concept-level captions that never name a level word,
+and hard-negative level1 concepts.
+
+The client. Requests go through the official `openai` client, ``openai.OpenAI(base_url=..., api_key=...,
+timeout=..., max_retries=...)``, shared by a pool of ``concurrency`` threads. The client retries 408, 409, 429
+and 5xx answers, timeouts and connection errors itself (exponential backoff with jitter; a Retry-After header
+sets the wait); a malformed answer is asked again here, up to ``max_retries`` times. What still fails is a
+`LabelFailure` whose reason names the cause ("connection refused to 127.0.0.1:8000 after 4 attempts"); 401, 403,
+404 and redirects stop the build. Valid answers are kept in an SQLite cache keyed by (model, messages,
+temperature). The endpoint is ``base_url``, else ``CLEARGLASS_LLM_BASE_URL``, else ``OPENAI_BASE_URL`` as the
+client reads it; there is no default, so captions never go to a cloud service unasked. The key is ``api_key``,
+else ``CLEARGLASS_LLM_API_KEY``, else ``OPENAI_API_KEY``; without one no Authorization header is sent.
+
+Answer layout (``structured``). ``json_schema`` sends ``response_format={"type": "json_schema", ...}`` with
+`ANSWER_SCHEMA`, so servers that constrain decoding (OpenAI, vLLM guided decoding, llama.cpp) return one JSON
+object; ``off`` asks for an ``<output>`` block of tags; ``auto`` (the default) sends the first request with the
+schema and, when the server refuses it (a 4xx answer) but answers the same request with tags, warns once, notes
+it in ``stats`` and asks for tags from then on. Either layout is checked against the same rules (`ANSWER_SCHEMA`,
+then `checked_label`), after any ``<think>`` section is removed.
+
+Keys stay home. The API key is sent to the configured base URL only: redirects are not followed at all (an
+OpenAI-compatible endpoint answers the POST it is sent; following a redirect would carry the ``Authorization``
+header wherever it points, and httpx's own rule of dropping it across origins still sends it to another path of
+the same origin). A 3xx answer stops the build naming its Location, so the user can fix ``--llm-base-url``.
+Every error message and failure reason is scrubbed of the key before it is raised, counted or stored.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import random
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+from urllib.parse import urlsplit
 
+import openai
 from tqdm import tqdm
 
 from clearglass.errors import ClearglassError
@@ -33,9 +51,13 @@ from clearglass.magic.leak import leaked_words
 from clearglass.magic.llm_cache import LLMCache, request_key
 from clearglass.magic.sources import SourceItem
 
-ENV_PREFIX = "CLEARGLASS_LLM_"  # CLEARGLASS_LLM_BASE_URL, _MODEL, _API_KEY, _TIMEOUT_S, ...: one per LLMConfig field
+if TYPE_CHECKING:
+    import httpx2
 
-SYSTEM_PROMPT = """\
+ENV_PREFIX = "CLEARGLASS_LLM_"  # CLEARGLASS_LLM_BASE_URL, _MODEL, _API_KEY, _TIMEOUT_S, ...: one per LLMConfig field
+STRUCTURED = ("auto", "json_schema", "off")
+
+_INSTRUCTIONS = """\
 You name the concepts that a photograph stands for, judging only from its captions.
 
 A concept is a broad idea that gathers many different scenes under one name. It can be concrete \
@@ -55,7 +77,10 @@ four concept names.
 for this image.
 
 Every concept is a short phrase of one to four words in canonical vocabulary: singular nouns, present \
-tense, Title Case. Give no explanation. Answer with this block only, one tag per line:
+tense, Title Case. Give no explanation. """
+
+SYSTEM_PROMPT = _INSTRUCTIONS + """\
+Answer with this block only, one tag per line:
 <output>
 <level1>...</level1>
 <level2>...</level2>
@@ -64,6 +89,21 @@ tense, Title Case. Give no explanation. Answer with this block only, one tag per
 <caption>...</caption>
 <hard_negative>...</hard_negative>
 </output>"""
+
+JSON_SYSTEM_PROMPT = _INSTRUCTIONS + """\
+Answer with one JSON object only: the strings level1, level2, level3 and level4, and the lists of strings \
+captions and hard_negatives."""
+
+_TEXTS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+ANSWER_SCHEMA: dict = {
+    "type": "object",
+    "properties": {**{f"level{i}": {"type": "string"} for i in range(1, 5)},
+                   "captions": _TEXTS, "hard_negatives": _TEXTS},
+    "required": ["level1", "level2", "level3", "level4", "captions", "hard_negatives"],
+    "additionalProperties": False,
+}
+RESPONSE_FORMAT = {"type": "json_schema",
+                   "json_schema": {"name": "concept_chain", "strict": True, "schema": ANSWER_SCHEMA}}
 
 USER_TEMPLATE = """\
 Captions:
@@ -123,24 +163,20 @@ _MAX_CONCEPT_WORDS = 6
 
 
 class MalformedAnswer(ValueError):
-    """An answer that does not follow the requested `<output>` layout."""
+    """An answer that does not follow the requested layout (tags or the JSON schema) or its rules."""
 
 
-class _Retryable(Exception):
-    """A transient failure: the request is sent again after a backoff."""
-
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after_s = retry_after_s
+class _Unavailable(Exception):
+    """The client's retries are spent (timeouts, connection errors, 408/409/429/5xx): this image fails."""
 
 
-class _Rejected(Exception):
-    """The endpoint refused this one request (a 4xx other than 408/429); asking again will not help."""
+class _Refused(Exception):
+    """The endpoint refused this one request (a 4xx other than 401/403/404/408/409/429); asking again will not help."""
 
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Where and how to ask: endpoint, model, key, concurrency, timeout, retries, backoff, cache."""
+    """Where and how to ask: endpoint, model, key, concurrency, timeout, retries, answer layout, cache."""
 
     base_url: str
     model: str
@@ -148,13 +184,11 @@ class LLMConfig:
     concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 3
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
     temperature: float = 0.7
     max_new_captions: int = 5
     n_hard_negatives: int = 3
+    structured: str = "auto"
     cache_path: Path | None = None
-    seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -165,12 +199,12 @@ class LLMConfig:
             )
         if not self.model:
             raise ClearglassError(f"LLM model name is empty: set --llm-model or {ENV_PREFIX}MODEL")
+        if self.structured not in STRUCTURED:
+            raise ClearglassError(f"LLM labeler setting structured={self.structured!r}: expected one of {STRUCTURED}")
         checks = {
             "concurrency": self.concurrency >= 1,
             "timeout_s": self.timeout_s > 0,
             "max_retries": self.max_retries >= 0,
-            "backoff_s": self.backoff_s >= 0,
-            "backoff_max_s": self.backoff_max_s >= self.backoff_s,
             "max_new_captions": self.max_new_captions >= 1,
             "n_hard_negatives": self.n_hard_negatives >= 1,
         }
@@ -182,7 +216,8 @@ class LLMConfig:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> LLMConfig:
         """Explicit settings first (None = unset), then CLEARGLASS_LLM_<FIELD> variables, then the defaults.
 
-        The API key also falls back to OPENAI_API_KEY. Base URL and model have no default.
+        The API key also falls back to OPENAI_API_KEY and the base URL to OPENAI_BASE_URL, as the openai client
+        reads them. Base URL and model have no default.
         """
         env = os.environ if env is None else env
         values: dict[str, object] = {}
@@ -195,10 +230,12 @@ class LLMConfig:
                 values[f.name] = _from_text(env[variable], f.type, variable)
         if overrides:
             raise ClearglassError(f"unknown llm labeler settings {sorted(overrides)}: expected LLMConfig fields")
-        if "api_key" not in values and env.get("OPENAI_API_KEY"):
-            values["api_key"] = env["OPENAI_API_KEY"]
+        for name, variable in (("api_key", "OPENAI_API_KEY"), ("base_url", "OPENAI_BASE_URL")):
+            if name not in values and env.get(variable):
+                values[name] = env[variable]
         if "base_url" not in values:
-            raise ClearglassError(f"the llm labeler needs an endpoint: pass --llm-base-url or set {ENV_PREFIX}BASE_URL")
+            raise ClearglassError(f"the llm labeler needs an endpoint: pass --llm-base-url or set {ENV_PREFIX}BASE_URL "
+                                  "(or OPENAI_BASE_URL)")
         if "model" not in values:
             raise ClearglassError(f"the llm labeler needs a model name: pass --llm-model or set {ENV_PREFIX}MODEL")
         values["base_url"] = str(values["base_url"]).rstrip("/")
@@ -221,15 +258,15 @@ def _from_text(text: str, annotation: str, variable: str) -> object:
     return Path(text) if annotation.startswith("Path") else text
 
 
-def build_messages(captions: list[str], config: LLMConfig) -> list[dict[str, str]]:
-    """The chat messages for one image: system instruction, few-shot turns, then the image's captions."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+def build_messages(captions: list[str], config: LLMConfig, structured: bool = False) -> list[dict[str, str]]:
+    """The chat messages for one image: system instruction, few-shot turns, then the image's captions.
+
+    ``structured`` asks for (and shows) the JSON object of `ANSWER_SCHEMA` instead of the ``<output>`` tags.
+    """
+    messages = [{"role": "system", "content": JSON_SYSTEM_PROMPT if structured else SYSTEM_PROMPT}]
     for example_captions, levels, new_captions, negatives in EXAMPLES:
         messages.append({"role": "user", "content": _user_turn(example_captions, len(new_captions), len(negatives))})
-        lines = [f"<level{i}>{name}</level{i}>" for i, name in enumerate(levels, start=1)]
-        lines += [f"<caption>{c}</caption>" for c in new_captions]
-        lines += [f"<hard_negative>{n}</hard_negative>" for n in negatives]
-        messages.append({"role": "assistant", "content": "<output>\n" + "\n".join(lines) + "\n</output>"})
+        messages.append({"role": "assistant", "content": _answer_text(levels, new_captions, negatives, structured)})
     n_captions = min(len(captions), config.max_new_captions)
     messages.append({"role": "user", "content": _user_turn(captions, n_captions, config.n_hard_negatives)})
     return messages
@@ -238,6 +275,18 @@ def build_messages(captions: list[str], config: LLMConfig) -> list[dict[str, str
 def _user_turn(captions: tuple[str, ...] | list[str], n_captions: int, n_negatives: int) -> str:
     lines = "\n".join(f"- {' '.join(c.split())}" for c in captions)
     return USER_TEMPLATE.format(captions=lines, n_captions=n_captions, n_negatives=n_negatives)
+
+
+def _answer_text(levels: tuple[str, ...], captions: tuple[str, ...], negatives: tuple[str, ...],
+                 structured: bool) -> str:
+    """An answer in the requested layout: the JSON object, or the ``<output>`` block with one tag per line."""
+    if structured:
+        answer = {f"level{i}": name for i, name in enumerate(levels, start=1)}
+        return json.dumps(answer | {"captions": list(captions), "hard_negatives": list(negatives)}, ensure_ascii=False)
+    lines = [f"<level{i}>{name}</level{i}>" for i, name in enumerate(levels, start=1)]
+    lines += [f"<caption>{c}</caption>" for c in captions]
+    lines += [f"<hard_negative>{n}</hard_negative>" for n in negatives]
+    return "<output>\n" + "\n".join(lines) + "\n</output>"
 
 
 def canonical_concept(text: str) -> str:
@@ -263,25 +312,68 @@ def parse_answer(text: str) -> ConceptLabel:
         values = found.get(f"level{i}", [])
         if len(values) != 1:
             raise MalformedAnswer(f"expected exactly one <level{i}> tag, found {len(values)}")
-        name = canonical_concept(values[0])
+        levels.append(values[0])
+    return checked_label(levels, found.get("caption", []), found.get("hard_negative", []))
+
+
+def parse_json_answer(text: str) -> ConceptLabel:
+    """Parse the JSON object of `ANSWER_SCHEMA` (outside any `<think>`), checked against the schema, then the rules."""
+    body = _THINK.sub("", text).strip()
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise MalformedAnswer(f"not a JSON object: {body[:80]!r}") from None
+    check_schema(value, ANSWER_SCHEMA, "answer")
+    levels = [value[f"level{i}"] for i in range(1, 5)]
+    captions = [" ".join(c.split()) for c in value["captions"]]
+    return checked_label(levels, captions, [" ".join(n.split()) for n in value["hard_negatives"]])
+
+
+def check_schema(value: object, schema: dict, where: str) -> None:
+    """Raise `MalformedAnswer` unless ``value`` fits ``schema``, in the subset `ANSWER_SCHEMA` uses: objects
+    (required keys, no others), arrays (minItems, items) and strings."""
+    kind = schema["type"]
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise MalformedAnswer(f"{where}: expected a JSON object, got {type(value).__name__}")
+        missing = [k for k in schema["required"] if k not in value]
+        extra = sorted(set(value) - set(schema["properties"]))
+        if missing or extra:
+            raise MalformedAnswer(f"{where}: missing keys {missing}, unexpected keys {extra}")
+        for key, item in value.items():
+            check_schema(item, schema["properties"][key], f"{where}.{key}")
+    elif kind == "array":
+        if not isinstance(value, list) or len(value) < schema.get("minItems", 0):
+            raise MalformedAnswer(f"{where}: expected a list of at least {schema.get('minItems', 0)} items")
+        for i, item in enumerate(value):
+            check_schema(item, schema["items"], f"{where}[{i}]")
+    elif not isinstance(value, str):
+        raise MalformedAnswer(f"{where}: expected a string, got {type(value).__name__}")
+
+
+def checked_label(levels: list[str], captions: list[str], negatives: list[str]) -> ConceptLabel:
+    """The label, if it keeps the rules: four short distinct concepts, 1+ captions that name none of their words,
+    1+ hard negatives other than level1; concepts canonical (`canonical_concept`)."""
+    names = []
+    for i, value in enumerate(levels, start=1):
+        name = canonical_concept(value)
         if not name or len(name.split()) > _MAX_CONCEPT_WORDS or "<" in name:
-            raise MalformedAnswer(f"level{i} {values[0]!r} is not a short concept phrase")
-        levels.append(name)
-    if len({name.casefold() for name in levels}) != 4:
-        raise MalformedAnswer(f"levels repeat a concept: {levels}")
-    captions = found.get("caption", [])
+            raise MalformedAnswer(f"level{i} {value!r} is not a short concept phrase")
+        names.append(name)
+    if len({name.casefold() for name in names}) != 4:
+        raise MalformedAnswer(f"levels repeat a concept: {names}")
     if not captions or not all(captions):
-        raise MalformedAnswer("expected one or more non-empty <caption> tags")
+        raise MalformedAnswer("expected one or more non-empty captions")
     for caption in captions:
-        leaks = leaked_words(caption, levels)
+        leaks = leaked_words(caption, names)
         if leaks:
             raise MalformedAnswer(f"caption {caption!r} names level words {leaks}")
-    negatives = [canonical_concept(n) for n in found.get("hard_negative", [])]
+    negatives = [canonical_concept(n) for n in negatives]
     if not negatives or not all(negatives):
-        raise MalformedAnswer("expected one or more non-empty <hard_negative> tags")
-    if any(n.casefold() == levels[0].casefold() for n in negatives):
-        raise MalformedAnswer(f"a hard negative repeats level1 {levels[0]!r}")
-    return ConceptLabel(levels=tuple(levels), new_captions=captions, hard_negatives=negatives)
+        raise MalformedAnswer("expected one or more non-empty hard_negative entries")
+    if any(n.casefold() == names[0].casefold() for n in negatives):
+        raise MalformedAnswer(f"a hard negative repeats level1 {names[0]!r}")
+    return ConceptLabel(levels=tuple(names), new_captions=captions, hard_negatives=negatives)
 
 
 class LLMLabeler:
@@ -295,9 +387,18 @@ class LLMLabeler:
         self.config = config
         self.url = f"{config.base_url}/chat/completions"
         self.cache = LLMCache(config.cache_path) if config.cache_path is not None else None
-        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0}
+        # structured: "auto" until the first answer to a json_schema request decides "json_schema" or "off"
+        self.stats: dict[str, int | str] = {"requests": 0, "cache_hits": 0, "retries": 0, "failures": 0,
+                                            "structured": config.structured}
         self._lock = threading.Lock()
-        self._rng = random.Random(config.seed)
+        self._probe = threading.Lock()  # held by the first auto-mode request while it probes the schema
+        self._probed = threading.Event()
+        self._local = threading.local()  # requests sent by this thread for the image it is labelling
+        http = openai.DefaultHttpxClient(follow_redirects=False, event_hooks={"request": [self._on_request]})
+        # without a key the Authorization header is omitted on every request, so the placeholder is never sent
+        self.client = openai.OpenAI(base_url=config.base_url, api_key=config.api_key or "unused",
+                                    timeout=config.timeout_s, max_retries=config.max_retries, http_client=http)
+        self._headers = {} if config.api_key else {"Authorization": openai.Omit()}
 
     def label_many(self, items: list[SourceItem]) -> list[ConceptLabel | LabelFailure]:
         """One label or failure per item, in item order; up to `concurrency` requests in flight."""
@@ -312,102 +413,168 @@ class LLMLabeler:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def label_one(self, item: SourceItem) -> ConceptLabel | LabelFailure:
-        """Label one image: cached answer, else ask up to 1 + max_retries times."""
+        """Label one image: a cached answer, else ask up to 1 + max_retries times while the answer is malformed."""
         if not item.captions:
-            return self._fail(LabelFailure(item.image, "no captions to label from"))
-        messages = build_messages(item.captions, self.config)
-        key = request_key(self.config.model, messages, self.config.temperature)
-        if self.cache is not None:
-            cached = self.cache.get(key)
-            if cached is not None:
+            return self._fail(item, "no captions to label from")
+        cached = self._cached(item.captions)
+        if cached is not None:
+            self._count("cache_hits")
+            return cached
+        self._local.sent = 0
+        try:
+            for _ in range(self.config.max_retries + 1):
                 try:
-                    label = parse_answer(cached)
-                except MalformedAnswer:
-                    label = None  # stored under an older parser that was less strict: ask again and replace it
-                if label is not None:
-                    self._count("cache_hits")
-                    return label
-        reasons: list[str] = []
-        retry_after_s: float | None = None
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                self._count("retries")
-                time.sleep(self._backoff_s(attempt - 1, retry_after_s))
-            try:
-                text = self._post(messages)
-                label = parse_answer(text)
-            except _Retryable as e:
-                reasons.append(str(e))
-                retry_after_s = e.retry_after_s
-                continue
-            except MalformedAnswer as e:
-                reasons.append(f"malformed answer: {e}")
-                retry_after_s = None
-                continue
-            except _Rejected as e:
-                return self._fail(LabelFailure(item.image, f"endpoint refused the request: {e}"))
-            if self.cache is not None:
-                self.cache.put(key, text)
-            return label
-        summary = f"{len(reasons)} attempts failed; last: {reasons[-1]}"
-        return self._fail(LabelFailure(item.image, summary))
+                    structured, text = self._ask(item.captions)
+                    label = (parse_json_answer if structured else parse_answer)(text)
+                except MalformedAnswer as e:
+                    problem = str(e)
+                    continue
+                if self.cache is not None:
+                    self.cache.put(self._key(item.captions, structured), text)
+                return label
+            return self._fail(item, f"malformed answer after {_attempts(self._local.sent)}: {problem}")
+        except _Unavailable as e:
+            return self._fail(item, f"{e} after {_attempts(self._local.sent)}")
+        except _Refused as e:
+            return self._fail(item, f"endpoint refused the request: {e}")
+        finally:
+            self._count("retries", max(0, self._local.sent - 1))
 
-    def _post(self, messages: list[dict[str, str]]) -> str:
-        """Send one chat-completions request and return the assistant's text."""
-        body = {"model": self.config.model, "messages": messages, "temperature": self.config.temperature}
-        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "clearglass"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        data = json.dumps(body).encode("utf-8")
-        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        self._count("requests")
+    def _key(self, captions: list[str], structured: bool) -> str:
+        messages = build_messages(captions, self.config, structured)
+        return request_key(self.config.model, messages, self.config.temperature)
+
+    def _cached(self, captions: list[str]) -> ConceptLabel | None:
+        """A valid cached answer in a layout the current mode may use (auto: JSON, then tags), or None."""
+        if self.cache is None:
+            return None
+        layouts = {"auto": (True, False), "json_schema": (True,), "off": (False,)}[str(self.stats["structured"])]
+        for structured in layouts:
+            text = self.cache.get(self._key(captions, structured))
+            if text is not None:
+                try:
+                    return (parse_json_answer if structured else parse_answer)(text)
+                except MalformedAnswer:
+                    pass  # stored under an older parser that was less strict: ask again and replace it
+        return None
+
+    def _ask(self, captions: list[str]) -> tuple[bool, str]:
+        """(structured?, answer text) of one request. In auto mode the first request probes the schema while the
+        others wait for its outcome (if it decides nothing, auto requests go on in parallel)."""
+        if self.stats["structured"] == "auto" and not self._probed.is_set():
+            with self._probe:
+                if not self._probed.is_set():
+                    try:
+                        return self._ask_auto(captions)
+                    finally:
+                        self._probed.set()
+        if self.stats["structured"] == "auto":
+            return self._ask_auto(captions)
+        structured = self.stats["structured"] == "json_schema"
+        return structured, self._complete(captions, structured)
+
+    def _ask_auto(self, captions: list[str]) -> tuple[bool, str]:
+        """Ask with the schema; an answer keeps json_schema. A refusal asks again with tags: if that is answered,
+        the server refused the schema and tags are used from then on (said once); if not, nothing is decided."""
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:200].decode("utf-8", "replace")
-            if e.code in (401, 403, 404):
-                hint = "check the API key" if e.code != 404 else f"check the base URL and model {self.config.model!r}"
-                raise ClearglassError(f"POST {self.url}: HTTP {e.code} ({hint}): {detail}") from None
-            if e.code in (408, 429) or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code}", _retry_after(e.headers.get("Retry-After"))) from None
-            raise _Rejected(f"HTTP {e.code}: {detail}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            raise _Retryable(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+            text = self._complete(captions, structured=True)
+        except _Refused as e:
+            text = self._complete(captions, structured=False)
+            self._fall_back(str(e))
+            return False, text
+        with self._lock:
+            if self.stats["structured"] == "auto":
+                self.stats["structured"] = "json_schema"
+        return True, text
+
+    def _fall_back(self, reason: str) -> None:
+        """Switch auto mode to tags, once, with a warning and the reason in ``stats``."""
+        reason = self._scrub(reason)
+        with self._lock:
+            if self.stats["structured"] != "auto":
+                return
+            self.stats["structured"] = "off"
+            self.stats["structured_fallback"] = reason
+        warnings.warn(f"POST {self.url}: the server refused response_format json_schema ({reason}); "
+                      "asking for <output> tags instead (--llm-structured off skips the attempt)", stacklevel=2)
+
+    def _complete(self, captions: list[str], structured: bool) -> str:
+        """Send one chat-completions request (the client retries transient failures) and return the answer text."""
+        extra = {"response_format": RESPONSE_FORMAT} if structured else {}
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise MalformedAnswer(f"not a chat-completions response: {raw[:80]!r}") from None
+            response = self.client.chat.completions.with_raw_response.create(
+                model=self.config.model, messages=build_messages(captions, self.config, structured),
+                temperature=self.config.temperature, extra_headers=self._headers, **extra)
+        except openai.APITimeoutError:
+            raise _Unavailable(f"timed out (timeout {self.config.timeout_s:g} s)") from None
+        except openai.APIConnectionError as e:
+            raise _Unavailable(_connection_failure(e, self.config.base_url)) from None
+        except openai.APIStatusError as e:
+            self._status_error(e)
+        try:
+            content = response.parse().choices[0].message.content
+        except (ValueError, TypeError, IndexError, AttributeError):  # not JSON, or JSON of another shape
+            raise MalformedAnswer(f"not a chat-completions response: {response.http_response.content[:80]!r}") from None
         if not isinstance(content, str):
             raise MalformedAnswer(f"message content is {type(content).__name__}, expected text")
+        if self.config.api_key and self.config.api_key in content:
+            raise MalformedAnswer("the answer repeats the API key")  # never cached, never in a dataset
         return content
 
-    def _backoff_s(self, k: int, retry_after_s: float | None) -> float:
-        """delay_k = min(cap, base * 2^k) * (0.5 + 0.5 u), u ~ U[0, 1) seeded; at least Retry-After, up to the cap."""
-        with self._lock:
-            u = self._rng.random()
-        delay = min(self.config.backoff_max_s, self.config.backoff_s * 2**k) * (0.5 + 0.5 * u)
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.config.backoff_max_s))
-        return delay
+    def _status_error(self, error: openai.APIStatusError) -> NoReturn:
+        """Map an HTTP error answer (after the client's retries) to a configuration error, a failure or a refusal."""
+        status = error.status_code
+        detail = error.response.text[:200]
+        if 300 <= status < 400:
+            location = error.response.headers.get("Location", "(no Location)")
+            raise self._error(f"POST {self.url}: HTTP {status} redirect to {location}: the llm labeler follows no "
+                              "redirects, so the API key goes nowhere else; set --llm-base-url to the address "
+                              "that answers")
+        if status in (401, 403, 404):
+            hint = "check the API key" if status != 404 else f"check the base URL and model {self.config.model!r}"
+            raise self._error(f"POST {self.url}: HTTP {status} ({hint}): {detail}")
+        if status in (408, 409, 429) or status >= 500:
+            raise _Unavailable(f"HTTP {status}")
+        raise _Refused(f"HTTP {status}: {detail}")
 
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self.stats[name] += 1
+    def _on_request(self, request: httpx2.Request) -> None:
+        """httpx event hook: count every request sent, the client's retries included."""
+        self._local.sent = getattr(self._local, "sent", 0) + 1
+        self._count("requests")
 
-    def _fail(self, failure: LabelFailure) -> LabelFailure:
+    def _scrub(self, text: str) -> str:
+        """The text with the API key replaced by a placeholder."""
+        return text.replace(self.config.api_key, "[API key]") if self.config.api_key else text
+
+    def _error(self, message: str) -> ClearglassError:
+        return ClearglassError(self._scrub(message))
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats[name] += n
+
+    def _fail(self, item: SourceItem, reason: str) -> LabelFailure:
         self._count("failures")
-        return failure
+        return LabelFailure(item.image, self._scrub(reason))
 
     def close(self) -> None:
-        """Close the answer cache."""
+        """Close the HTTP client and the answer cache."""
+        self.client.close()
         if self.cache is not None:
             self.cache.close()
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a numeric Retry-After header, or None."""
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
+def _connection_failure(error: openai.APIConnectionError, base_url: str) -> str:
+    """"connection refused to HOST:PORT", or "cannot connect to HOST:PORT: <innermost cause>"."""
+    parts = urlsplit(base_url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    cause: BaseException = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+        return f"connection refused to {where}"
+    return f"cannot connect to {where}: {cause}"
