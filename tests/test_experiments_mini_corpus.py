@@ -204,19 +204,36 @@ def test_icon_theme_walker_takes_one_file_per_context_and_name(tmp_path, monkeyp
     _png(theme / "48x48/actions/go-next-rtl.png", 48, (40, 40, 40, 255))
     _png(theme / "16x16/actions/edit-copy-symbolic.png", 16, (40, 40, 40, 255))
     _png(theme / "32x32/animations/process-working.png", 32, (40, 40, 40, 255))
+    _png(theme / "48x48/status/faint.png", 48, (40, 40, 40, 128))
+    _png(theme / "48x48/status/dark-accent.png", 48, (40, 40, 40, 255))
+    accented = Image.open(theme / "48x48/status/dark-accent.png")
+    accented.paste((220, 30, 30, 255), (22, 22, 28, 28))
+    accented.save(theme / "48x48/status/dark-accent.png")
     (theme / "48x48/apps").mkdir(parents=True)
     (theme / "48x48/apps/printer-alias.png").symlink_to(theme / "48x48/devices/printer.png")
     monkeypatch.setitem(corpus_sources.ICON_THEMES, "tango", (theme, "tango-icon-theme"))
     skipped = Counter()
     items = {i.key: i for i in source_items("tango", skipped)}
-    assert sorted(items) == ["tango:actions:edit-copy", "tango:actions:go-next", "tango:devices:printer"]
+    assert sorted(items) == ["tango:actions:edit-copy", "tango:actions:go-next", "tango:devices:printer",
+                             "tango:status:dark-accent", "tango:status:faint"]
     printer = items["tango:devices:printer"]
     assert (printer.name, printer.category, printer.note) == ("printer", "icons: devices", "a device icon")
     assert printer.file == str(theme / "48x48/devices/printer.png") and printer.colour == "auto"
     assert items["tango:actions:go-next"].file.endswith("48x48/actions/go-next.png")
     assert (items["tango:actions:edit-copy"].name, items["tango:actions:edit-copy"].colour) == ("edit copy", "mono")
     assert skipped == Counter({"alias": 1, "animation or no context": 1, "variant": 1})
-    assert not prepare_base(printer, 64).recolour and prepare_base(items["tango:actions:go-next"], 64).recolour
+    red, grey = prepare_base(printer, 64), prepare_base(items["tango:actions:go-next"], 64)
+    assert (red.recolour, red.on_dark, grey.recolour, grey.on_dark) == (False, True, True, True)
+    faint, dark = prepare_base(items["tango:status:faint"], 64), prepare_base(items["tango:status:dark-accent"], 64)
+    assert faint.recolour and faint.image.getchannel("A").getextrema() == (255, 255)  # half-transparent ink made full
+    assert not dark.recolour and not dark.on_dark  # dark grey with a red accent: never on a dark background
+    _png(theme / "48x48/status/white.png", 48, (250, 250, 250, 255))
+    shaded = Image.open(theme / "48x48/status/white.png")
+    shaded.paste((185, 190, 190, 255), (12, 12, 24, 36))  # a white sheet with a grey fold: no flat ink
+    shaded.save(theme / "48x48/status/white.png")
+    white = prepare_base(CorpusItem("tango:status:white", "white", "tango", "icons: status", file=str(
+        theme / "48x48/status/white.png"), colour="auto"), 64)
+    assert white.pale and white.on_dark and not white.recolour and not red.pale
 
 
 def test_missing_packages_and_bad_settings_are_named(tmp_path, monkeypatch):

@@ -44,9 +44,11 @@ from clearglass.io import file_sha256, save_image_atomic, write_json_atomic
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
 from clearglass.magic.sources.emoji import render_glyph, with_article
 
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 SCALE = (0.4, 0.95)  # an item's long side, as a fraction of its slot
 DARK_FRACTION = 0.2  # pictures on a dark background (monochrome items then drawn light)
+MIN_BRIGHTNESS_ON_DARK = 110  # a colour item goes on a dark background only if its mean max(R, G, B) is this high
+PALE_LUMA = 200  # a colour item this light (mean luma) gets a mid-grey "light" background instead of a near-white one
 GLYPH_PX = 128  # font size glyphs are drawn at before scaling
 EM_FLOOR = 0.5  # a glyph scales as if at least this fraction of an em, so a dot stays a dot
 SVG_PX = 128
@@ -96,7 +98,9 @@ class Base:
 
     image: Image.Image  # RGBA
     extent: float
-    recolour: bool
+    recolour: bool  # drawn in a random ink per picture (its alpha is the shape)
+    on_dark: bool  # stays visible on a dark background
+    pale: bool  # nearly white: a light background must be mid-grey
 
 
 def check_config(config: CorpusConfig) -> None:
@@ -296,14 +300,20 @@ def _draw(item: CorpusItem) -> Image.Image | None:
         return None
 
 
-def looks_monochrome(image: Image.Image) -> bool:
-    """Whether the opaque pixels of an RGBA image are one grey-ish colour (a symbolic icon)."""
+def _inked(image: Image.Image) -> np.ndarray:
+    """The RGB values of the pixels an RGBA image visibly covers: (n, 3) int16."""
     pixels = np.asarray(image)
-    opaque = pixels[pixels[..., 3] > 128][:, :3].astype(np.int16)
-    if len(opaque) < 16:
+    return pixels[pixels[..., 3] > 32][:, :3].astype(np.int16)
+
+
+def looks_monochrome(image: Image.Image) -> bool:
+    """Whether the visible pixels of an RGBA image are one grey-ish colour (a symbolic icon, even half transparent):
+    under 2% of them coloured (a small red accent is kept) and an even brightness."""
+    inked = _inked(image)
+    if len(inked) < 16:
         return False
-    chroma = opaque.max(axis=1) - opaque.min(axis=1)
-    return float(chroma.mean()) < 16 and float(opaque.mean(axis=1).std()) < 24
+    coloured = (inked.max(axis=1) - inked.min(axis=1)) > 40
+    return float(coloured.mean()) < 0.02 and float(inked.mean(axis=1).std()) < 24
 
 
 def prepare_base(item: CorpusItem, size: int) -> Base | None:
@@ -317,12 +327,19 @@ def prepare_base(item: CorpusItem, size: int) -> Base | None:
     shrink = min(1.0, 2 * size / max(image.size))
     if shrink < 1:
         image = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))), Image.LANCZOS)
-    recolour = item.colour == "mono" or (item.colour == "auto" and looks_monochrome(image))
-    return Base(image, extent * shrink, recolour)
+    if item.colour == "mono" or (item.colour == "auto" and looks_monochrome(image)):
+        alpha = image.getchannel("A")
+        image.putalpha(alpha.point(lambda a, top=alpha.getextrema()[1]: a * 255 // top))  # full-strength ink
+        return Base(image, extent * shrink, recolour=True, on_dark=True, pale=False)
+    inked = _inked(image)
+    brightness = float(inked.max(axis=1).mean()) if len(inked) else 0.0
+    luma = float((inked @ np.array([0.299, 0.587, 0.114])).mean()) if len(inked) else 0.0
+    return Base(image, extent * shrink, recolour=False, on_dark=brightness >= MIN_BRIGHTNESS_ON_DARK,
+                pale=luma >= PALE_LUMA)
 
 
-def _background(rng: random.Random, dark: bool) -> tuple[int, int, int]:
-    low, high = (10, 70) if dark else (200, 255)
+def _background(rng: random.Random, dark: bool, pale: bool) -> tuple[int, int, int]:
+    low, high = (10, 70) if dark else (140, 190) if pale else (200, 255)
     return (rng.randint(low, high), rng.randint(low, high), rng.randint(low, high))
 
 
@@ -338,9 +355,10 @@ def _ink(rng: random.Random, dark: bool) -> tuple[int, int, int]:
 
 
 def render_picture(bases: list[Base], size: int, rng: random.Random) -> Image.Image:
-    """Bases left to right in equal slots, each scaled to `SCALE` of its slot and jittered, on a plain background."""
-    dark = rng.random() < DARK_FRACTION
-    picture = Image.new("RGB", (size, size), _background(rng, dark))
+    """Bases left to right in equal slots, each scaled to `SCALE` of its slot and jittered, on a plain background
+    (dark in `DARK_FRACTION` of the pictures whose bases all stay visible on dark)."""
+    dark = rng.random() < DARK_FRACTION and all(base.on_dark for base in bases)
+    picture = Image.new("RGB", (size, size), _background(rng, dark, any(base.pale for base in bases)))
     slot = size / len(bases)
     for i, base in enumerate(bases):
         factor = rng.uniform(*SCALE) * min(slot, size) / base.extent
