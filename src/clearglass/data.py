@@ -24,7 +24,7 @@ from PIL import Image
 
 from clearglass.errors import ClearglassError
 from clearglass.io import DEFAULT_MAX_PIXELS, load_image
-from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path
+from clearglass.magic.schema import ConceptRecord, ImageRecord, ImageRoot, resolve_image_path
 
 CAPTION_FIELDS = ("new_captions", "old_captions")
 SHORT_GROUP_POLICIES = ("replace", "skip")
@@ -56,7 +56,8 @@ class GroupIndex:
     Held-out concepts (no train images) are never groups. Groups with fewer than ``min_images`` usable images are
     kept when ``short_groups='replace'`` (their pairs are drawn with replacement) and dropped, and listed in
     ``skipped``, when ``short_groups='skip'``. Images without a caption in ``caption_field`` are not pairs; their
-    count is ``images_without_captions``.
+    count is ``images_without_captions``. Hard negatives that name no concept of the dataset are dropped and
+    counted in ``unknown_hard_negatives`` (those naming held-out or skipped concepts are no groups, so they go too).
     """
 
     def __init__(
@@ -74,6 +75,8 @@ class GroupIndex:
         self.held_out: list[str] = []
         self.skipped: list[str] = []
         self.images_without_captions = 0
+        names = {rec.concept for rec in concepts}
+        self.unknown_hard_negatives = sum(n not in names for rec in concepts for n in rec.hard_negative)
         kept: list[tuple[ConceptRecord, list[ImageRecord]]] = []
         for rec in concepts:
             if not rec.train_images:
@@ -310,14 +313,15 @@ class PairDataset(torch.utils.data.Dataset):
     """Loads the pair of a ``PairKey``: the image through ``transform`` and the caption through ``tokenizer``.
 
     Augmentation randomness is seeded by the key, so a pair's tensor does not depend on workers, ranks or resumes.
-    A missing or unreadable image raises ``ClearglassError`` naming the file and the record. With
+    A missing or unreadable image, or an id outside ``image_root`` (unless it is an ``ImageRoot`` that allows it,
+    see `clearglass.magic.schema.resolve_image_path`), raises ``ClearglassError`` naming the file and the record. With
     ``cache_images`` the decoded RGB images are kept in memory (per worker process).
     """
 
     def __init__(
         self,
         index: GroupIndex,
-        image_root: str | Path,
+        image_root: str | Path | ImageRoot,
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         cache_images: bool = False,
@@ -325,7 +329,7 @@ class PairDataset(torch.utils.data.Dataset):
     ) -> None:
         self.index = index
         self.max_pixels = max_pixels
-        self.image_root = Path(image_root)
+        self.image_root = image_root if isinstance(image_root, ImageRoot) else ImageRoot(Path(image_root))
         self.transform = transform
         self.tokenizer = tokenizer
         self.cache_images = cache_images
@@ -342,9 +346,12 @@ class PairDataset(torch.utils.data.Dataset):
             return self._images[group, image]
         concept = self.index.groups[group].concept
         record = self.index.groups[group].images[image]
-        path = resolve_image_path(self.image_root, record.image)
-        rgb = load_image(path, f"concept {concept!r}, train image {record.image!r}; image root {self.image_root}",
-                         self.max_pixels)
+        what = f"concept {concept!r}, train image {record.image!r}; image root {self.image_root.folder}"
+        try:
+            path = resolve_image_path(self.image_root, record.image)
+        except ClearglassError as e:
+            raise ClearglassError(f"{e} ({what})") from None
+        rgb = load_image(path, what, self.max_pixels)
         if self.cache_images:
             self._images[group, image] = rgb
         return rgb
