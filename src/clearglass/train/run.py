@@ -533,11 +533,11 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
         run = Run(config, rank, world_size, device)
         resume_path, reporters = _start(run, resume)
         c, last = config, latest_checkpoint(run.out) if resume_path is not None else None
-        bar = tqdm(total=run.total_steps, initial=run.step_count, desc="train", disable=rank != 0, dynamic_ncols=True)
         start = time.perf_counter()
         run.model.train()
         frozen_modules_to_eval(run.model)
-        with _Interrupts(world_size) as interrupts:
+        with _Interrupts(world_size) as interrupts, tqdm(total=run.total_steps, initial=run.step_count, desc="train",
+                                                         disable=rank != 0, dynamic_ncols=True) as bar:
             while run.step_count < run.total_steps and not run.should_stop():
                 run.metrics = run.step(run.next_batch())
                 step, row = run.step_count, None
@@ -554,7 +554,6 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
                 if interrupts.requested():
                     last = last if last is not None and last.stem == f"step_{step:06d}" else run.save()
                     raise TrainingInterrupted(step, last, run.out)
-        bar.close()
         if reporters is not None:
             reporters.close()
         return {"step": run.step_count, "metrics": run.metrics, "out": str(run.out),
