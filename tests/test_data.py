@@ -202,7 +202,7 @@ def test_unknown_hard_negatives_are_counted(magic):
     assert plain.unknown_hard_negatives == 0  # concept7's held-out negative concept8 is a concept: not unknown
 
 
-def test_images_outside_the_root_are_refused_at_load_unless_allowed(magic, tmp_path):
+def test_images_outside_the_root_are_refused_before_any_step_unless_allowed(magic, tmp_path):
     _, _, concepts = magic
     outside = tmp_path / "outside.png"
     Image.new("RGB", (16, 16), (1, 2, 3)).save(outside)
@@ -212,9 +212,8 @@ def test_images_outside_the_root_are_refused_at_load_unless_allowed(magic, tmp_p
         moved = [replace(first, train_images=[replace(first.train_images[0], image=image)])] + concepts[1:]
         index = GroupIndex(moved)
         key = PairKey(index.index_of["concept0"], 0, 0, 0)
-        dataset = PairDataset(index, tmp_path / "root", transforms.ToTensor(), toy_tokenizer)
         with pytest.raises(ClearglassError, match=r"(absolute path|outside the image root).*\(concept 'concept0'"):
-            dataset[key]
+            PairDataset(index, tmp_path / "root", transforms.ToTensor(), toy_tokenizer)  # not when first drawn
         allowed = PairDataset(index, ImageRoot(tmp_path / "root", allow_outside=True), transforms.ToTensor(),
                               toy_tokenizer)
         assert torch.equal(allowed[key][0][:, 0, 0], torch.tensor([1, 2, 3]) / 255)

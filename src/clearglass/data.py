@@ -313,8 +313,9 @@ class PairDataset(torch.utils.data.Dataset):
     """Loads the pair of a ``PairKey``: the image through ``transform`` and the caption through ``tokenizer``.
 
     Augmentation randomness is seeded by the key, so a pair's tensor does not depend on workers, ranks or resumes.
-    A missing or unreadable image, or an id outside ``image_root`` (unless it is an ``ImageRoot`` that allows it,
-    see `clearglass.magic.schema.resolve_image_path`), raises ``ClearglassError`` naming the file and the record. With
+    Every image id is resolved when the dataset is made: an id outside ``image_root`` (unless it is an ``ImageRoot``
+    that allows it, see `clearglass.magic.schema.resolve_image_path`) raises ``ClearglassError`` naming the record
+    then, before any step; a missing or unreadable image raises it, naming the file and the record, when loaded. With
     ``cache_images`` the decoded RGB images are kept in memory (per worker process).
     """
 
@@ -335,6 +336,19 @@ class PairDataset(torch.utils.data.Dataset):
         self.cache_images = cache_images
         self._images: dict[tuple[int, int], Image.Image] = {}
         self._tokens: dict[str, torch.Tensor] = {}
+        self._paths = {(g, i): self._resolve(g, i) for g, group in enumerate(index.groups)
+                       for i in range(len(group.images))}  # every id checked before the first step
+
+    def _what(self, group: int, image: int) -> str:
+        record = self.index.groups[group].images[image]
+        return (f"concept {self.index.groups[group].concept!r}, train image {record.image!r}; image root "
+                f"{self.image_root.folder}")
+
+    def _resolve(self, group: int, image: int) -> Path:
+        try:
+            return resolve_image_path(self.image_root, self.index.groups[group].images[image].image)
+        except ClearglassError as e:
+            raise ClearglassError(f"{e} ({self._what(group, image)})") from None
 
     def __len__(self) -> int:
         """Number of (image, caption) pairs."""
@@ -344,14 +358,7 @@ class PairDataset(torch.utils.data.Dataset):
         """The decoded RGB image of one record."""
         if (group, image) in self._images:
             return self._images[group, image]
-        concept = self.index.groups[group].concept
-        record = self.index.groups[group].images[image]
-        what = f"concept {concept!r}, train image {record.image!r}; image root {self.image_root.folder}"
-        try:
-            path = resolve_image_path(self.image_root, record.image)
-        except ClearglassError as e:
-            raise ClearglassError(f"{e} ({what})") from None
-        rgb = load_image(path, what, self.max_pixels)
+        rgb = load_image(self._paths[group, image], self._what(group, image), self.max_pixels)
         if self.cache_images:
             self._images[group, image] = rgb
         return rgb

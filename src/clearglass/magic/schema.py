@@ -8,6 +8,7 @@ A concept whose ``train_images`` is empty is a held-out (unseen) concept.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,31 +69,36 @@ class ImageRoot:
     def __fspath__(self) -> str:
         return os.fspath(self.folder)
 
+    @functools.cached_property
+    def real(self) -> str:
+        """The folder with symbolic links resolved (once)."""
+        return os.path.realpath(self.folder)
+
 
 def resolve_image_path(image_root: str | os.PathLike, image: str, allow_outside_root: bool = False) -> Path:
     """The file of an image id under ``image_root``: a relative path with a file suffix is joined to it, and a bare
     12-digit COCO id is that name plus ``.jpg``; any other id is an error. Unless ``allow_outside_root`` (or an
     :class:`ImageRoot` that allows it), the file must resolve inside the root (symbolic links followed)."""
     allow = allow_outside_root or getattr(image_root, "allow_outside", False)
-    root = Path(image_root)
+    folder = os.fspath(image_root)
     if not image or "\x00" in image:
         raise ClearglassError(f"image id {image!r}: expected a file path relative to the image root")
-    if not Path(image).suffix:
+    if os.path.splitext(image)[1] in ("", "."):
         if not (len(image) == COCO_ID_DIGITS and image.isdigit() and image.isascii()):
             raise ClearglassError(f"image id {image!r} has no file suffix: expected a relative path with a suffix "
                                   f"(images/a.png) or a bare {COCO_ID_DIGITS}-digit COCO id (000000000139)")
         image = f"{image}.jpg"
-    path = root / image
-    if allow:
-        return path
-    allowed = " (pass --allow-outside-root, or allow_outside_root=true in a train config, to allow it)"
-    if Path(image).is_absolute():
-        raise ClearglassError(f"image id {image!r} is an absolute path: expected a path inside the image root "
-                              f"{root}{allowed}")
-    inside, target = root.resolve(), path.resolve()
-    if not target.is_relative_to(inside):
-        raise ClearglassError(f"image id {image!r} resolves to {target}, outside the image root {inside}{allowed}")
-    return path
+    joined = os.path.join(folder, image)
+    if not allow:
+        allowed = " (pass --allow-outside-root, or allow_outside_root=true in a train config, to allow it)"
+        if os.path.isabs(image):
+            raise ClearglassError(f"image id {image!r} is an absolute path: expected a path inside the image root "
+                                  f"{folder}{allowed}")
+        inside = image_root.real if isinstance(image_root, ImageRoot) else os.path.realpath(folder)
+        target = os.path.realpath(joined)
+        if not target.startswith(inside.rstrip(os.sep) + os.sep):
+            raise ClearglassError(f"image id {image!r} resolves to {target}, outside the image root {inside}{allowed}")
+    return Path(joined)
 
 
 def _image_from_json(raw: Any, where: str) -> ImageRecord:
