@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
@@ -10,7 +11,17 @@ import pytest
 
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import EvalConfig, bootstrap, evaluate_model
-from clearglass.report import compare, fmt, markdown_table, write_report
+from clearglass.report import (
+    compare,
+    default_measures,
+    fmt,
+    fmt_pct,
+    headline_table,
+    markdown_table,
+    verdict,
+    verdict_sentences,
+    write_report,
+)
 from test_evaluate import ROOT, ConceptEncoder, RandomEncoder, make_concepts
 
 CONFIG = EvalConfig(k=3, fields=["old_caption", "concept_level1"], levels=[1, 2], n_boot=200)
@@ -56,6 +67,10 @@ def test_compare_refuses_different_items(results):
         compare({"a": results["onehot"], "b": other})
 
 
+def _cell(row: dict, signed: bool = False) -> str:
+    return f"{fmt_pct(row['value'], signed)} [{fmt_pct(row['ci_low'], signed)}, {fmt_pct(row['ci_high'], signed)}]"
+
+
 def test_report_numbers_equal_json_numbers(results, tmp_path):
     paths = write_report(compare(results), tmp_path, title="T", intro="hello")
     saved = json.loads(paths["json"].read_text())
@@ -67,12 +82,106 @@ def test_report_numbers_equal_json_numbers(results, tmp_path):
             line = next(l for l in md.splitlines() if l.startswith(f"| {r['task']} | {r['subset']} | {r['metric']} |"))
             assert cell in line
     for d in saved["differences"]:
-        assert f"{fmt(d['value'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]" in md
-    numbers = re.findall(r"-?\d+\.\d{4}", md)
+        assert _cell(d, signed=True) in md
+    long_tables = md[md.index("## Results"):]
+    numbers = re.findall(r"[-+]?\d+\.\d\b", long_tables)
     assert len(numbers) == 3 * (2 * len(saved["results"]["onehot"]["metrics"]) + len(saved["differences"]))
+    # every number a person reads anywhere in the report is one of the JSON's, in percent with one decimal
+    shown = {f(row[k]) for res in saved["results"].values() for row in res["metrics"]
+             for k in ("value", "ci_low", "ci_high") for f in (fmt_pct, lambda x: fmt_pct(x, signed=True))}
+    shown |= {fmt_pct(d[k], signed=True) for d in saved["differences"] for k in ("value", "ci_low", "ci_high")}
+    assert set(re.findall(r"[-+]?\d+\.\d+", md)) <= shown
     for stem in ("recognition_i2t", "recognition_t2i", "zero_shot_by_level"):
         assert paths[stem].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({stem}.png)" in md
+
+
+def _first_table(md: str) -> list[list[str]]:
+    """The cells of the first markdown table (header and rows, the |---| line dropped)."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    block = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+    return [[c.strip() for c in line.strip("|").split("|")] for line in block if not line.startswith("|---")]
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", cell)]
+
+
+def test_report_leads_with_the_headline_table_equal_to_the_json(results, tmp_path):
+    md = write_report(compare(results), tmp_path, title="T", intro="hello")["markdown"].read_text()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    lines = md.splitlines()
+    assert lines[0] == "# T" and lines[2].startswith("| measure | onehot, % [95% CI] | random, % [95% CI] |")
+    header, *rows = _first_table(md)
+    measures = default_measures(saved["results"]["onehot"])
+    assert header[3] == "random − onehot, points [95% CI]" and len(rows) == len(measures) > 0
+    diffs = {(d["task"], d["subset"], d["metric"]): d for d in saved["differences"]}
+    for (key, label), row in zip(measures, rows):
+        base, method = ({(r["task"], r["subset"], r["metric"]): r for r in saved["results"][m]["metrics"]}[key]
+                        for m in ("onehot", "random"))
+        assert row[0] == label
+        for cell, source in zip(row[1:4], (base, method, diffs[key])):
+            assert _numbers(cell) == [round(100 * source[k], 1) for k in ("value", "ci_low", "ci_high")]
+        assert row[4] == verdict(diffs[key])
+    assert {r[4] for r in rows} <= {"better", "worse", "no clear difference"}
+    # the verdict follows the table, before the intro and the long tables
+    paragraph = md[md.index(rows[-1][-1] + " |") :].split("\n\n")[1]
+    assert paragraph.startswith("random is not clearly better than onehot") and md.index("hello") > md.index(paragraph)
+
+
+def test_fmt_pct():
+    assert fmt_pct(0.5441) == "54.4" and fmt_pct(0.037, signed=True) == "+3.7"
+    assert fmt_pct(-0.037, signed=True) == "-3.7"
+    assert fmt_pct(-0.00001) == "0.0" and fmt_pct(-0.00001, signed=True) == "0.0" and fmt_pct(1.0) == "100.0"
+    assert fmt(0.48526) == "48.5"
+
+
+def _sentences(text: str) -> list[str]:
+    return [x for x in re.split(r"(?<=\.)\s+", text) if x]
+
+
+def test_verdict_sentences_say_what_is_better_worse_and_the_targets(results):
+    comparison = compare(results)
+    measures = default_measures(results["onehot"])
+    rows = {label: d for (key, label) in measures
+            for d in comparison["differences"] if (d["task"], d["subset"], d["metric"]) == key}
+    worse = [label for label, d in rows.items() if d["ci_high"] < 0]
+    assert worse, "the random encoder should be clearly worse somewhere"
+    text = verdict_sentences(comparison, "onehot", "random", measures, [("level-1 up", True), ("cost <= 5", False)])
+    first, second, third = _sentences(text)
+    assert first == f"random is not clearly better than onehot on any of the {len(measures)} headline measures."
+    assert second.startswith("It is worse on ") and worse[0] in second
+    assert f"({fmt_pct(rows[worse[0]]['value'], signed=True)} points)" in second
+    assert third == "Targets met: level-1 up; missed: cost <= 5."
+    reverse = compare({"random": results["random"], "onehot": results["onehot"]})
+    text = verdict_sentences(reverse, "random", "onehot", measures)
+    assert len(_sentences(text)) == 2 and text.startswith("onehot is better than random on ")
+    assert "It is worse on none" in text
+    assert verdict_sentences(reverse, "random", "onehot", measures, [("a", True), ("b", True)]).endswith(
+        "All 2 targets are met: a; b.")
+
+
+def test_headline_table_over_several_comparisons_and_unknown_measures(results):
+    by_split = {"seen": compare(results), "held_out": compare(results)}
+    measures = [(("held_out", "zero_shot", "level1", "top1"), "zero-shot level 1, held-out")]
+    table = headline_table(by_split, "onehot", "random", measures)
+    d = next(d for d in by_split["held_out"]["differences"] if (d["task"], d["subset"], d["metric"])
+             == ("zero_shot", "level1", "top1"))
+    assert "| zero-shot level 1, held-out | 100.0 [100.0, 100.0] |" in table and _cell(d, signed=True) in table
+    with pytest.raises(ClearglassError, match="no comparison 'val'"):
+        headline_table(by_split, "onehot", "random", [(("val", "zero_shot", "level1", "top1"), "x")])
+    with pytest.raises(ClearglassError, match="has no such metric"):
+        headline_table(compare(results), "onehot", "random", [(("zero_shot", "level9", "top1"), "x")])
+    with pytest.raises(ClearglassError, match="no paired difference of 'onehot' minus 'random'"):
+        headline_table(compare(results), "random", "onehot", [(("zero_shot", "level1", "top1"), "x")])
+
+
+def test_report_of_several_models_has_a_table_per_method(results, tmp_path):
+    three = compare({"onehot": results["onehot"], "random": results["random"], "again": results["random"]})
+    md = write_report(three, tmp_path)["markdown"].read_text()
+    assert md.index("## random vs onehot") < md.index("## again vs onehot") < md.index("## Results")
+    assert md.count("| measure |") == 2
 
 
 def test_markdown_table_marks_missing_metrics(results):

@@ -260,7 +260,7 @@ def items_hash(items: Sequence[Any]) -> str:
     return json_digest([asdict(x) if hasattr(x, "__dataclass_fields__") else x for x in items])
 
 
-def _strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
+def strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
     """rank = #{wrong candidates with score >= the true score}; scores (n, C), true_index (n,)."""
     true = np.take_along_axis(scores, true_index[:, None], axis=1)  # (n, 1)
     return (scores >= true).sum(axis=1) - 1
@@ -278,7 +278,7 @@ def score_recognition(encoder: Encoder, items: list[Item], image_root: str | os.
     i2t = np.einsum("nd,nkd->nk", img[image_ix[:, 0]], txt[text_ix])  # (n, K) anchor image vs K texts
     t2i = np.einsum("nd,nkd->nk", txt[text_ix[:, 0]], img[image_ix])  # (n, K) anchor text vs K images
     zero = np.zeros(len(items), dtype=int)
-    return {"i2t_rank": _strict_rank(i2t, zero), "t2i_rank": _strict_rank(t2i, zero)}
+    return {"i2t_rank": strict_rank(i2t, zero), "t2i_rank": strict_rank(t2i, zero)}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,7 +306,7 @@ def zero_shot(encoder: Encoder, concepts: list[ConceptRecord], image_root: str |
     scores = img[[p_idx[p] for p in paths]] @ txt.T  # (n images, L labels)
     label_ix = {x: i for i, x in enumerate(labels)}
     cls = np.array([label_ix[getattr(im, f"level{level}")] for im in records], dtype=int)
-    return {"rank": _strict_rank(scores, cls), "class": cls, "labels": labels,
+    return {"rank": strict_rank(scores, cls), "class": cls, "labels": labels,
             "items": [im.image for im in records]}
 
 
@@ -358,7 +358,7 @@ def retrieval(encoder: Encoder, concepts: list[ConceptRecord], image_root: str |
         i2t_rank[s:s + chunk] = (np.where(mine, -np.inf, sims) >= best).sum(axis=1)
     for s in range(0, len(texts), chunk):
         sims = txt[s:s + chunk] @ img.T  # (b, I)
-        t2i_rank[s:s + chunk] = _strict_rank(sims, owner[s:s + chunk])
+        t2i_rank[s:s + chunk] = strict_rank(sims, owner[s:s + chunk])
     return {"i2t_rank": i2t_rank, "t2i_rank": t2i_rank, "images": [e[0] for e in entries], "texts": texts}
 
 

@@ -4,7 +4,8 @@ Specs understood by :func:`load_model`:
 
 * ``default`` — the offline default model (``configs/models/clearglass-default.json``), fresh;
   ``clearglass:NAME`` — any other config in ``configs/models/`` (e.g. ``clearglass:clearglass-vit``);
-* a pretrained tag shipped in ``pretrained/`` (``clearglass-mini``: the default model pretrained offline);
+* a pretrained tag shipped in ``pretrained/<tag>/`` (``clearglass-mini``: the default model pretrained offline on
+  rendered symbols, emoji and icons; its ``MODEL_CARD.md`` says how);
 * a checkpoint file written by :func:`clearglass.checkpoints.save_checkpoint` (its metadata JSON beside it);
 * ``open_clip:NAME:PRETRAINED`` — an open_clip model name with a pretrained tag (downloaded by open_clip, as it
   does by default, when the network allows) or a local weights file;
@@ -268,8 +269,8 @@ def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device, rebuil
 
 
 def pretrained_tags() -> list[str]:
-    """The pretrained models shipped with clearglass (``pretrained/<tag>.pt``), usable as model specs."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.pt"))
+    """The pretrained models shipped with clearglass (``pretrained/<tag>/model.pt``), usable as model specs."""
+    return sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/model.pt"))
 
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
@@ -290,7 +291,7 @@ def _load_model(spec: str, device: str | torch.device) -> ModelBundle:
             else ()
         return _open_clip_bundle(spec, name, None, config, device, spec, rebuildable)
     if spec in pretrained_tags():
-        return _checkpoint_bundle(spec, PRETRAINED_DIR / f"{spec}.pt", device, rebuilt_by=spec)
+        return _checkpoint_bundle(spec, PRETRAINED_DIR / spec / "model.pt", device, rebuilt_by=spec)
     if spec.startswith("open_clip:"):
         parts = spec.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:
@@ -482,12 +483,13 @@ class FrozenTextCache:
         from tqdm import tqdm
 
         self._check_eval()
-        rows = [r for r in dict.fromkeys(row.tobytes() for row in tokens.cpu().numpy()) if r not in self.store]
-        table = {row.tobytes(): row for row in tokens.cpu()}
+        array = tokens.cpu().numpy()
+        table = {row.tobytes(): i for i, row in enumerate(array)}  # distinct row -> its first index
+        rows = [r for r in table if r not in self.store]
         for start in tqdm(range(0, len(rows), batch_size), desc="encode captions (frozen text tower)", unit="batch",
                           disable=not progress or not rows):
             chunk = rows[start:start + batch_size]
-            self._encode_missing(torch.stack([table[k] for k in chunk]).to(tokens.device), chunk)
+            self._encode_missing(tokens[[table[k] for k in chunk]], chunk)
 
     def transformer_sha256(self) -> str:
         """sha256 of the frozen transformer's tensors: a stored cache is valid only for the same weights."""

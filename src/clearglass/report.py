@@ -1,7 +1,9 @@
 """Comparisons of several models' results, markdown tables and plots.
 
-Numbers in the markdown come from the same JSON values through one formatter (``fmt``), so the report and
-the results JSON always agree.
+Every number a person reads is a percent with one decimal (``fmt_pct``); the JSON keeps full precision. The
+numbers in the markdown come from the same JSON values through that one formatter, so the report and the results
+JSON always agree. A report leads with the answer: a short headline table (each measure for the baseline and the
+method with intervals, the paired difference in points and a verdict word) and at most three plain sentences.
 """
 
 from __future__ import annotations
@@ -15,10 +17,23 @@ from clearglass.errors import ClearglassError
 from clearglass.evaluate import bootstrap, metric_stat
 from clearglass.io import write_json_atomic, write_text_atomic
 
+# headline measures of a report when its caller names none: per task, the metrics shown first
+HEADLINE_METRICS = {"recognition": ("i2t_R@1", "t2i_R@1"), "zero_shot": ("top1",),
+                    "retrieval": ("i2t_R@1", "t2i_R@1"), "hierarchical": ("precision", "recall")}
+Measure = tuple[tuple[str, ...], str]  # ((task, subset, metric) or (split, task, subset, metric), label)
 
-def fmt(x: float) -> str:
-    """The one number format of reports: 4 decimals."""
-    return f"{x:.4f}"
+
+def fmt_pct(x: float, signed: bool = False) -> str:
+    """A fraction as percent with one decimal (0.5441 -> "54.4"); ``signed`` marks positive values "+3.7"."""
+    value = round(100 * x, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{value:+.1f}" if signed and value != 0 else f"{value:.1f}"
+
+
+fmt = fmt_pct  # the one number format of reports (the name demo.py and older callers import)
+
+
+def _cell(row: dict, signed: bool = False) -> str:
+    return f"{fmt_pct(row['value'], signed)} [{fmt_pct(row['ci_low'], signed)}, {fmt_pct(row['ci_high'], signed)}]"
 
 
 def _key(row: dict) -> tuple[str, str, str]:
@@ -65,7 +80,7 @@ def compare(results_by_model: dict[str, dict], n_boot: int | None = None, seed: 
 
 
 def markdown_table(results_by_model: dict[str, dict]) -> str:
-    """Markdown table: one row per (task, subset, metric), one column per model, ``value [ci_low, ci_high]``."""
+    """Markdown table: one row per (task, subset, metric), one column per model, ``value [ci_low, ci_high]`` in %."""
     names = list(results_by_model)
     rows: dict[tuple, dict[str, dict]] = {}
     for name in names:
@@ -75,24 +90,141 @@ def markdown_table(results_by_model: dict[str, dict]) -> str:
              "|---|---|---|---|" + "---|" * len(names)]
     for key, cells in rows.items():
         n = next(iter(cells.values()))["n"]
-        values = [f"{fmt(c['value'])} [{fmt(c['ci_low'])}, {fmt(c['ci_high'])}]" if (c := cells.get(m)) else "-"
-                  for m in names]
+        values = [_cell(c) if (c := cells.get(m)) else "-" for m in names]
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {n} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
 def differences_table(differences: list[dict]) -> str:
     """Markdown table of paired differences (model minus baseline) with intervals."""
-    lines = ["| model - baseline | task | subset | metric | n | difference [95% CI] |", "|---|---|---|---|---|---|"]
+    lines = ["| model - baseline | task | subset | metric | n | difference, points [95% CI] |",
+             "|---|---|---|---|---|---|"]
     for d in differences:
         lines.append(f"| {d['model']} - {d['baseline']} | {d['task']} | {d['subset']} | {d['metric']} | {d['n']} | "
-                     f"{fmt(d['value'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}] |")
+                     f"{_cell(d, signed=True)} |")
     return "\n".join(lines) + "\n"
+
+
+def _locate(comparison: dict, key: tuple[str, ...]) -> tuple[dict, tuple[str, str, str]]:
+    """The compare() output and (task, subset, metric) a measure key names; a 4-part key's first part picks one
+    comparison of a ``{split: compare() output}`` mapping."""
+    if len(key) == 4:
+        if key[0] not in comparison:
+            raise ClearglassError(f"headline measure {key}: no comparison {key[0]!r}, expected one of "
+                                  f"{list(comparison)}")
+        return comparison[key[0]], (key[1], key[2], key[3])
+    if len(key) != 3:
+        raise ClearglassError(f"headline measure {key}: expected (task, subset, metric) or "
+                              "(split, task, subset, metric)")
+    return comparison, (key[0], key[1], key[2])
+
+
+def _metric_row(comp: dict, model: str, key: tuple[str, str, str]) -> dict:
+    if model not in comp["results"]:
+        raise ClearglassError(f"headline measure {key}: no results of model {model!r}, expected one of "
+                              f"{list(comp['results'])}")
+    row = next((r for r in comp["results"][model]["metrics"] if _key(r) == key), None)
+    if row is None:
+        raise ClearglassError(f"headline measure {key}: model {model!r} has no such metric")
+    return row
+
+
+def verdict(difference: dict) -> str:
+    """The verdict word of a paired difference: better or worse when its interval excludes 0, else
+    "no clear difference"."""
+    if difference["ci_low"] > 0:
+        return "better"
+    if difference["ci_high"] < 0:
+        return "worse"
+    return "no clear difference"
+
+
+def headline_rows(comparison: dict, baseline: str, method: str | None, measures: list[Measure]) -> list[dict]:
+    """Per measure: its label, the baseline's and the method's metric rows, their paired difference and its verdict
+    (``method=None``: the baseline's rows only)."""
+    if not measures:
+        raise ClearglassError("a headline table needs at least one measure")
+    rows = []
+    for key, label in measures:
+        comp, metric_key = _locate(comparison, key)
+        row = {"label": label, "baseline": _metric_row(comp, baseline, metric_key),
+               "ci_level": comp["results"][baseline]["config"]["ci_level"]}
+        if method is not None:
+            d = next((d for d in comp["differences"] if (d["model"], d["baseline"]) == (method, baseline)
+                      and (d["task"], d["subset"], d["metric"]) == metric_key), None)
+            if d is None:
+                raise ClearglassError(f"headline measure {key}: no paired difference of {method!r} minus {baseline!r}; "
+                                      f"compare() them with {baseline!r} first")
+            row.update(method=_metric_row(comp, method, metric_key), difference=d, verdict=verdict(d))
+        rows.append(row)
+    return rows
+
+
+def headline_cells(comparison: dict, baseline: str, method: str | None,
+                   measures: list[Measure]) -> tuple[list[str], list[list[str]]]:
+    """The headline table as a header and rows of formatted cells (markdown and the HTML gallery render it)."""
+    rows = headline_rows(comparison, baseline, method, measures)
+    ci = f"{round(100 * rows[0]['ci_level'])}% CI"
+    if method is None:
+        return ["measure", f"{baseline}, % [{ci}]"], [[r["label"], _cell(r["baseline"])] for r in rows]
+    header = ["measure", f"{baseline}, % [{ci}]", f"{method}, % [{ci}]", f"{method} − {baseline}, points [{ci}]",
+              "verdict"]
+    return header, [[r["label"], _cell(r["baseline"]), _cell(r["method"]), _cell(r["difference"], signed=True),
+                     r["verdict"]] for r in rows]
+
+
+def headline_table(comparison: dict, baseline: str, method: str | None, measures: list[Measure]) -> str:
+    """Markdown headline table: per measure the baseline and the method in % with intervals, the method minus the
+    baseline in points with its paired interval, and the verdict word."""
+    return _markdown(*headline_cells(comparison, baseline, method, measures))
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _listing(rows: list[dict], total: int, most: int = 3) -> str:
+    """"on A (+x points); B (+y points)", or for more than ``most`` rows their count and the ``most`` largest."""
+    top = sorted(rows, key=lambda r: -abs(r["difference"]["value"]))[:most]
+    named = "; ".join(f"{r['label']} ({fmt_pct(r['difference']['value'], signed=True)} points)" for r in top)
+    if len(rows) <= most:
+        return f"on {named}"
+    count = f"all {total}" if len(rows) == total else f"{len(rows)} of the {total}"
+    return f"on {count} headline measures, most on {named}"
+
+
+def verdict_sentences(comparison: dict, baseline: str, method: str, measures: list[Measure],
+                      targets: list[tuple[str, bool]] | None = None) -> str:
+    """At most three plain sentences: where the method is better, where worse, and whether the targets
+    (``(description, met)`` pairs) are met."""
+    rows = headline_rows(comparison, baseline, method, measures)
+    better = [r for r in rows if r["verdict"] == "better"]
+    worse = [r for r in rows if r["verdict"] == "worse"]
+    unclear = len(rows) - len(better) - len(worse)
+    sentences = [f"{method} is better than {baseline} {_listing(better, len(rows))}." if better else
+                 f"{method} is not clearly better than {baseline} on any of the {len(rows)} headline measures."]
+    rest = f"; no clear difference on the other {unclear}" if unclear and (better or worse) else ""
+    sentences.append(f"It is worse {_listing(worse, len(rows))}{rest}." if worse else f"It is worse on none{rest}.")
+    if targets:
+        met = [t for t, ok in targets if ok]
+        missed = [t for t, ok in targets if not ok]
+        sentences.append(f"All {len(targets)} targets are met: {'; '.join(met)}." if not missed else
+                         f"None of the {len(targets)} targets is met: {'; '.join(missed)}." if not met else
+                         f"Targets met: {'; '.join(met)}; missed: {'; '.join(missed)}.")
+    return " ".join(sentences)
+
+
+def default_measures(results: dict) -> list[Measure]:
+    """The headline measures of a results dict: its rows whose metric ``HEADLINE_METRICS`` names for their task."""
+    return [((r["task"], r["subset"], r["metric"]), f"{r['task']}: {r['subset']}, {r['metric']}")
+            for r in results["metrics"] if r["metric"] in HEADLINE_METRICS.get(r["task"], ())]
 
 
 def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[str, dict],
               pick: dict[str, dict[str, dict]]) -> None:
-    """Grouped bars with asymmetric error bars; ``pick[model][group]`` is the metric row drawn."""
+    """Grouped bars in percent with asymmetric error bars; ``pick[model][group]`` is the metric row drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,11 +236,12 @@ def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[
     x = np.arange(len(groups))
     for i, name in enumerate(names):
         rows = [pick[name].get(g) for g in groups]
-        vals = np.array([r["value"] if r else np.nan for r in rows])
-        err = np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] if r else [0, 0] for r in rows]).T
+        vals = 100 * np.array([r["value"] if r else np.nan for r in rows])
+        err = 100 * np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] if r else [0, 0] for r in rows]).T
         ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=name)
     ax.set_xticks(x, groups, rotation=20, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("%")
     ax.set_title(title)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -117,7 +250,8 @@ def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[
 
 
 def write_plots(results_by_model: dict[str, dict], out_dir: str | os.PathLike) -> list[Path]:
-    """PNG plots: recognition accuracy by field (i2t and t2i) and zero-shot top-1 by level, per model, with error bars."""
+    """PNG plots in percent: recognition by field (i2t and t2i) and zero-shot top-1 by level, per model, with error
+    bars."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -144,29 +278,59 @@ def _shown_path(path: str, out_dir: Path) -> str:
         return path
 
 
+def baseline_and_methods(comparison: dict) -> tuple[str, list[str]]:
+    """The baseline of a ``compare`` output and the models compared with it, in order."""
+    differences = comparison["differences"]
+    baseline = differences[0]["baseline"] if differences else next(iter(comparison["results"]))
+    return baseline, list(dict.fromkeys(d["model"] for d in differences))
+
+
+def headline_sections(comparison: dict, measures: list[Measure] | None = None) -> list[dict]:
+    """What report.md and report.html open with: per compared model a ``heading`` (empty when there is one),
+    the headline ``table`` (``headline_cells``) and the ``verdict`` sentences; the baseline's table alone when
+    nothing is compared. ``measures`` default to ``default_measures`` of the baseline."""
+    baseline, methods = baseline_and_methods(comparison)
+    measures = measures or default_measures(comparison["results"][baseline])
+    if not methods:
+        return [{"heading": "", "table": headline_cells(comparison, baseline, None, measures), "verdict": ""}]
+    return [{"heading": f"{method} vs {baseline}" if len(methods) > 1 else "",
+             "table": headline_cells(comparison, baseline, method, measures),
+             "verdict": verdict_sentences(comparison, baseline, method, measures)} for method in methods]
+
+
 def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearglass evaluation",
-                 intro: str = "") -> dict[str, Path]:
-    """Write ``results.json``, ``report.md`` and the plots for one results dict, or for a ``compare`` output."""
+                 intro: str = "", measures: list[Measure] | None = None) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md`` and the plots for one results dict, or for a ``compare`` output (its
+    baseline is the first model). The report leads with the headline table of ``measures`` (default:
+    ``default_measures``) and the verdict, then the long tables."""
     out_dir = Path(out_dir)
     comparison = results if "differences" in results else compare({results["model"] or "model": results})
     by_model = comparison["results"]
     json_path = out_dir / "results.json"
     write_json_atomic(comparison, json_path)
     plots = write_plots(by_model, out_dir)
-    first = next(iter(by_model.values()))
+    differences = comparison["differences"]
+    baseline, _ = baseline_and_methods(comparison)
+    first = by_model[baseline]
     cfg = first["config"]
+    d_corr = " (d_corr, a rank correlation, times 100)" if any(
+        r["metric"] == "d_corr" for res in by_model.values() for r in res["metrics"]) else ""
     parts = [f"# {title}\n"]
+    for section in headline_sections(comparison, measures):
+        parts += [f"## {section['heading']}\n"] if section["heading"] else []
+        parts += [_markdown(*section["table"])] + ([section["verdict"] + "\n"] if section["verdict"] else [])
     if intro:
         parts.append(intro.strip() + "\n")
     parts.append(f"Data: `{_shown_path(first['data'], out_dir)}` (test set hash `{first['test_set_hash']}`); k={cfg['k']}, template "
                  f"`{cfg['template']}`, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples, "
-                 f"{round(cfg['ci_level'] * 100)}% percentile intervals.\n")
+                 f"{round(cfg['ci_level'] * 100)}% percentile intervals. Values in percent{d_corr}, differences "
+                 "in percentage points.\n")
     skipped = {what: why for res in by_model.values() for what, why in res.get("skipped", {}).items()}
     if skipped:
         parts.append("Skipped: " + "; ".join(f"{what} ({why})" for what, why in skipped.items()) + ".\n")
     parts.append("## Results\n\n" + markdown_table(by_model))
-    if comparison["differences"]:
-        parts.append("## Paired differences vs the first model\n\n" + differences_table(comparison["differences"]))
+    if differences:
+        parts.append(f"## Paired differences vs {baseline}\n\n" + differences_table(differences))
     if plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     md_path = out_dir / "report.md"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from clearglass.train import CONFIG_DIR, TrainConfig, TrainingInterrupted, train
-from clearglass.train.run import print_result
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config with its overrides, train, print the final step, checkpoint, metrics path and best step."""
+    from clearglass.train import TrainConfig, TrainingInterrupted, train
+    from clearglass.train.run import print_result
+
     config = TrainConfig.load(args.config, args.overrides)
     try:
         result = train(config, resume=args.resume)

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
+from clearglass.io import write_bytes_atomic, write_text_atomic
 from clearglass.magic import cache_root
 from clearglass.magic.labelers import ConceptLabel, LabelFailure
 from clearglass.magic.leak import FUNCTION_WORDS, strip_words
@@ -77,12 +77,10 @@ def wordnet_data_dir(source: str | os.PathLike = WORDNET_DIR, cache: Path | None
             raise ClearglassError(f"{target}: WordNet file missing (install wordnet-base, or pass its folder)")
         copy = corpus / name
         if copy.is_symlink() or not copy.is_file() or copy.stat().st_size != target.stat().st_size:
-            tmp = copy.with_name(f".{name}.{os.getpid()}.tmp")
-            shutil.copyfile(target, tmp)
-            os.replace(tmp, copy)
+            write_bytes_atomic(target.read_bytes(), copy)
     lexnames = corpus / "lexnames"
     if not lexnames.exists():
-        lexnames.write_text(lexnames_text(), encoding="utf-8")
+        write_text_atomic(lexnames_text(), lexnames)
     (corpus / "index.sense").touch()  # read by nltk's Open-Multilingual-Wordnet version map; no OMW data here
     return root
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from clearglass.errors import ClearglassError
+from clearglass.io import save_image_atomic
 from clearglass.magic.leak import leaked_words
 from clearglass.magic.sources import SourceItem
 
@@ -199,13 +200,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def render_scene(emoji: list[Emoji], size: int, rng: random.Random, font_path: str = str(NOTO_EMOJI)) -> Image.Image:
-    """Emoji left to right in equal slots, each scaled to 45-90% of its slot and jittered, on a light background."""
+def render_scene(emoji: list[Emoji], size: int, rng: random.Random, font_path: str = str(NOTO_EMOJI),
+                 glyph_of: Callable[[Emoji, random.Random], Image.Image] | None = None) -> Image.Image:
+    """Emoji left to right in equal slots, each scaled to 45-90% of its slot and jittered, on a light background.
+    ``glyph_of(emoji, rng)`` draws one glyph as RGBA (default: the colour emoji font at ``font_path``)."""
     background = tuple(rng.randint(200, 255) for _ in range(3))
     scene = Image.new("RGB", (size, size), background)
     slot = size / len(emoji)
     for i, e in enumerate(emoji):
-        glyph = render_glyph(e.chars, font_path)
+        glyph = glyph_of(e, rng) if glyph_of is not None else render_glyph(e.chars, font_path)
         side = max(8, int(min(slot, size) * rng.uniform(0.45, 0.9)))
         scale = side / max(glyph.size)
         small = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.LANCZOS)
@@ -247,8 +250,5 @@ class EmojiSource:
                 image = (self.folder / f"{_slug(subgroup)}-{k:04d}.png").as_posix()
                 path = self.image_root / image
                 if not path.exists():
-                    scene = render_scene(chosen, self.image_size, rng, self.font_path)
-                    tmp = path.with_suffix(".tmp.png")
-                    scene.save(tmp)
-                    os.replace(tmp, path)
+                    save_image_atomic(render_scene(chosen, self.image_size, rng, self.font_path), path)
                 yield SourceItem(image=image, path=path.resolve(), captions=captions, hierarchy=hierarchy)

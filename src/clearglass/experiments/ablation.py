@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
+from clearglass.config import Config
 from clearglass.errors import ClearglassError
-from clearglass.demo import merge_seeds
 from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
+from clearglass.experiments.seeds import merge_seeds
+from clearglass.io import read_json, resolve_device, write_json_atomic
 from clearglass.magic.builder import build_emoji_dataset
-from clearglass.io import read_json, write_json_atomic
 from clearglass.magic.schema import load_concepts
 from clearglass.models import load_model
 from clearglass.report import compare, write_report
@@ -48,7 +48,7 @@ def variant_config(variant: str) -> Path:
 
 
 @dataclass
-class AblationOptions:
+class AblationOptions(Config):
     """What the ablation runs: data size, training budget overrides, seeds, evaluation resamples."""
 
     quick: bool = False
@@ -58,6 +58,14 @@ class AblationOptions:
     device: str = "auto"
     n_boot: int = 1000
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+
+    def validate(self) -> None:
+        """Known variants, at least one seed, steps >= 1 when given."""
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ClearglassError(f"unknown ablation variant(s) {unknown}: expected some of {list(VARIANTS)}")
+        if not self.seeds or (self.steps is not None and self.steps < 1) or self.images_per_subgroup < 1:
+            raise ClearglassError(f"ablation: expected seeds, steps >= 1 and images_per_subgroup >= 1; got {self}")
 
     def overrides(self) -> list[str]:
         """Train config overrides shared by every variant."""
@@ -73,9 +81,6 @@ def run_ablation(out_dir: str | os.PathLike, options: AblationOptions = Ablation
     """Build the emoji data, train and evaluate every variant and seed, write ``report.md``, ``results.json`` and
     ``ablation.json`` (training summaries) under ``out_dir``; returns the comparison plus the summaries."""
     out_dir = Path(out_dir)
-    unknown = [v for v in options.variants if v not in VARIANTS]
-    if unknown:
-        raise ClearglassError(f"unknown ablation variant(s) {unknown}: expected some of {list(VARIANTS)}")
     data = build_emoji_dataset(out_dir / "data", QUICK_SUBGROUPS if options.quick else None,
                                4 if options.quick else options.images_per_subgroup, seed=0,
                                min_group_size=3 if options.quick else 5)
@@ -93,8 +98,8 @@ def run_ablation(out_dir: str | os.PathLike, options: AblationOptions = Ablation
         start = time.perf_counter()
         trained = train(config, resume="auto")  # a rerun into the same folder continues: finished runs train nothing
         seconds = time.perf_counter() - start
-        bundle = load_model(trained["checkpoint"], device=trained_device(config.device))
-        encoder = ModelEncoder(bundle, batch_size=64, device=trained_device(config.device))
+        device = resolve_device(config.device)
+        encoder = ModelEncoder(load_model(trained["checkpoint"], device=device), batch_size=64, device=device)
         per_seed[variant].append(evaluate_model(encoder, concepts, data.parent, eval_config, model=variant,
                                                 data=str(data)))
         summaries[name] = {"config": str(variant_config(variant).name), "seed": seed, "steps": trained["step"],
@@ -104,7 +109,7 @@ def run_ablation(out_dir: str | os.PathLike, options: AblationOptions = Ablation
     results = {v: r[0] if len(r) == 1 else merge_seeds(r) for v, r in per_seed.items()}
     comparison = compare(results)
     write_report(comparison, out_dir, title="clearglass ablation: hierarchy-aware options", intro=_intro(options, data))
-    write_json_atomic({"options": options.__dict__, "data": str(data), "runs": summaries}, out_dir / "ablation.json")
+    write_json_atomic({"options": options.to_dict(), "data": str(data), "runs": summaries}, out_dir / "ablation.json")
     return {**comparison, "runs": summaries}
 
 
@@ -114,13 +119,6 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     if previous.is_file() and TrainConfig.from_dict(read_json(previous, "train config"), str(previous)).to_dict() \
             != config.to_dict():
         raise ClearglassError(f"{previous}: an earlier run with other settings; use another --out or delete {run_dir}")
-
-
-def trained_device(device: str) -> str:
-    """The device a config's 'auto' resolves to."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _intro(options: AblationOptions, data: Path) -> str:

@@ -1,0 +1,38 @@
+"""`clearglass pretrain`: build the offline corpus and pretrain the clearglass-mini base (resumable).
+
+Example: clearglass pretrain --out runs/pretrain-mini --ship
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `pretrain` command."""
+    p = subparsers.add_parser("pretrain", help="build the offline corpus and pretrain the clearglass-mini base",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="clearglass-mini", help="pretraining recipe (configs/pretrain/NAME.json)")
+    p.add_argument("--out", type=Path, default=Path("runs/pretrain-mini"), help="work folder (corpus, run, tag)")
+    p.add_argument("--ship", action="store_true", help="copy the finished tag into the package's pretrained/ folder")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="train config overrides, e.g. steps=100")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, pretrain, measure and write the tag; print where the card is and its figures."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is offline: the caller's (this command's) choice
+    from clearglass.experiments.mini.recipe import PretrainRecipe, run_pretrain
+
+    recipe = PretrainRecipe.load(args.config)
+    command = " ".join(["clearglass pretrain", "--config", args.config, "--out", str(args.out)]
+                       + (["--ship"] if args.ship else []) + [shlex.quote(o) for o in args.overrides])
+    card = run_pretrain(args.out, recipe, list(args.overrides), args.ship, command)
+    print(json.dumps({"tag": card["tag"], "steps": card["steps"], "best": card["best"],
+                      "figures": {k: round(v["value"], 4) for k, v in card["figures"]["shipped_test"].items()},
+                      "card": str(args.out / card["tag"] / "MODEL_CARD.md"), "shipped_to": card.get("shipped_to")}))
+    return 0

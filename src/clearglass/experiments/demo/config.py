@@ -1,0 +1,148 @@
+"""The demo's configs, as data (``configs/demo/*.json``, read by the one strict loader): the experiment
+(:class:`DemoConfig`), an equal-effort search grid (:class:`SearchGrid`) and the record a search writes.
+
+A model's training config is, merged in this order: ``configs/train/default-grouped.json``, the demo's ``train``
+section, the model's own ``train`` section, and the setting the search record chose for the model's ``family``
+(``clip`` or ``clear_glass``); then the demo sets data, output folder, seed and ``model`` = the demo's ``base``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from clearglass.config import Config, merge
+from clearglass.errors import ClearglassError
+from clearglass.io import json_digest, read_json
+from clearglass.train import CONFIG_DIR as TRAIN_CONFIG_DIR
+from clearglass.train import TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
+FAMILIES = ("clip", "clear_glass")
+
+
+@dataclass
+class DemoData(Config):
+    """The emoji dataset and its split (see `clearglass.experiments.demo.splits`), and the cross-style set."""
+
+    subgroups: list[str] | None = None
+    images_per_subgroup: int = 30
+    image_size: int = 64
+    holdout_per_group: int = 2
+    val_holdout_per_group: int = 1
+    val_fraction: float = 0.2
+    seed: int = 0
+    cross_style_images: int = 12
+
+    def validate(self) -> None:
+        """Sizes >= 1 (cross-style >= 0), 0 < val_fraction < 1."""
+        if min(self.images_per_subgroup, self.holdout_per_group, self.val_holdout_per_group) < 1 \
+                or self.image_size < 16 or self.cross_style_images < 0 or not 0 < self.val_fraction < 1:
+            raise ClearglassError(f"data: expected images_per_subgroup, holdout_per_group, val_holdout_per_group "
+                                  f">= 1, image_size >= 16, cross_style_images >= 0, 0 < val_fraction < 1; got {self}")
+
+
+@dataclass
+class DemoModel(Config):
+    """One trained model of the demo: its loss family (whose search choice it takes) and its own train settings."""
+
+    family: str = "clip"
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """A known family."""
+        if self.family not in FAMILIES:
+            raise ClearglassError(f"family = {self.family!r}: expected one of {FAMILIES}")
+
+
+@dataclass
+class DemoEval(Config):
+    """Evaluation settings shared by every subset."""
+
+    k: int = 5
+    n_boot: int = 1000
+    seed: int = 0
+    gallery_per_held_out_concept: int = 8
+    gallery_seen: int = 16
+
+
+@dataclass
+class DemoConfig(Config):
+    """The embedded default experiment: fine-tune ``base`` with each model's settings, evaluate, report.
+
+    ``retention``: also score every model on the base's own held-out item names (``pretrained/<base>/heldout``).
+    ``require_unseen_held_out``: the base's pretraining corpus must not have shown any emoji of a held-out concept.
+    ``search``: the search record (``configs/demo/<name>``) whose chosen settings and WiSE-FT weights the models use;
+    null: none (every model uses its settings as written and no interpolation).
+    """
+
+    description: str = ""
+    base: str = "clearglass-mini"
+    retention: bool = True
+    require_unseen_held_out: bool = True
+    data: DemoData = field(default_factory=DemoData)
+    train: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, DemoModel] = field(default_factory=dict)
+    baseline: str = "clip"
+    method: str = "clear_glass"
+    search: str | None = None
+    eval: DemoEval = field(default_factory=DemoEval)
+    config_dir: ClassVar[Path] = CONFIG_DIR
+
+    def validate(self) -> None:
+        """baseline and method are models of the demo, and every model's merged train settings are a valid config."""
+        for key in ("baseline", "method"):
+            if getattr(self, key) not in self.models:
+                raise ClearglassError(f"{key} = {getattr(self, key)!r}: expected one of the models "
+                                      f"{sorted(self.models)}")
+        for name in self.models:
+            self.train_config(name, {}, "data.json", Path("out"), 0)
+
+    def train_config(self, name: str, chosen: dict, data: str, out: Path, seed: int) -> TrainConfig:
+        """The training config of model ``name`` with the search's ``chosen`` setting for its family."""
+        template = read_json(TRAIN_CONFIG_DIR / "default-grouped.json", "train config", dict)
+        raw = merge(merge(merge(template, self.train), self.models[name].train), chosen)
+        raw.update(data=data, out=str(out / "runs" / f"{name}-seed{seed}"), seed=seed, model=self.base)
+        return TrainConfig.from_dict(raw, f"demo model {name!r}")
+
+    def identity(self) -> str:
+        """A digest of what a search record must have been made with: the base, data, train and model settings."""
+        raw = self.to_dict()
+        return json_digest({k: raw[k] for k in ("base", "data", "train", "models")})
+
+
+@dataclass
+class SearchGrid(Config):
+    """An equal-effort grid: the same number of settings per family (nested train overrides), each trained once
+    and scored on the validation split at every WiSE-FT weight in ``wise_ft``."""
+
+    description: str = ""
+    settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    wise_ft: list[float] = field(default_factory=lambda: [1.0])
+    max_retention_drop: float | None = 0.05
+
+    def validate(self) -> None:
+        """Known families with equal numbers of settings; weights in [0, 1]."""
+        unknown = sorted(set(self.settings) - set(FAMILIES))
+        if unknown or not self.settings:
+            raise ClearglassError(f"settings: families {unknown or 'none'}: expected some of {FAMILIES}")
+        sizes = {family: len(s) for family, s in self.settings.items()}
+        if len(set(sizes.values())) != 1:
+            raise ClearglassError(f"settings: every family needs the same number of settings (equal effort), "
+                                  f"got {sizes}")
+        if not self.wise_ft or not all(0.0 <= w <= 1.0 for w in self.wise_ft):
+            raise ClearglassError(f"wise_ft = {self.wise_ft}: expected weights in [0, 1]")
+
+
+def read_search_record(config: DemoConfig) -> dict | None:
+    """The search record the demo config names, checked to have been made for this config's settings."""
+    if config.search is None:
+        return None
+    path = CONFIG_DIR / config.search
+    record = read_json(path, "search record", dict)
+    if record.get("config_identity") != config.identity():
+        raise ClearglassError(f"{path}: made for other demo settings (identity {record.get('config_identity')}, this "
+                              f"config {config.identity()}); rerun `clearglass demo --search GRID` and copy its "
+                              "search.json here")
+    return record

@@ -1,0 +1,226 @@
+"""The demo's report: ``report.md`` leads with the targets (met or missed) and a table of the headline measures with
+the paired difference of the method minus the baseline, then at most three plain sentences, then the set-up, the
+search record it used, every subset's tables and the plots. Every number comes from the results JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clearglass.experiments.demo.evaluation import DemoEvaluator
+from clearglass.io import read_text, write_text_atomic
+from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.models import load_model
+from clearglass.report import (differences_table, fmt_pct, headline_cells, markdown_table, verdict, verdict_sentences,
+                               write_plots)
+
+# (subset, task, task subset, metric, label): the report's first table, in this order
+HEADLINE = [
+    ("test_seen", "recognition", "concept_level1", "i2t_R@1", "level-1 recognition, seen concepts"),
+    ("test_seen", "recognition", "concept_level2", "i2t_R@1", "level-2 recognition, seen concepts"),
+    ("test_held_out", "recognition", "concept_level1", "i2t_R@1", "level-1 recognition, held-out concepts"),
+    ("test_held_out", "recognition", "concept_level2", "i2t_R@1", "level-2 recognition, held-out concepts"),
+    ("cross_seen", "recognition", "concept_level1", "i2t_R@1", "level-1 recognition, cross-style, seen concepts"),
+    ("cross_held_out", "recognition", "concept_level1", "i2t_R@1", "level-1 recognition, cross-style, held-out"),
+    ("cross_held_out", "recognition", "concept_level2", "i2t_R@1", "level-2 recognition, cross-style, held-out"),
+    ("test_seen", "zero_shot", "level1", "top1", "zero-shot level 1, seen concepts (top-1)"),
+    ("test_held_out", "zero_shot", "level2", "top1", "zero-shot level 2, held-out concepts (top-1)"),
+    ("test_seen", "retrieval", "old_captions", "i2t_R@1", "caption retrieval, image->text R@1"),
+    ("retention_test", "retrieval", "old_captions", "i2t_R@1", "retention: base's held-out names, image->caption R@1"),
+    ("retention_test", "zero_shot", "level1", "top1", "retention: base's held-out names, zero-shot top-1"),
+    ("test_seen", "image_clustering", "level1", "centroid_acc", "image-only nearest concept centroid, level 1"),
+]
+RECOGNITION = [h for h in HEADLINE if h[1] == "recognition"]
+
+
+def measures(comparisons: dict) -> list[tuple[tuple[str, str, str, str], str]]:
+    """The headline measures present in these comparisons, as `clearglass.report` measure keys."""
+    return [((subset, task, tsub, metric), label) for subset, task, tsub, metric, label in HEADLINE
+            if subset in comparisons]
+CROSS = [h for h in RECOGNITION if h[0].startswith("cross")]
+
+
+def row(results: dict, task: str, subset: str, metric: str) -> dict | None:
+    """One metric row of a results dict."""
+    return next((r for r in results["metrics"] if (r["task"], r["subset"], r["metric"]) == (task, subset, metric)),
+                None)
+
+
+def difference(differences: list[dict], model: str, baseline: str, task: str, subset: str, metric: str
+               ) -> dict | None:
+    """The paired difference ``model - baseline`` of one metric."""
+    return next((d for d in differences if (d["model"], d["baseline"], d["task"], d["subset"], d["metric"])
+                 == (model, baseline, task, subset, metric)), None)
+
+
+def _diff(comparisons: dict, subset: str, model: str, baseline: str, task: str, tsub: str, metric: str
+          ) -> dict | None:
+    if subset not in comparisons:
+        return None
+    comp = comparisons[subset]
+    pool = comp["differences"] + comp["vs_base"]
+    return difference(pool, model, baseline, task, tsub, metric)
+
+
+def targets(comparisons: dict, baseline: str, method: str, base: str) -> list[dict]:
+    """The demo's targets, each measured: name, met, and the numbers that decide it."""
+    out = []
+
+    def held(level: str) -> dict | None:
+        return _diff(comparisons, "test_held_out", method, baseline, "recognition", level, "i2t_R@1")
+
+    l1, l2 = held("concept_level1"), held("concept_level2")
+    out.append({"target": f"{method} beats {baseline} on level-1 and level-2 recognition of held-out concepts "
+                          "(paired 95% interval above 0)",
+                "met": bool(l1 and l2 and l1["ci_low"] > 0 and l2["ci_low"] > 0),
+                "evidence": [d for d in (l1, l2) if d]})
+    cross = [d for h in CROSS if (d := _diff(comparisons, h[0], method, baseline, *h[1:4]))]
+    out.append({"target": f"{method} does not lose to {baseline} on the cross-style set (upper end of every paired "
+                          "interval above 0)", "met": bool(cross) and all(d["ci_high"] > 0 for d in cross),
+                "evidence": cross})
+    vs_base = [d for h in RECOGNITION if (d := _diff(comparisons, h[0], method, base, *h[1:4]))]
+    out.append({"target": f"{method} beats the base on every recognition measure (paired interval above 0)",
+                "met": bool(vs_base) and all(d["ci_low"] > 0 for d in vs_base), "evidence": vs_base})
+    cap = _diff(comparisons, "test_seen", method, baseline, "retrieval", "old_captions", "i2t_R@1")
+    out.append({"target": f"caption R@1 of {method} within 3 points of {baseline}",
+                "met": bool(cap and cap["value"] >= -0.03), "evidence": [cap] if cap else []})
+    kept = [d for task, tsub, metric in (("retrieval", "old_captions", "i2t_R@1"), ("zero_shot", "level1", "top1"))
+            if (d := _diff(comparisons, "retention_test", method, base, task, tsub, metric))]
+    out.append({"target": f"retention of {method} within 5 points of the base's (its own held-out item names)",
+                "met": bool(kept) and all(d["value"] >= -0.05 for d in kept), "evidence": kept})
+    return out
+
+
+def headline_table(comparisons: dict, models: list[str], baseline: str, method: str) -> str:
+    """Markdown: each headline measure in % [95% CI] per model, then method - baseline [paired CI] and a verdict."""
+    lines = ["| measure | " + " | ".join(models) + f" | {method} - {baseline} | verdict |",
+             "|---|" + "---|" * (len(models) + 2)]
+    for subset, task, tsub, metric, label in HEADLINE:
+        if subset not in comparisons:
+            continue
+        cells = []
+        for m in models:
+            r = row(comparisons[subset]["results"][m], task, tsub, metric)
+            cells.append(f"{fmt_pct(r['value'])} [{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]" if r else "-")
+        d = _diff(comparisons, subset, method, baseline, task, tsub, metric)
+        diff = f"{fmt_pct(d['value'], True)} [{fmt_pct(d['ci_low'], True)}, {fmt_pct(d['ci_high'], True)}]" if d else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {verdict(d) if d else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def loss_plot(runs: dict[str, Path], path: Path) -> Path:
+    """Training loss per step of each model (its own loss, so levels differ between losses), with the validation
+    score where the run logged one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    val_ax = None
+    for name, metrics in runs.items():
+        rows = [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
+        train = [r for r in rows if "loss" in r]
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
+        val = [r for r in rows if "val/score" in r]
+        if val:
+            val_ax = val_ax or ax.twinx()
+            val_ax.plot([r["step"] for r in val], [100 * r["val/score"] for r in val], "--", marker="o", ms=3,
+                        label=f"{name} (validation)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    if val_ax is not None:
+        val_ax.set_ylabel("validation score, %")
+        val_ax.legend(fontsize=6, loc="center right")
+    ax.set_title("Training loss and validation (seed 0)")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _setup(summary: dict) -> str:
+    config, data = summary["config"], summary["data"]
+    cross = data.get("cross_style", {})
+    models = "; ".join(f"`{m}` ({o['family']}): {json.dumps(o['train'])}" for m, o in config["models"].items())
+    return ("## Set-up\n\n"
+            f"Base: `{config['base']}`, fine-tuned by every model with the same steps, optimiser, schedule, seeds and "
+            f"data order. Emoji MAGIC dataset built offline with the `truth` labeler (level1 = emoji subgroup, level2 = "
+            f"emoji group; {len(data['level2_groups'])} groups); build leaks {data['build_leaks']}; training captions "
+            f"naming a concept word removed: {data['concept_word_filter']['captions_removed']}. Concepts per split: "
+            f"{data['concepts']}; training images {data['train_images']}; evaluation images {data['test_images']}. "
+            f"Held-out test concepts: {', '.join(data['held_out_concepts']['test'])}; validation: "
+            f"{', '.join(data['held_out_concepts']['val'])}. Held-out emoji the base's corpus showed: "
+            f"{len(data['held_out_emoji_seen_by_base'])}. Cross-style set: {cross.get('images', 0)} scenes of "
+            f"{cross.get('concepts', 0)} concepts in {cross.get('font', '-')} (left out: "
+            f"{', '.join(cross.get('left_out', [])) or 'none'}). Models: {models}. Seeds: {summary['seeds']}. "
+            f"Wall time: {summary['seconds']:.0f} s.\n")
+
+
+def _search(record: dict | None) -> str:
+    if record is None:
+        return ("## Hyperparameter search\n\nNone recorded for this config: every model uses its settings as "
+                "written, with no interpolation.\n")
+    lines = [f"## Hyperparameter search (validation split only; `{record['command']}`)\n", record["description"] + "\n",
+             "| family | setting | WiSE-FT w | score | " + " | ".join(record["metrics"] + [record["retention_metric"]])
+             + " |", "|---|---|---|---|" + "---|" * (len(record["metrics"]) + 1)]
+    for r in record["results"]:
+        cells = [fmt_pct(r["scores"][m]) if m in r["scores"] else "-" for m in record["metrics"] +
+                 [record["retention_metric"]]]
+        lines.append(f"| {r['family']} | `{json.dumps(r['setting'])}` | {r['wise_ft']:g} | {fmt_pct(r['score'])} | "
+                     + " | ".join(cells) + " |")
+    chosen = "; ".join(f"{f}: `{json.dumps(c['setting'])}`, w {c['wise_ft']:g} (score {fmt_pct(c['score'])}"
+                       + ("" if c["retention_kept"] else ", no setting kept retention") + ")"
+                       for f, c in record["chosen"].items())
+    return "\n".join(lines) + f"\n\nChosen: {chosen}.\n"
+
+
+def write_demo_gallery(out: Path, summary: dict, evaluator: DemoEvaluator, section: dict) -> Path:
+    """report.html: a seeded sample of seen and held-out test images with the base's and both fine-tunes' (seed 0)
+    top-3 concepts per level, the true one marked, under the headline table."""
+    config = summary["config"]
+    tests = {s: evaluator.concepts(s) for s in ("test_seen", "test_held_out")}
+    items = sample_gallery_images(tests, config["eval"]["gallery_per_held_out_concept"], config["eval"]["gallery_seen"],
+                                  config["eval"]["seed"])
+    labels = {lv: sorted({v for cs in tests.values() for c in cs for im in c.test_images
+                          if (v := getattr(im, f"level{lv}"))}) for lv in (1, 2)}
+    root = evaluator.paths["test_seen"].parent
+    specs = {"base": config["base"], **{m: summary["checkpoints"][m][0] for m in (config["baseline"], config["method"])}}
+    predictions = {name: gallery_predictions(evaluator.encoder(load_model(spec)), items, root, labels,
+                                             evaluator.concept_config.template) for name, spec in specs.items()}
+    return write_gallery(out / "report.html", f"clearglass demo: {config['method']} vs {config['baseline']}, "
+                         f"fine-tuning {config['base']}", [section], items, predictions, root)
+
+
+def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dict[str, Any]:
+    """Write report.md and the plots; returns what the summary records of them (targets, paths, key table)."""
+    config, comparisons = summary["config"], summary["comparisons"]
+    baseline, method = config["baseline"], config["method"]
+    models = comparisons["test_seen"]["models"]
+    goals = targets(comparisons, baseline, method, models[0])
+    plots = [p for subset in ("test_seen", "test_held_out", "cross_held_out") if subset in comparisons
+             for p in write_plots(comparisons[subset]["results"], out / "plots" / subset)]
+    plots.append(loss_plot({m: Path(summary["training"][m][0]["metrics_path"]) for m in config["models"]},
+                           out / "plots" / "training_loss.png"))
+    table = headline_table(comparisons, models, baseline, method)
+    sentence = verdict_sentences(comparisons, baseline, method, measures(comparisons),
+                                 [(g["target"], g["met"]) for g in goals])
+    seeds = len(summary["seeds"])
+    parts = [f"# clearglass demo: CLEAR GLASS vs the CLIP loss, fine-tuning `{config['base']}`\n",
+             "**Targets** (test split; " + f"{seeds} seed{'s' if seeds > 1 else ''}):\n",
+             "\n".join(f"- {'MET' if g['met'] else 'MISSED'}: {g['target']}" for g in goals) + "\n",
+             f"## Headline measures (% [95% CI]; the last columns are {method} minus {baseline}, paired)\n", table,
+             sentence + "\n", _setup(summary), _search(summary["search"])]
+    for subset, comp in comparisons.items():
+        parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))
+        parts.append(f"Paired differences on {subset}:\n\n" + differences_table(comp["differences"]))
+    parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots) + "\n")
+    parts.append("Pictures: [report.html](report.html), a gallery of test images with each model's top-3 concepts.\n")
+    report = write_text_atomic("\n".join(parts), out / "report.md")
+    section = {"heading": "", "table": headline_cells(comparisons, baseline, method, measures(comparisons)),
+               "verdict": sentence}
+    gallery = write_demo_gallery(out, summary, evaluator, section)
+    return {"targets": goals, "report": str(report), "gallery": str(gallery), "plots": [str(p) for p in plots],
+            "key_table": table}

@@ -1,0 +1,120 @@
+"""``clearglass demo``: the paper's experiment, offline on a CPU. Both fine-tunes start from the pretrained base
+(``clearglass-mini``) with the same budget, seeds and data order: (a) the CLIP loss on random pairs, (b) CLEAR GLASS
+on groups, each with the settings and WiSE-FT weight its family's equal-effort validation search chose; plus both
+with the text projection frozen (only the image tower learns). The base itself is scored zero-shot. Every model is
+evaluated on seen, held-out and cross-style concepts, on caption retrieval, on the image-only diagnostic and on the
+base's own held-out item names (retention)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from clearglass.checkpoints import extra_state_path, metadata_path, save_checkpoint
+from clearglass.errors import ClearglassError
+from clearglass.experiments.demo.config import DemoConfig, read_search_record
+from clearglass.experiments.demo.data import build_demo_data
+from clearglass.experiments.demo.evaluation import DemoEvaluator
+from clearglass.experiments.demo.report import write_demo_report
+from clearglass.experiments.seeds import merge_seeds
+from clearglass.interpolate import interpolate
+from clearglass.io import write_json_atomic
+from clearglass.models import load_model
+from clearglass.report import compare
+from clearglass.train import train
+
+BASE = "base"
+
+
+def chosen_for(record: dict | None, family: str) -> tuple[dict, float]:
+    """The search record's chosen train setting and WiSE-FT weight for a family (none: no change, w = 1)."""
+    if record is None:
+        return {}, 1.0
+    chosen = record["chosen"][family]
+    return chosen["setting"], float(chosen["wise_ft"])
+
+
+def train_model(config: DemoConfig, name: str, record: dict | None, data: Path, out: Path, seed: int) -> dict:
+    """Train one demo model; returns train()'s result plus the wall time. Its resume state is dropped once the run
+    has finished (nothing resumes a finished demo run; it would double the output folder)."""
+    setting, _ = chosen_for(record, config.models[name].family)
+    train_config = config.train_config(name, setting, str(data), out, seed)
+    start = time.perf_counter()
+    result = train(train_config)
+    extra_state_path(result["checkpoint"]).unlink(missing_ok=True)
+    return {**result, "seconds": time.perf_counter() - start, "config": train_config.to_dict()}
+
+
+def final_model(config: DemoConfig, name: str, record: dict | None, checkpoint: str, path: Path) -> Path:
+    """The model the demo reports for ``name``: its fine-tune, interpolated with the base at the chosen WiSE-FT
+    weight (w < 1), written (slim) at ``path``; w = 1 links the run's checkpoint files there instead."""
+    _, w = chosen_for(record, config.models[name].family)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if w == 1.0:
+        for src, dst in ((Path(checkpoint), path), (metadata_path(checkpoint), metadata_path(path))):
+            dst.unlink(missing_ok=True)
+            os.link(src, dst)
+        return path
+    bundle = interpolate(load_model(config.base), load_model(checkpoint), w)
+    return save_checkpoint(bundle, path, train_config={"wise_ft": {"base": config.base, "fine_tuned": checkpoint,
+                                                                   "w": w}},
+                           dataset_sha256="", metrics={})
+
+
+def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default", progress: bool = True) -> dict:
+    """Build, train, evaluate and report; returns the summary written to ``out/results.json``."""
+    if seeds < 1:
+        raise ClearglassError(f"seeds = {seeds}: expected at least 1")
+    config = DemoConfig.load(config_name)
+    record = read_search_record(config)
+    out = Path(out)
+    if out.is_file():
+        raise ClearglassError(f"--out {out}: is a file; expected an output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    paths, data_summary = build_demo_data(out, config, progress)
+    evaluator = DemoEvaluator(paths, config.eval.k, config.eval.n_boot, config.eval.seed)
+    per_model: dict[str, list[dict[str, dict]]] = defaultdict(list)
+    training: dict[str, list[dict]] = defaultdict(list)
+    finals: dict[str, list[str]] = defaultdict(list)
+    per_model[BASE].append(evaluator.evaluate(load_model(config.base), BASE))
+    seed_list = list(range(config.train.get("seed", 0), config.train.get("seed", 0) + seeds))
+    for seed in seed_list:
+        for name in config.models:
+            result = train_model(config, name, record, paths["train"], out, seed)
+            training[name].append({k: result[k] for k in ("step", "metrics", "seconds", "checkpoint", "metrics_path")})
+            final = final_model(config, name, record, result["checkpoint"], out / "checkpoints" / f"{name}-seed{seed}.pt")
+            finals[name].append(str(final))
+            per_model[name].append(evaluator.evaluate(load_model(str(final)), name))
+    order = [BASE, config.baseline, config.method] + [m for m in config.models if m not in (config.baseline,
+                                                                                             config.method)]
+    comparisons = {}
+    for subset in per_model[BASE][0]:
+        by_model = {m: (per_model[m][0][subset] if len(per_model[m]) == 1 else
+                        merge_seeds([r[subset] for r in per_model[m]])) for m in order}
+        ordered = {config.baseline: by_model[config.baseline], **{m: r for m, r in by_model.items()
+                                                                  if m != config.baseline}}
+        comparisons[subset] = {**compare(ordered), "models": order, "results": {m: by_model[m] for m in order},
+                               "vs_base": compare({BASE: by_model[BASE], config.method: by_model[config.method],
+                                                   config.baseline: by_model[config.baseline]})["differences"]}
+    summary = {
+        "command": f"clearglass demo --out {out} --seeds {seeds}" + (f" --config {config_name}"
+                                                                     if config_name != "default" else ""),
+        "config_name": config_name, "config": config.to_dict(), "seeds": seed_list, "data": data_summary,
+        "training": training, "checkpoints": finals, "search": record, "comparisons": comparisons,
+        "seconds": time.perf_counter() - start,
+    }
+    summary.update(write_demo_report(out, summary, evaluator))
+    write_json_atomic(summary, out / "results.json")
+    return summary
+
+
+def clean_runs(out: Path) -> None:
+    """Remove a demo output folder's training runs (what a fresh demo run would retrain)."""
+    shutil.rmtree(out / "runs", ignore_errors=True)

@@ -1,0 +1,147 @@
+"""The clearglass-mini recipe, ``clearglass pretrain``: build the offline corpus (`corpus`) with nothing of the
+demo's held-out concepts in it, pretrain the default model on it with the CLIP loss until held-out retrieval stops
+improving, and write the pretrained tag: weights (image tower and projections; the frozen MiniLM comes from its
+package), a model card, the validation curve and a small shipped slice of the held-out item names on which the card's
+figures are measured (the demo's retention sets).
+
+Leak rules (counted in the corpus stats): no caption names a level-1 or level-2 concept word of the demo's dataset;
+no emoji of a held-out demo concept (test or validation) appears in any source; no emoji of the demo is drawn by a
+monochrome font, so the demo's cross-style pictures are new to the base.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from clearglass.config import Config
+from clearglass.errors import ClearglassError
+from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
+from clearglass.experiments.demo.config import DemoConfig
+from clearglass.experiments.demo.data import build_splits, demo_emoji, held_out_emoji
+from clearglass.experiments.demo.splits import concept_vocabulary
+from clearglass.experiments.mini.card import curve_plot, write_card
+from clearglass.experiments.mini.corpus import CorpusConfig, build_corpus
+from clearglass.io import file_sha256, read_json, write_json_atomic
+from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
+from clearglass.models import PRETRAINED_DIR, load_model
+from clearglass.train import TrainConfig, train
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+CARD_METRICS = ["retrieval/old_captions/i2t_R@1", "retrieval/old_captions/t2i_R@1", "retrieval/old_captions/i2t_R@5",
+                "zero_shot/level1/top1", "zero_shot/level1/top5"]
+
+
+@dataclass
+class PretrainRecipe(Config):
+    """What ``clearglass pretrain`` builds: the tag, the demo config the corpus must not leak into, the corpus
+    settings (`CorpusConfig` fields), the train config and its overrides, and how many held-out names ship."""
+
+    description: str = ""
+    tag: str = "clearglass-mini"
+    demo: str = "default"
+    corpus: dict[str, Any] = field(default_factory=dict)
+    train_config: str = "mini-pretrain"
+    train: list[str] = field(default_factory=list)
+    ship_per_split: int = 600
+    seed: int = 0
+    config_dir: ClassVar[Path] = CONFIG_DIR
+
+    def validate(self) -> None:
+        """The corpus settings make a CorpusConfig; ship_per_split >= 10."""
+        self.corpus_config()
+        if self.ship_per_split < 10:
+            raise ClearglassError(f"ship_per_split = {self.ship_per_split}: expected >= 10")
+
+    def corpus_config(self) -> CorpusConfig:
+        """The corpus settings as the corpus builder's config."""
+        try:
+            return CorpusConfig(**self.corpus)
+        except TypeError as e:
+            raise ClearglassError(f"corpus: {e}") from None
+
+
+def leak_rules(demo: DemoConfig, out: Path, progress: bool) -> dict[str, Any]:
+    """The demo's concept words, its held-out emoji and all its emoji (see the module docstring)."""
+    splits, _ = build_splits(out, demo.data, progress)
+    concepts = [c for subset in splits.values() for c in subset]
+    return {"forbidden_words": concept_vocabulary(concepts), "excluded_chars": held_out_emoji(splits, demo.data),
+            "excluded_monochrome_chars": demo_emoji(demo.data)}
+
+
+def ship_slice(corpus: Path, split: str, n: int, seed: int, folder: Path) -> Path:
+    """``n`` seeded held-out item names of a corpus split, one render each, copied with their images under
+    ``folder`` as a MAGIC file ``{split}.json``."""
+    concepts = load_concepts(corpus / f"{split}.json")
+    firsts = {}
+    for c in concepts:
+        for im in c.test_images:
+            firsts.setdefault(im.level1, (c, im))
+    names = sorted(firsts)
+    chosen = set(random.Random(f"{seed}:ship:{split}").sample(names, min(n, len(names))))
+    records: dict[str, ConceptRecord] = {}
+    for name in sorted(chosen):
+        concept, image = firsts[name]
+        target = folder / image.image
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(corpus / image.image, target)
+        records.setdefault(concept.concept, ConceptRecord(concept.concept)).test_images.append(image)
+    path = folder / f"{split}.json"
+    save_concepts(list(records.values()), path)
+    return path
+
+
+def card_figures(checkpoint: str, data: Path) -> dict[str, dict[str, float]]:
+    """The card's figures of a model on a held-out file: value and 95% interval per ``CARD_METRICS`` name."""
+    config = EvalConfig(tasks=["retrieval", "zero_shot"], levels=[1], retrieval_ks=[1, 5])
+    results = evaluate_model(ModelEncoder(load_model(checkpoint), batch_size=256, progress=False),
+                             load_concepts(data), data.parent, config)
+    rows = {f"{r['task']}/{r['subset']}/{r['metric']}": r for r in results["metrics"]}
+    return {m: {k: rows[m][k] for k in ("value", "ci_low", "ci_high", "n")} for m in CARD_METRICS}
+
+
+def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: bool, command: str,
+                 progress: bool = True) -> dict:
+    """Build the corpus, pretrain (resuming a run in ``out``), measure, write the tag under ``out/<tag>`` and, with
+    ``ship``, copy it into the package's ``pretrained/`` folder; returns the card data."""
+    start = time.perf_counter()
+    rules = leak_rules(DemoConfig.load(recipe.demo), out / "demo", progress)
+    corpus = out / "corpus"
+    corpus_stats = build_corpus(corpus, recipe.corpus_config(), rules["forbidden_words"], rules["excluded_chars"],
+                                rules["excluded_monochrome_chars"], progress)
+    config = TrainConfig.load(recipe.train_config, [
+        f"data={corpus / 'train.json'}", f"eval_data={corpus / 'val.json'}", f"out={out / 'run'}",
+        f"text_cache_file={out / 'text-cache.pt'}", f"seed={recipe.seed}", *recipe.train, *overrides])
+    result = train(config, resume="auto")
+    best = Path(config.out) / "checkpoints" / "best.pt"
+    tag = out / recipe.tag
+    if tag.exists():
+        shutil.rmtree(tag)
+    heldout = {split: ship_slice(corpus, split, recipe.ship_per_split, recipe.seed, tag / "heldout")
+               for split in ("val", "test")}
+    for suffix in (".pt", ".json"):
+        shutil.copyfile(best.with_suffix(suffix), tag / f"model{suffix}")
+    card = {
+        "tag": recipe.tag, "command": command, "recipe": recipe.to_dict(), "overrides": overrides,
+        "train_config": config.to_dict(), "corpus": {**read_json(corpus / "corpus.json", "corpus record", dict),
+                                                     "stats": corpus_stats},
+        "steps": result["step"], "best": result["best"], "stopped_early": result["stopped_early"],
+        "figures": {"shipped_test": card_figures(str(tag / "model.pt"), heldout["test"]),
+                    "corpus_test": card_figures(str(tag / "model.pt"), corpus / "test.json")},
+        "shipped": {split: {"file": f"heldout/{p.name}", "sha256": file_sha256(p)} for split, p in heldout.items()},
+        "weights_bytes": (tag / "model.pt").stat().st_size, "seconds": time.perf_counter() - start,
+    }
+    curve_plot(Path(config.out) / "metrics.jsonl", tag / "validation_curve.png")
+    write_json_atomic(card, tag / "card.json")
+    write_card(card, tag / "MODEL_CARD.md")
+    if ship:
+        target = PRETRAINED_DIR / recipe.tag
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(tag, target)
+        card["shipped_to"] = str(target)
+    return card

@@ -1,0 +1,109 @@
+"""`clearglass demo --quick` end to end through clearglass.cli.main: every artefact is present and parses, the report
+leads with the targets and its headline numbers are the JSON's; and a tiny equal-effort search writes a record."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from clearglass.checkpoints import metadata_path
+from clearglass.cli import main
+from clearglass.experiments.demo.config import DemoConfig
+from clearglass.experiments.demo.report import HEADLINE
+from clearglass.report import fmt_pct
+
+
+def _cells(text: str, label: str) -> list[str]:
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")[1:]]
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(out), "--quick"]) == 0
+    return out, printed.getvalue()
+
+
+def test_every_artefact_is_present_and_parses(quick_demo: tuple[Path, str]) -> None:
+    out, _ = quick_demo
+    config = DemoConfig.load("quick")
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    models = ["base", *config.models]
+    assert set(results["comparisons"]) >= {"test_seen", "test_held_out", "val_seen", "val_held_out", "cross_seen",
+                                           "cross_held_out", "retention_val", "retention_test"}
+    for subset, comp in results["comparisons"].items():
+        assert comp["models"] == ["base", config.baseline, config.method, *[m for m in config.models
+                                                                          if m not in (config.baseline, config.method)]]
+        assert set(comp["results"]) == set(models)
+        assert {d["model"] for d in comp["differences"]} == set(models) - {config.baseline}
+        for model in models:
+            for r in comp["results"][model]["metrics"]:
+                assert 0.0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0, (subset, model, r)
+    keys = {(r["task"], r["subset"], r["metric"]) for r in results["comparisons"]["test_seen"]["results"]["base"]["metrics"]}
+    assert {("recognition", "concept_level1", "i2t_R@1"), ("zero_shot", "level2", "top1"),
+            ("retrieval", "old_captions", "i2t_R@1"), ("image_clustering", "level1", "centroid_acc")} <= keys
+    for png in results["plots"]:
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    for name in config.models:
+        path = Path(results["checkpoints"][name][0])
+        assert path.is_file() and metadata_path(path).is_file()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        assert state and all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") >= 8 and "http://" not in html.replace("http://www.w3.org", "")
+    assert [g["target"] for g in results["targets"]] and len(results["targets"]) == 5
+    assert not list((out / "runs").rglob("*.extra.pt"))  # finished demo runs keep no resume state
+
+
+def test_the_report_leads_with_the_targets_and_quotes_the_json(quick_demo: tuple[Path, str]) -> None:
+    out, printed = quick_demo
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    report = (out / "report.md").read_text(encoding="utf-8")
+    lines = report.splitlines()
+    assert lines[2].startswith("**Targets**")
+    for goal, line in zip(results["targets"], [ln for ln in lines if ln.startswith(("- MET", "- MISSED"))]):
+        assert line == f"- {'MET' if goal['met'] else 'MISSED'}: {goal['target']}"
+    header = next(ln for ln in lines if ln.startswith("| measure |"))
+    names = [c.strip() for c in header.strip("|").split("|")[1:]]
+    for subset, task, tsub, metric, label in HEADLINE:
+        cells = _cells(report, label)
+        assert cells == _cells(printed, label)
+        for name, cell in zip(names, cells):
+            if name in results["comparisons"][subset]["results"]:
+                row = next(r for r in results["comparisons"][subset]["results"][name]["metrics"]
+                           if (r["task"], r["subset"], r["metric"]) == (task, tsub, metric))
+                assert cell == f"{fmt_pct(row['value'])} [{fmt_pct(row['ci_low'])}, {fmt_pct(row['ci_high'])}]"
+        d = next(d for d in results["comparisons"][subset]["differences"]
+                 if (d["model"], d["task"], d["subset"], d["metric"]) == ("clear_glass", task, tsub, metric))
+        assert cells[-2] == f"{fmt_pct(d['value'], True)} [{fmt_pct(d['ci_low'], True)}, {fmt_pct(d['ci_high'], True)}]"
+    for png in results["plots"]:
+        assert re.search(re.escape(Path(png).relative_to(out).as_posix()), report)
+
+
+def test_a_tiny_search_records_every_row_and_its_choice(tmp_path: Path) -> None:
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"description": "d", "settings": {"clip": [{"lr": 0.001}], "clear_glass": [{"lr": 0.001}]},
+                                "wise_ft": [0.5, 1.0]}))
+    assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "s")]) == 0
+    record = json.loads((tmp_path / "s" / "search.json").read_text(encoding="utf-8"))
+    rows = [json.loads(ln) for ln in (tmp_path / "s" / "search.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert record["results"] == rows and len(rows) == 4
+    assert {(r["family"], r["wise_ft"]) for r in rows} == {(f, w) for f in ("clip", "clear_glass") for w in (0.5, 1.0)}
+    for family, chosen in record["chosen"].items():
+        best = max((r for r in rows if r["family"] == family), key=lambda r: r["score"])
+        assert chosen["score"] <= best["score"] and chosen["setting"] == {"lr": 0.001}
+    assert record["config_identity"] == DemoConfig.load("quick").identity()
+    grid.write_text(json.dumps({"description": "d", "settings": {"clip": [{}], "clear_glass": [{}, {}]}}))
+    assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "t")]) == 2
