@@ -95,7 +95,7 @@ class ModelEncoder:
         self.bundle.model.eval()
         with torch.no_grad():
             for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False,
-                              disable=not self.progress):
+                              disable=not self.progress, delay=1.0):  # delay: no bar for sub-second loops
                 out = encode_batch(unique[start:start + self.batch_size]).float()  # (b, D)
                 rows.append(torch.nn.functional.normalize(out, dim=-1).cpu())
         table = torch.cat(rows) if rows else torch.empty(0, 0)

@@ -487,7 +487,7 @@ class FrozenTextCache:
         table = {row.tobytes(): i for i, row in enumerate(array)}  # distinct row -> its first index
         rows = [r for r in table if r not in self.store]
         for start in tqdm(range(0, len(rows), batch_size), desc="encode captions (frozen text tower)", unit="batch",
-                          disable=not progress or not rows):
+                          disable=not progress or not rows, delay=1.0):  # delay: no bar for sub-second loops
             chunk = rows[start:start + batch_size]
             self._encode_missing(tokens[[table[k] for k in chunk]], chunk)
 

@@ -197,7 +197,7 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
     good: list[SourceItem] = []
     bad: list[dict] = []
     seen: set[str] = set()
-    for item in tqdm(items, desc="verify images", disable=not options.progress):
+    for item in tqdm(items, desc="verify images", disable=not options.progress, delay=1.0):  # none if sub-second
         if item.image in seen:
             raise ClearglassError(f"source yields image {item.image!r} ({item.path}) twice: expected unique image ids")
         seen.add(item.image)
