@@ -17,9 +17,9 @@ loss, and evaluate concept recognition, zero-shot classification per level and c
 
 EXAMPLES = """\
 examples:
-  clearglass demo --quick                                       the whole pipeline on rendered emoji, offline
+  clearglass demo --quick                       the whole pipeline on rendered emoji, offline
+  clearglass validate data/emoji/magic.json     every problem of a dataset
   clearglass build --source emoji --labeler truth --out data/emoji/magic.json
-  clearglass validate data/emoji/magic.json                     every problem of a dataset
   clearglass train --config default-grouped data=data/emoji/magic.json out=runs/cg
   clearglass eval --model runs/cg/checkpoints/step_000500.pt --data data/emoji/magic.json --out results.json
 
