@@ -182,7 +182,8 @@ def _nothing_left(labelled: int, dropped: dict[str, int], lost: int, min_size: i
     parts = [f"no concept is left of {labelled} labelled images"]
     if dropped:
         sizes = sorted(dropped.values())
-        parts.append(f"{len(dropped)} concept(s) with {sizes[0]}..{sizes[-1]} images each were dropped, fewer than "
+        span = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}..{sizes[-1]}"
+        parts.append(f"{len(dropped)} concept(s) with {span} images each were dropped, fewer than "
                      f"min_group_size = {min_size} even after merging into their level2 parents (lower "
                      "--min-group-size, or add images)")
     if lost:
