@@ -113,3 +113,75 @@ def test_eval_missing_image_names_the_file(tmp_path, capsys):
     (tmp_path / "img" / "c1_1.png").unlink()
     assert main(["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "r.json"), *COMMON]) == 2
     assert "c1_1.png" in capsys.readouterr().err
+
+
+def test_option_defaults_are_the_eval_config_defaults(tmp_path):
+    from clearglass.cli import build_parser
+    from clearglass.cli.evaluate import _config
+    from clearglass.evaluate import EvalConfig
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--model", "default", "--data", "t.json", "--out", "r.json"])
+    assert _config(args) == EvalConfig()
+    concepts = parser.parse_args(["concepts", "a.png", "--labels", "l.txt"])
+    assert concepts.template == EvalConfig().template
+
+
+def test_eval_and_compare_check_their_output_before_evaluating(tmp_path, capsys, monkeypatch):
+    import clearglass.cli.evaluate as cli_evaluate
+
+    def never(*args):
+        raise AssertionError("evaluated before the output was checked")
+
+    monkeypatch.setattr(cli_evaluate, "_evaluate", never)
+    data = write_test_set(tmp_path)
+    (tmp_path / "file").write_text("x")
+    assert main(["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "img")]) == 2
+    assert f"{tmp_path / 'img'}: is a folder; expected a file path for the results JSON" in capsys.readouterr().err
+    assert main(["compare", "--models", "default", "x.pt", "--data", str(data), "--out", str(tmp_path / "file")]) == 2
+    assert f"{tmp_path / 'file'}: is a file; expected a folder for the comparison report" in capsys.readouterr().err
+
+
+def test_eval_refuses_image_ids_outside_the_root_unless_allowed(tmp_path, capsys):
+    data = write_test_set(tmp_path / "set")
+    raw = json.loads(data.read_text())
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / "outside.png")
+    raw[0]["test_images"][0]["image"] = "../outside.png"
+    data.write_text(json.dumps(raw))
+    argv = ["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "r.json"), "--tasks",
+            "retrieval", *COMMON]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "image id '../outside.png' resolves to" in err and "--allow-outside-root" in err
+    assert not (tmp_path / "r.json").exists()
+    assert main(argv + ["--allow-outside-root"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["n_images_embedded"] == 8
+
+
+def test_a_16_bit_image_scores_as_its_8_bit_original_not_as_white(tmp_path, capsys):
+    grey = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "white.png")
+    (tmp_path / "labels.txt").write_text("cat\ndog\ntree\n")
+    paths = [str(tmp_path / n) for n in ("g8.png", "g16.png", "white.png")]
+    assert main(["concepts", *paths, "--labels", str(tmp_path / "labels.txt"), "--json"]) == 0
+    scores = {Path(p).stem: {x["label"]: x["score"] for x in ranked["labels"]}
+              for p, ranked in json.loads(capsys.readouterr().out).items()}
+    assert scores["g16"] == scores["g8"] and scores["g16"] != scores["white"]
+
+
+def test_the_console_stays_quiet_while_models_load(tmp_path):
+    """A whole `concepts` run prints its answer and nothing on stderr: no load report of the frozen text tower
+    (``pooler.dense.weight | UNEXPECTED``), no open_clip notice, no bar for sub-second loops."""
+    import os
+    import subprocess
+    import sys
+
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "red.png")
+    (tmp_path / "labels.txt").write_text("red\nblue\n")
+    done = subprocess.run([sys.executable, "-m", "clearglass", "concepts", str(tmp_path / "red.png"), "--labels",
+                           str(tmp_path / "labels.txt")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout.splitlines()[0] == str(tmp_path / "red.png")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from PIL import Image
 from torchvision import transforms
 
 from clearglass.data import (
@@ -18,7 +21,7 @@ from clearglass.data import (
     text_pretrain_pairs,
 )
 from clearglass.errors import ClearglassError
-from clearglass.magic.schema import load_concepts
+from clearglass.magic.schema import ImageRoot, load_concepts
 from tiny_magic import write_tiny_magic
 
 
@@ -187,3 +190,30 @@ def test_text_pretrain_pairs_and_sampler(magic):
     sampler = TextPairSampler(len(pairs), 16, seed=0)
     flat = [i for batch in sampler for i in batch]
     assert len(flat) == len(set(flat)) == 16 * 20
+
+
+def test_unknown_hard_negatives_are_counted(magic):
+    _, _, concepts = magic
+    concepts = [replace(c, hard_negative=c.hard_negative + ["no-such-concept"]) if k < 3 else c
+                for k, c in enumerate(concepts)]
+    index, plain = GroupIndex(concepts), GroupIndex(magic[2])
+    assert index.unknown_hard_negatives == 3
+    assert [g.hard_negatives for g in index.groups] == [g.hard_negatives for g in plain.groups]  # dropped
+    assert plain.unknown_hard_negatives == 0  # concept7's held-out negative concept8 is a concept: not unknown
+
+
+def test_images_outside_the_root_are_refused_before_any_step_unless_allowed(magic, tmp_path):
+    _, _, concepts = magic
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(outside)
+    (tmp_path / "root").mkdir()
+    first = concepts[0]
+    for image in (str(outside), "../outside.png"):
+        moved = [replace(first, train_images=[replace(first.train_images[0], image=image)])] + concepts[1:]
+        index = GroupIndex(moved)
+        key = PairKey(index.index_of["concept0"], 0, 0, 0)
+        with pytest.raises(ClearglassError, match=r"(absolute path|outside the image root).*\(concept 'concept0'"):
+            PairDataset(index, tmp_path / "root", transforms.ToTensor(), toy_tokenizer)  # not when first drawn
+        allowed = PairDataset(index, ImageRoot(tmp_path / "root", allow_outside=True), transforms.ToTensor(),
+                              toy_tokenizer)
+        assert torch.equal(allowed[key][0][:, 0, 0], torch.tensor([1, 2, 3]) / 255)

@@ -1,9 +1,10 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.schema import (ConceptRecord, ImageRecord, concepts_from_json, load_concepts,
+from clearglass.magic.schema import (ConceptRecord, ImageRecord, ImageRoot, concepts_from_json, load_concepts,
                                      resolve_image_path, save_concepts)
 
 
@@ -24,5 +25,30 @@ def test_errors_name_file_record_and_field(tmp_path):
 
 
 def test_resolve_image_path():
-    assert resolve_image_path("/r", "139").name == "000000000139.jpg"
+    assert resolve_image_path("/r", "000000000139").name == "000000000139.jpg"  # a bare COCO id: 12 digits
     assert resolve_image_path("/r", "images/a.png").as_posix() == "/r/images/a.png"
+    assert resolve_image_path("/r", "sub/../a.png").resolve() == Path("/r/a.png")
+
+
+@pytest.mark.parametrize("image", ["139", "6400004", "64/0004", "images/a", "0000000001390", "", "a\x00.png",
+                                   "０００００００００１３９"])
+def test_an_id_without_a_suffix_is_a_coco_id_of_12_digits_or_an_error(image):
+    with pytest.raises(ClearglassError, match="image id"):
+        resolve_image_path("/r", image)
+
+
+def test_image_ids_stay_in_their_root_unless_allowed(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "secret.png"
+    (root / "sub").mkdir(parents=True)
+    outside.write_bytes(b"x")
+    (root / "link").symlink_to(tmp_path)
+    escapes = [str(outside), "../secret.png", "sub/../../secret.png", "link/secret.png"]
+    for image in escapes:
+        with pytest.raises(ClearglassError, match=r"(absolute path|outside the image root).*--allow-outside-root"):
+            resolve_image_path(root, image)
+        assert resolve_image_path(root, image, allow_outside_root=True).resolve() == outside.resolve()
+        assert resolve_image_path(ImageRoot(root, allow_outside=True), image).resolve() == outside.resolve()
+        with pytest.raises(ClearglassError):
+            resolve_image_path(ImageRoot(root), image)
+    assert resolve_image_path(ImageRoot(root), "sub/a.png") == root / "sub" / "a.png"
+    assert Path(ImageRoot(root)) == root  # an os.PathLike: it goes wherever an image root folder does

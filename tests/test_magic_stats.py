@@ -1,5 +1,8 @@
 import json
 
+import pytest
+
+from clearglass.errors import ClearglassError
 from clearglass.magic.schema import load_concepts
 from clearglass.magic.stats import dataset_stats, format_stats
 from tiny_magic import write_tiny_magic
@@ -16,3 +19,10 @@ def test_stats_counts(tmp_path):
     assert stats["distinct_per_level"] == {"level1": 4, "level2": 2, "level3": 1, "level4": 0}
     text = format_stats(stats)
     assert "concepts: 5 (1 held out)" in text and "2-4: 4" in text
+
+
+def test_duplicate_concepts_are_an_error_naming_both_records(tmp_path):
+    concepts = load_concepts(write_tiny_magic(tmp_path, concepts=3, images_per_concept=1, held_out=0))
+    concepts.append(concepts[1])
+    with pytest.raises(ClearglassError, match=r"m.json: concept records 1 and 3 are both 'concept1': expected unique"):
+        dataset_stats(concepts, "m.json")

@@ -353,3 +353,24 @@ def test_error_cases(tmp_path, tiny_open_clip_checkpoint, tiny_hf_dir):
     torch.save({"unrelated": torch.zeros(1)}, path)
     with pytest.raises(ClearglassError, match="wrong.pt"):
         load_model(str(path))
+
+
+def test_quiet_loading_silences_load_notices_keeps_errors_and_restores_the_settings(caplog):
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from clearglass.models import quiet_loading
+
+    hf_logging.set_verbosity_warning()
+    with caplog.at_level(logging.INFO):
+        with quiet_loading():
+            assert hf_logging.get_verbosity() == hf_logging.ERROR and not hf_logging.is_progress_bar_enabled()
+            # open_clip logs "No pretrained weights loaded ..." on the root logger
+            open_clip.create_model(register_open_clip_config("clearglass-test-quiet", TINY_OPEN_CLIP))
+            logging.error("an error stays loud")
+        logging.warning("after loading, warnings show again")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("pretrained weights" in m for m in messages)
+    assert "an error stays loud" in messages and "after loading, warnings show again" in messages
+    assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()

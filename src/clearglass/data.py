@@ -24,7 +24,7 @@ from PIL import Image
 
 from clearglass.errors import ClearglassError
 from clearglass.io import DEFAULT_MAX_PIXELS, load_image
-from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path
+from clearglass.magic.schema import ConceptRecord, ImageRecord, ImageRoot, resolve_image_path
 
 CAPTION_FIELDS = ("new_captions", "old_captions")
 SHORT_GROUP_POLICIES = ("replace", "skip")
@@ -56,7 +56,8 @@ class GroupIndex:
     Held-out concepts (no train images) are never groups. Groups with fewer than ``min_images`` usable images are
     kept when ``short_groups='replace'`` (their pairs are drawn with replacement) and dropped, and listed in
     ``skipped``, when ``short_groups='skip'``. Images without a caption in ``caption_field`` are not pairs; their
-    count is ``images_without_captions``.
+    count is ``images_without_captions``. Hard negatives that name no concept of the dataset are dropped and
+    counted in ``unknown_hard_negatives`` (those naming held-out or skipped concepts are no groups, so they go too).
     """
 
     def __init__(
@@ -74,6 +75,8 @@ class GroupIndex:
         self.held_out: list[str] = []
         self.skipped: list[str] = []
         self.images_without_captions = 0
+        names = {rec.concept for rec in concepts}
+        self.unknown_hard_negatives = sum(n not in names for rec in concepts for n in rec.hard_negative)
         kept: list[tuple[ConceptRecord, list[ImageRecord]]] = []
         for rec in concepts:
             if not rec.train_images:
@@ -310,14 +313,16 @@ class PairDataset(torch.utils.data.Dataset):
     """Loads the pair of a ``PairKey``: the image through ``transform`` and the caption through ``tokenizer``.
 
     Augmentation randomness is seeded by the key, so a pair's tensor does not depend on workers, ranks or resumes.
-    A missing or unreadable image raises ``ClearglassError`` naming the file and the record. With
+    Every image id is resolved when the dataset is made: an id outside ``image_root`` (unless it is an ``ImageRoot``
+    that allows it, see `clearglass.magic.schema.resolve_image_path`) raises ``ClearglassError`` naming the record
+    then, before any step; a missing or unreadable image raises it, naming the file and the record, when loaded. With
     ``cache_images`` the decoded RGB images are kept in memory (per worker process).
     """
 
     def __init__(
         self,
         index: GroupIndex,
-        image_root: str | Path,
+        image_root: str | Path | ImageRoot,
         transform: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         cache_images: bool = False,
@@ -325,12 +330,25 @@ class PairDataset(torch.utils.data.Dataset):
     ) -> None:
         self.index = index
         self.max_pixels = max_pixels
-        self.image_root = Path(image_root)
+        self.image_root = image_root if isinstance(image_root, ImageRoot) else ImageRoot(Path(image_root))
         self.transform = transform
         self.tokenizer = tokenizer
         self.cache_images = cache_images
         self._images: dict[tuple[int, int], Image.Image] = {}
         self._tokens: dict[str, torch.Tensor] = {}
+        self._paths = {(g, i): self._resolve(g, i) for g, group in enumerate(index.groups)
+                       for i in range(len(group.images))}  # every id checked before the first step
+
+    def _what(self, group: int, image: int) -> str:
+        record = self.index.groups[group].images[image]
+        return (f"concept {self.index.groups[group].concept!r}, train image {record.image!r}; image root "
+                f"{self.image_root.folder}")
+
+    def _resolve(self, group: int, image: int) -> Path:
+        try:
+            return resolve_image_path(self.image_root, self.index.groups[group].images[image].image)
+        except ClearglassError as e:
+            raise ClearglassError(f"{e} ({self._what(group, image)})") from None
 
     def __len__(self) -> int:
         """Number of (image, caption) pairs."""
@@ -340,11 +358,7 @@ class PairDataset(torch.utils.data.Dataset):
         """The decoded RGB image of one record."""
         if (group, image) in self._images:
             return self._images[group, image]
-        concept = self.index.groups[group].concept
-        record = self.index.groups[group].images[image]
-        path = resolve_image_path(self.image_root, record.image)
-        rgb = load_image(path, f"concept {concept!r}, train image {record.image!r}; image root {self.image_root}",
-                         self.max_pixels)
+        rgb = load_image(self._paths[group, image], self._what(group, image), self.max_pixels)
         if self.cache_images:
             self._images[group, image] = rgb
         return rgb

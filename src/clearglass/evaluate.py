@@ -95,7 +95,7 @@ class ModelEncoder:
         self.bundle.model.eval()
         with torch.no_grad():
             for start in tqdm(range(0, len(unique), self.batch_size), desc=desc, unit="batch", leave=False,
-                              disable=not self.progress):
+                              disable=not self.progress, delay=1.0):  # delay: no bar for sub-second loops
                 out = encode_batch(unique[start:start + self.batch_size]).float()  # (b, D)
                 rows.append(torch.nn.functional.normalize(out, dim=-1).cpu())
         table = torch.cat(rows) if rows else torch.empty(0, 0)
@@ -111,6 +111,8 @@ class ModelEncoder:
                 s = p.stat()
             except FileNotFoundError:
                 raise ClearglassError(f"{p}: image file not found") from None
+            except OSError as e:
+                raise ClearglassError(f"{p}: cannot read the image file ({e.strerror or e})") from None
             return f"{p.resolve()}:{s.st_size}:{s.st_mtime_ns}"
 
         def batch(chunk: list[Path]) -> torch.Tensor:
@@ -603,7 +605,9 @@ def metric_rows(units: list[tuple[str, str, dict, list]], config: EvalConfig) ->
 
 def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
                    config: EvalConfig | None = None, model: str = "", data: str = "") -> dict:
-    """Run the configured tasks, encoding every unique image and text once, and return the results dict."""
+    """Run the configured tasks, encoding every unique image and text once, and return the results dict. Image ids
+    resolve under ``image_root`` (an ``ImageRoot`` says whether they may leave it; a plain folder: they may not),
+    all of them before anything is encoded."""
     config = config or EvalConfig()
     _check(concepts)
     skipped: dict[str, str] = {}

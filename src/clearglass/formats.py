@@ -7,7 +7,8 @@
   specific (the MAGIC convention); the most specific text is also the image's caption (old and new).
 - ``hierarcaps-json``: the layout the CLEAR GLASS reference reads: a list of
   ``{concept, images: [ids], general_captions_level1..4: [texts]}``; level N is the first text of
-  ``general_captions_levelN``, captions are all texts of ``general_captions_level1``.
+  ``general_captions_levelN``, captions are all texts of ``general_captions_level1``; a numeric COCO image id
+  (``123``) is its file name ``000000000123.jpg``.
 - ``breeds``: the reference's BREEDS layout (one or more files, concatenated): a list of
   ``{concept, images: [ImageNet ids like n01631663_2291], general_captions_level1: [texts], level1, level2, level3}``;
   images live at ``ROOT/<wnid>/<id>.JPEG``; level1 = concept, level2..4 = the record's level1..3 (its
@@ -78,7 +79,8 @@ def load_hierarcaps_json(path: str | os.PathLike) -> list[ConceptRecord]:
         levels = [_strings(rec, f"general_captions_level{n}", f"{where} ({name!r})") for n in (1, 2, 3, 4)]
         images = _strings(rec, "images", f"{where} ({name!r})")
         concepts.append(ConceptRecord(concept=name, test_images=[ImageRecord(
-            image=str(im), old_captions=list(levels[0]), new_captions=list(levels[0]),
+            image=f"{int(im):012d}.jpg" if im.isascii() and im.isdigit() else im, old_captions=list(levels[0]),
+            new_captions=list(levels[0]),
             level1=levels[0][0], level2=levels[1][0], level3=levels[2][0], level4=levels[3][0]) for im in images]))
     return concepts
 

@@ -9,12 +9,13 @@ needs arbitrary code to unpickle is refused, never run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -104,7 +105,7 @@ def read_text(path: str | os.PathLike, what: str) -> str:
     except FileNotFoundError:
         raise ClearglassError(f"{path}: {what} not found") from None
     except IsADirectoryError:
-        raise ClearglassError(f"{path}: is a folder; expected a {what} file") from None
+        raise ClearglassError(f"{path}: is a folder; expected a file ({what})") from None
     except UnicodeDecodeError as e:
         raise ClearglassError(f"{path}: {what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except OSError as e:
@@ -125,6 +126,15 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = None) ->
     return raw
 
 
+def _torch_reason(error: BaseException) -> str:
+    """The informative line of a torch.load error: the refused global or operand of a weights-only failure, else
+    the first sentence (torch's messages run on with advice that does not apply here)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "unsupported" in ln.lower()]
+    first = named[0] if named else lines[0] if lines else type(error).__name__
+    return first.split(". ")[0].rstrip(".")
+
+
 def load_torch(path: str | os.PathLike, what: str) -> Any:
     """``torch.load(weights_only=True)`` on the CPU: tensors and plain data only. A file that needs arbitrary code
     to unpickle (a crafted or foreign checkpoint) is refused; a missing, truncated or corrupt one is an error."""
@@ -136,26 +146,29 @@ def load_torch(path: str | os.PathLike, what: str) -> Any:
     if not path.is_file():
         raise ClearglassError(f"{path}: {what} not found" if not path.exists() else f"{path}: is not a {what} file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle (not torch's zip layout) also warns about its protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClearglassError(f"{path}: {what} holds objects that only arbitrary code can rebuild; refused (only "
-                              f"tensors and plain data load): {first}") from None
+                              f"tensors and plain data load): {_torch_reason(e)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({first})") from None
+        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({_torch_reason(e)})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # images
 
 
-def _scaled_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Integer or float pixel values scaled (not clipped) to 0..255 by the range their type implies:
-    [0, 1] floats x 255, values within [0, 255] as they are, within [0, 65535] / 257, otherwise min..max."""
+def _scaled_to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
+    """Greyscale pixel values scaled (not clipped) to 0..255. ``sixteen_bit`` (modes ``I;16*``): / 257, whatever
+    the values. Otherwise (modes ``I`` and ``F``, whose type does not say the range) by the range the values
+    fill: floats within [0, 1] x 255, values within [0, 255] as they are, within [0, 65535] / 257, else min..max."""
     v = values.astype(np.float64)
     low, high = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-    if values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+    if sixteen_bit:
+        v = v / 257.0
+    elif values.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
         v = v * 255.0
     elif low >= 0 and high <= 255:
         pass
@@ -168,13 +181,13 @@ def _scaled_to_uint8(values: np.ndarray) -> np.ndarray:
 
 def to_rgb8(image: Image.Image) -> Image.Image:
     """Any mode PIL opens as 8-bit RGB. 16-bit, 32-bit and float greyscale are scaled (``_scaled_to_uint8``), not
-    clipped; transparency (RGBA, LA, PA, P with a transparent colour) is composited over white; CMYK, YCbCr, 1, L
+    clipped (PIL's own ``convert`` clips them: a 16-bit image turns white); transparency (RGBA, LA, PA, P with a transparent colour) is composited over white; CMYK, YCbCr, 1, L
     and P convert as PIL does."""
     mode = image.mode
     if mode in ("RGB",):
         return image
     if mode.startswith("I") or mode == "F":
-        grey = Image.fromarray(_scaled_to_uint8(np.asarray(image)), mode="L")
+        grey = Image.fromarray(_scaled_to_uint8(np.asarray(image), mode.startswith("I;16")), mode="L")
         return grey.convert("RGB")
     if mode == "P" and "transparency" in image.info or mode in ("PA",):
         image = image.convert("RGBA")
@@ -186,30 +199,67 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The decoded image as 8-bit RGB (:func:`to_rgb8`). A missing, unreadable, empty or over-large file is a
-    ClearglassError "PATH: reason (what)", ``what`` saying which record it is (e.g. "concept 'fruit', image 'a.png'")."""
-    path = Path(path)
+@contextlib.contextmanager
+def _open_image(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The lazily opened image (header read, pixels not decoded), its size checked against ``max_pixels``; every
+    failure inside the block, decoding included, becomes one ClearglassError "PATH: reason (what)"."""
     about = f" ({what})" if what else ""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # our own limit below says it in one line
-            with Image.open(path) as im:
-                pixels = im.size[0] * im.size[1]
-                if pixels > max_pixels:
-                    raise ClearglassError(f"{path}: image of {im.size[0]}x{im.size[1]} = {pixels:,} pixels is over "
-                                          f"the limit of {max_pixels:,}{about} (raise max_image_pixels to allow it)")
-                im.load()
-                return to_rgb8(im)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit below it
+            im = Image.open(path)
+        with im:
+            pixels = im.size[0] * im.size[1]
+            if pixels > max_pixels:
+                raise ClearglassError(f"{path}: image of {im.size[0]}x{im.size[1]} = {pixels:,} pixels is over "
+                                      f"the limit of {max_pixels:,}{about} (raise max_image_pixels to allow it)")
+            yield im
+    except ClearglassError:
+        raise
     except FileNotFoundError:
         raise ClearglassError(f"{path}: image file not found{about}") from None
     except IsADirectoryError:
         raise ClearglassError(f"{path}: is a folder, not an image file{about}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ClearglassError(f"{path}: over PIL's decompression-bomb limit{about}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise ClearglassError(f"{path}: over PIL's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
+                              f"pixels{about}: {str(e).split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # truncated files are OSErrors
         reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e)
         raise ClearglassError(f"{path}: not a readable image{about}: {reason}") from None
+
+
+def load_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The decoded image as 8-bit RGB (:func:`to_rgb8`). A missing, unreadable, empty or over-large file is a
+    ClearglassError "PATH: reason (what)", ``what`` saying which record it is (e.g. "concept 'fruit', image 'a.png'").
+    Images over PIL's own decompression-bomb limit (twice ``PIL.Image.MAX_IMAGE_PIXELS``) are refused by PIL."""
+    with _open_image(Path(path), what, max_pixels) as im:
+        im.load()
+        return to_rgb8(im)
+
+
+def check_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) of an image file from its header, with :func:`load_image`'s errors for a missing, empty,
+    unidentifiable or over-large file; the pixels are not decoded (a file truncated mid-image passes)."""
+    with _open_image(Path(path), what, max_pixels) as im:
+        return im.size
+
+
+def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+    """Fail early, before any work, when ``path`` cannot be written as a file (or, with ``folder``, as a folder of
+    outputs): a folder where a file is wanted or the reverse, a file on the way, or no write permission."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ClearglassError(f"{path}: is a file; expected a folder for the {what}")
+    if not folder and path.is_dir():
+        raise ClearglassError(f"{path}: is a folder; expected a file path for the {what}")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ClearglassError(f"{path}: {existing} is a file, so the {what} cannot be written there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ClearglassError(f"{path}: no permission to write in {existing} (the {what})")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,10 +20,12 @@ the caller's choice, and open_clip's BERT table is completed by :func:`configure
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,34 @@ def configure_open_clip() -> None:
     names = open_clip.hf_configs.arch_dict["bert"]["config_names"]
     names.setdefault("layer_attr", "layer")
     names.setdefault("token_embeddings_attr", "embeddings")
+
+
+class _OpenClipNotices(logging.Filter):
+    """Drops open_clip's records below ERROR (it logs ``Model NAME initialized partially.`` on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "open_clip" not in Path(record.pathname).parts
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """While a model loads: transformers at its ``error`` verbosity without progress bars (each load would print a
+    report of the checkpoint keys a model leaves unused, e.g. ``pooler.dense.weight | UNEXPECTED``) and open_clip's
+    notices dropped; errors stay loud, and both settings are restored after."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    notices = _OpenClipNotices()
+    logging.getLogger().addFilter(notices)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notices)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass
@@ -245,7 +275,12 @@ def pretrained_tags() -> list[str]:
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
     """Load a model bundle from a spec: default, clearglass:NAME, a shipped pretrained tag (e.g. clearglass-mini),
-    a checkpoint file, open_clip:NAME:PRETRAINED, hf:DIR."""
+    a checkpoint file, open_clip:NAME:PRETRAINED, hf:DIR; quietly (:func:`quiet_loading`)."""
+    with quiet_loading():
+        return _load_model(spec, device)
+
+
+def _load_model(spec: str, device: str | torch.device) -> ModelBundle:
     configure_open_clip()
     if spec == "default" or spec.startswith("clearglass:"):
         name = DEFAULT_MODEL if spec == "default" else spec.removeprefix("clearglass:")
@@ -452,7 +487,7 @@ class FrozenTextCache:
         table = {row.tobytes(): i for i, row in enumerate(array)}  # distinct row -> its first index
         rows = [r for r in table if r not in self.store]
         for start in tqdm(range(0, len(rows), batch_size), desc="encode captions (frozen text tower)", unit="batch",
-                          disable=not progress or not rows):
+                          disable=not progress or not rows, delay=1.0):  # delay: no bar for sub-second loops
             chunk = rows[start:start + batch_size]
             self._encode_missing(tokens[[table[k] for k in chunk]], chunk)
 

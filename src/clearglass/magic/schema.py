@@ -8,6 +8,7 @@ A concept whose ``train_images`` is empty is a held-out (unseen) concept.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,14 +54,51 @@ class ConceptRecord:
         return self.train_images if split == "train" else self.test_images
 
 
-def resolve_image_path(image_root: str | os.PathLike, image: str) -> Path:
-    """Path of an image id: a relative path with a suffix is joined to the root; a bare COCO id becomes 12 digits + .jpg."""
-    if Path(image).suffix:
-        return Path(image_root) / image
-    digits = "".join(ch for ch in str(image) if ch.isdigit())
-    if not digits:
-        raise ClearglassError(f"image id {image!r} has neither a file suffix nor COCO digits")
-    return Path(image_root) / f"{digits.zfill(12)}.jpg"
+COCO_ID_DIGITS = 12  # a bare COCO id, the file name without ".jpg": 000000000139
+
+
+@dataclass(frozen=True)
+class ImageRoot:
+    """The folder a dataset's image ids are relative to, and whether an id may leave it (an absolute path, ``..``
+    past the folder, or a symbolic link out of it): ``--allow-outside-root``. It is an ``os.PathLike`` of the
+    folder, so it goes wherever an image root does and :func:`resolve_image_path` applies its policy."""
+
+    folder: Path
+    allow_outside: bool = False
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.folder)
+
+    @functools.cached_property
+    def real(self) -> str:
+        """The folder with symbolic links resolved (once)."""
+        return os.path.realpath(self.folder)
+
+
+def resolve_image_path(image_root: str | os.PathLike, image: str, allow_outside_root: bool = False) -> Path:
+    """The file of an image id under ``image_root``: a relative path with a file suffix is joined to it, and a bare
+    12-digit COCO id is that name plus ``.jpg``; any other id is an error. Unless ``allow_outside_root`` (or an
+    :class:`ImageRoot` that allows it), the file must resolve inside the root (symbolic links followed)."""
+    allow = allow_outside_root or getattr(image_root, "allow_outside", False)
+    folder = os.fspath(image_root)
+    if not image or "\x00" in image:
+        raise ClearglassError(f"image id {image!r}: expected a file path relative to the image root")
+    if os.path.splitext(image)[1] in ("", "."):
+        if not (len(image) == COCO_ID_DIGITS and image.isdigit() and image.isascii()):
+            raise ClearglassError(f"image id {image!r} has no file suffix: expected a relative path with a suffix "
+                                  f"(images/a.png) or a bare {COCO_ID_DIGITS}-digit COCO id (000000000139)")
+        image = f"{image}.jpg"
+    joined = os.path.join(folder, image)
+    if not allow:
+        allowed = " (pass --allow-outside-root, or allow_outside_root=true in a train config, to allow it)"
+        if os.path.isabs(image):
+            raise ClearglassError(f"image id {image!r} is an absolute path: expected a path inside the image root "
+                                  f"{folder}{allowed}")
+        inside = image_root.real if isinstance(image_root, ImageRoot) else os.path.realpath(folder)
+        target = os.path.realpath(joined)
+        if not target.startswith(inside.rstrip(os.sep) + os.sep):
+            raise ClearglassError(f"image id {image!r} resolves to {target}, outside the image root {inside}{allowed}")
+    return Path(joined)
 
 
 def _image_from_json(raw: Any, where: str) -> ImageRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from clearglass.errors import ClearglassError
 from clearglass.magic.schema import LEVELS, SPLITS, ConceptRecord
 
 GROUP_SIZE_BINS = (1, 2, 5, 10, 20, 50, 100, 1000)
@@ -19,9 +20,16 @@ def _bin(n: int) -> str:
     return f"{lower}+" if upper is None else (f"{lower}" if upper == lower + 1 else f"{lower}-{upper - 1}")
 
 
-def dataset_stats(concepts: list[ConceptRecord]) -> dict[str, Any]:
-    """Counts per split, group-size histogram (images per concept), hard-negative coverage, distinct concepts per level."""
-    names = {c.concept for c in concepts}
+def dataset_stats(concepts: list[ConceptRecord], source: str = "<memory>") -> dict[str, Any]:
+    """Counts per split, group-size histogram (images per concept), hard-negative coverage, distinct concepts per
+    level. A concept named by two records would be counted twice: that is an error naming ``source`` and both."""
+    first: dict[str, int] = {}
+    for r, c in enumerate(concepts):
+        if c.concept in first:
+            raise ClearglassError(f"{source}: concept records {first[c.concept]} and {r} are both {c.concept!r}: "
+                                  "expected unique concepts (clearglass validate lists every problem)")
+        first[c.concept] = r
+    names = set(first)
     per_split = {}
     for split in SPLITS:
         images = [im for c in concepts for im in c.images(split)]

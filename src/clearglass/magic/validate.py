@@ -7,27 +7,49 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from clearglass.magic.schema import LEVELS, SPLITS, ConceptRecord, load_concepts, resolve_image_path
+from clearglass.errors import ClearglassError
+from clearglass.io import DEFAULT_MAX_PIXELS, check_image
+from clearglass.magic.schema import LEVELS, SPLITS, ConceptRecord, ImageRoot, load_concepts, resolve_image_path
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem: where (file, concept record index, field path) and what."""
+    """One problem: where (file, concept record index or None for the whole file, field path) and what."""
 
     file: str
-    record: int
+    record: int | None
     field: str
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}: concept record {self.record}: {self.field}: {self.message}"
+        where = f"concept record {self.record}: " if self.record is not None else ""
+        return f"{self.file}: {where}{self.field}: {self.message}"
 
 
-def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str | os.PathLike | None = None
-                      ) -> list[Problem]:
-    """Every problem: duplicate image ids and concepts, empty captions, unknown hard negatives, missing images
-    (when ``image_root`` is given), level chains that disagree within one concept."""
+def _image_problem(image_root: ImageRoot, image: str, check_files: bool, max_pixels: int) -> str | None:
+    """Why an image id is bad: it leaves the root or has no suffix (always checked), or (with ``check_files``) its
+    file is missing, empty, not an image or over ``max_pixels``; None when it is fine."""
+    try:
+        path = resolve_image_path(image_root, image)
+        if check_files and not path.exists():
+            return f"image file {path} is missing"
+        if check_files:
+            check_image(path, max_pixels=max_pixels)
+    except ClearglassError as e:
+        return str(e)
+    return None
+
+
+def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str | os.PathLike | None = None,
+                      check_files: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Problem]:
+    """Every problem: no concept at all, duplicate image ids and concepts, empty captions, unknown hard negatives,
+    level chains that disagree within one concept; given ``image_root``, also image ids outside it or without a
+    suffix and (``check_files``) missing, empty, unreadable or over-large image files (the header is read, not the
+    pixels)."""
+    root = image_root if isinstance(image_root, ImageRoot) or image_root is None else ImageRoot(Path(image_root))
     problems: list[Problem] = []
+    if not concepts:
+        problems.append(Problem(file, None, "dataset", "no concept records: expected a list of at least one"))
     names = {c.concept for c in concepts}
     first_concept: dict[str, int] = {}
     first_image: dict[str, str] = {}
@@ -47,7 +69,11 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
                 if im.image in first_image:
                     problems.append(Problem(file, r, f"{where}.image", f"duplicate image id {im.image!r} "
                                                                         f"(first at {first_image[im.image]})"))
-                first_image.setdefault(im.image, f"concept record {r} {where}")
+                else:
+                    first_image[im.image] = f"concept record {r} {where}"
+                    why = None if root is None else _image_problem(root, im.image, check_files, max_pixels)
+                    if why is not None:
+                        problems.append(Problem(file, r, f"{where}.image", why))
                 for key in ("old_captions", "new_captions"):
                     captions = getattr(im, key)
                     if key == "new_captions" and not captions:
@@ -55,10 +81,6 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
                     for k, caption in enumerate(captions):
                         if not caption.strip():
                             problems.append(Problem(file, r, f"{where}.{key}[{k}]", "empty caption"))
-                if image_root is not None:
-                    path = resolve_image_path(image_root, im.image)
-                    if not path.is_file():
-                        problems.append(Problem(file, r, f"{where}.image", f"image file {path} is missing"))
                 chains[im.levels()].append(where)
         if len(chains) > 1:
             described = "; ".join(f"{dict(zip(LEVELS, chain))} in {', '.join(w[:3])}{' ...' if len(w) > 3 else ''}"
@@ -67,10 +89,14 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
     return problems
 
 
-def validate(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
-             check_images: bool = True) -> list[Problem]:
-    """Every problem of a MAGIC JSON file; images are looked up under ``image_root`` (default: the file's folder)."""
+def validate(path: str | os.PathLike, image_root: str | os.PathLike | None = None, check_images: bool = True,
+             allow_outside_root: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Problem]:
+    """Every problem of a MAGIC JSON file; image ids are resolved under ``image_root`` (default: the file's folder),
+    which must be a folder when ``check_images``; ``allow_outside_root`` lets them leave it."""
     path = Path(path)
     concepts = load_concepts(path)
-    root = (path.parent if image_root is None else Path(image_root)) if check_images else None
-    return validate_concepts(concepts, str(path), root)
+    root = path.parent if image_root is None else Path(image_root)
+    if check_images and not root.is_dir():
+        raise ClearglassError(f"image root {root}: {'not a folder' if root.exists() else 'not found'}; expected the "
+                              f"folder the image ids of {path} are relative to (--images DIR)")
+    return validate_concepts(concepts, str(path), ImageRoot(root, allow_outside_root), check_images, max_pixels)

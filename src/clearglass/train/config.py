@@ -88,6 +88,8 @@ class TrainConfig(Config):
     ``metrics.jsonl``. ``keep_best`` also keeps ``checkpoints/best.pt``, the checkpoint of the best score;
     ``early_stop_patience`` > 0 stops after that many evaluations without a better score.
 
+    ``allow_outside_root`` lets image ids be absolute paths or leave ``images`` / ``eval_images`` (refused by default).
+
     ``cache_text_features`` runs a frozen Hugging Face text transformer once per distinct caption; with
     ``text_cache_file`` its outputs for every caption of the data are computed up front and kept in that file
     (reused by later runs with the same transformer).
@@ -122,6 +124,7 @@ class TrainConfig(Config):
     text_cache_file: str | None = None
     save_frozen: bool = False
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    allow_outside_root: bool = False
     eval_every: int = 0
     eval_data: str | None = None
     eval_images: str | None = None

@@ -40,7 +40,7 @@ from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
 from clearglass.io import file_sha256, remove_orphan_temps, resolve_device, write_json_atomic
 from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, make_loss
-from clearglass.magic.schema import load_concepts
+from clearglass.magic.schema import ImageRoot, load_concepts
 from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_model, lock_towers, trim_padding
 from clearglass.train.config import TrainConfig
 from clearglass.train.reporting import Reporters
@@ -152,7 +152,7 @@ class Run:
         if c.synthetic_negatives.concepts:
             concepts, self.filled = fill_hard_negatives(concepts, c.synthetic_negatives.concepts_per_group)
         self.concepts = concepts
-        self.image_root = Path(c.images) if c.images else self.data_path.parent
+        self.image_root = ImageRoot(Path(c.images) if c.images else self.data_path.parent, c.allow_outside_root)
         self.index = cg_data.GroupIndex(concepts, c.caption_field, c.pairs_per_group, c.short_groups)
         s = c.synthetic_negatives
         self.negative_captions = CaptionNegatives(self.index, concepts, s.source, s.per_caption, c.seed,
@@ -399,7 +399,7 @@ class _Validation:
         self.run = run
         self.data = Path(c.eval_data)
         self.concepts = load_concepts(self.data)
-        self.root = Path(c.eval_images) if c.eval_images else self.data.parent
+        self.root = ImageRoot(Path(c.eval_images) if c.eval_images else self.data.parent, c.allow_outside_root)
         tasks = list(dict.fromkeys(m.split("/")[0] for m in c.eval_metrics))
         subsets = [m.split("/") for m in c.eval_metrics]
         bad = [m for m, parts in zip(c.eval_metrics, subsets) if len(parts) != 3 or parts[0] not in
@@ -533,11 +533,11 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
         run = Run(config, rank, world_size, device)
         resume_path, reporters = _start(run, resume)
         c, last = config, latest_checkpoint(run.out) if resume_path is not None else None
-        bar = tqdm(total=run.total_steps, initial=run.step_count, desc="train", disable=rank != 0, dynamic_ncols=True)
         start = time.perf_counter()
         run.model.train()
         frozen_modules_to_eval(run.model)
-        with _Interrupts(world_size) as interrupts:
+        with _Interrupts(world_size) as interrupts, tqdm(total=run.total_steps, initial=run.step_count, desc="train",
+                                                         disable=rank != 0, dynamic_ncols=True) as bar:
             while run.step_count < run.total_steps and not run.should_stop():
                 run.metrics = run.step(run.next_batch())
                 step, row = run.step_count, None
@@ -554,12 +554,12 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
                 if interrupts.requested():
                     last = last if last is not None and last.stem == f"step_{step:06d}" else run.save()
                     raise TrainingInterrupted(step, last, run.out)
-        bar.close()
         if reporters is not None:
             reporters.close()
         return {"step": run.step_count, "metrics": run.metrics, "out": str(run.out),
                 "checkpoint": str(last) if last is not None else None, "metrics_path": str(run.out / "metrics.jsonl"),
                 "dataset_sha256": run.dataset_sha256, "skipped_groups": run.index.skipped, "world_size": world_size,
+                "unknown_hard_negatives": run.index.unknown_hard_negatives,
                 "filled_hard_negatives": run.filled, "best": run.best, "stopped_early": run.should_stop(),
                 "synthetic_negatives": dict(run.negative_captions.stats) if run.negative_captions else {}}
     finally:

@@ -1,7 +1,9 @@
 """MS-COCO captions: ``<root>/annotations/captions_{split}.json`` and images ``<root>/{split}/<12-digit id>.jpg``.
 
 Image ids are the COCO file names (``000000000139.jpg``), relative to the image root ``<root>/{split}``:
-build with ``--coco-root ROOT --split val2017`` and train or evaluate with ``--images ROOT/val2017``.
+build with ``--coco-root ROOT --split val2017`` and train or evaluate with ``--images ROOT/val2017``. A
+``file_name`` that leaves that folder (an absolute path, ``..``) is an error, as it is in every dataset
+(`clearglass.magic.schema.resolve_image_path`).
 Images are yielded in id order; ``max_images`` keeps the first n.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
+from clearglass.magic.schema import resolve_image_path
 from clearglass.magic.sources import SourceItem
 
 
@@ -64,5 +67,8 @@ class CocoSource:
         for im in chosen:
             if not captions.get(im["id"]):
                 raise ClearglassError(f"{self.annotations}: image id {im['id']} ({im['file_name']}) has no captions")
-            path = self.image_root / im["file_name"]
+            try:
+                path = resolve_image_path(self.image_root, im["file_name"])
+            except ClearglassError as e:
+                raise ClearglassError(f"{self.annotations}: image id {im['id']}: file_name: {e}") from None
             yield SourceItem(image=im["file_name"], path=path.resolve(), captions=captions[im["id"]])

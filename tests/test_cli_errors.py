@@ -1,0 +1,598 @@
+"""Bad input through the real entry point, as a hostile user would give it: every case ends in one line naming the
+path and what was expected (exit 2), or in a reported problem (`validate`, exit 1); none in a traceback, a silent
+acceptance, an executed payload or a printed API key.
+
+``python tests/test_cli_errors.py`` is the hostile rerun: it runs every case once and prints the counts per outcome.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import tempfile
+import traceback
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside this file, also when run as a script
+
+from clearglass.cli import main  # noqa: E402
+from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts  # noqa: E402
+from clearglass.train import CONFIG_DIR, TrainConfig, train  # noqa: E402
+from clearglass_testing.fake_llm_server import FakeLLMServer, Reply  # noqa: E402
+from tiny_magic import TINY_MODEL_CONFIG, write_tiny_magic, write_tiny_model  # noqa: E402
+
+SECRET = "sk-canary-7f3a9e"  # set as every API-key variable; it must never be printed or written
+PAYLOAD = "PAYLOAD-RAN"  # the file a crafted checkpoint's payload would create
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER``: what a crafted file does under ``torch.load(weights_only=False)``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@dataclass
+class World:
+    """Shared inputs: tiny data and model, a finished 2-step run, a test set, bad files of every kind."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / "magic.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "data" / "tiny-model.pt"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def test_set(self) -> Path:
+        return self.root / "test" / "test.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "train.json"
+
+
+def make_world(root: Path) -> World:
+    w = World(root)
+    write_tiny_model(w.model)
+    write_tiny_magic(w.data.parent, concepts=6, images_per_concept=3, held_out=0)
+    config = tiny_config(w, w.run)
+    w.config.write_text(json.dumps(config.to_dict()))
+    train(config)
+    (w.test_set.parent / "img").mkdir(parents=True)
+    records = []
+    for i in range(4):
+        images = []
+        for j in range(2):
+            rel = f"img/c{i}_{j}.png"
+            Image.fromarray(np.random.default_rng([i, j]).integers(0, 255, (16, 16, 3)).astype(np.uint8)) \
+                .save(w.test_set.parent / rel)
+            images.append(ImageRecord(rel, [f"a photo of thing {i} number {j}"], [f"idea {i}"], f"thing{i}",
+                                      f"family{i // 2}"))
+        records.append(ConceptRecord(f"thing{i}", [f"thing{(i + 1) % 4}"], [], images))
+    save_concepts(records, w.test_set)
+    (root / "folder").mkdir()
+    (root / "latin1.json").write_bytes(b'[{"concept": "caf\xe9"}]')
+    (root / "file").write_text("x")
+    return w
+
+
+def tiny_config(w: World, out: Path, **overrides) -> TrainConfig:
+    items = {"data": str(w.data), "out": str(out), "model": str(w.model), "groups_per_batch": 4, "pairs_per_group": 2,
+             "steps": 2, "warmup": 1, "log_every": 1, "checkpoint_every": 1, "device": "cpu", **overrides}
+    return TrainConfig.load(CONFIG_DIR / "default-grouped.json", [f"{k}={json.dumps(v)}" for k, v in items.items()])
+
+
+def copy_run(w: World, tmp: Path) -> tuple[Path, Path]:
+    """A copy of the finished run and a config (3 steps) that resumes it: (run folder, config file)."""
+    run = tmp / "run"
+    shutil.copytree(w.run, run)
+    config = tmp / "resume.json"
+    config.write_text(json.dumps(tiny_config(w, run, steps=3).to_dict()))
+    return run, config
+
+
+def dataset_with(w: World, tmp: Path, image: str) -> Path:
+    """The tiny dataset with its first train image id replaced by ``image`` (a copy beside the images)."""
+    raw = json.loads(w.data.read_text())
+    raw[0]["train_images"][0]["image"] = image
+    path = w.data.parent / f"with-{abs(hash((str(tmp), image)))}.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels in a few bytes (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the cases: each makes its inputs under tmp and returns (argv, what the message must name)
+
+Make = Callable[[World, Path, contextlib.ExitStack], tuple[list[str], str]]
+CASES: dict[str, tuple[str, Make]] = {}  # name -> (expected outcome: "error" | "problem", make)
+
+
+def case(name: str, expect: str = "error") -> Callable[[Make], Make]:
+    def register(make: Make) -> Make:
+        CASES[name] = (expect, make)
+        return make
+    return register
+
+
+for command in ("validate", "stats"):
+    case(f"{command}: dataset is a folder")(lambda w, t, s, c=command: ([c, str(w.root / "folder")], "folder"))
+    case(f"{command}: dataset is not UTF-8")(lambda w, t, s, c=command: ([c, str(w.root / "latin1.json")],
+                                                                        "latin1.json"))
+case("train: config is a folder")(lambda w, t, s: (["train", "--config", str(w.root / "folder")], "folder"))
+case("train: config is not UTF-8")(lambda w, t, s: (["train", "--config", str(w.root / "latin1.json")], "latin1.json"))
+case("train: data is a folder")(lambda w, t, s: (["train", "--config", str(w.config), f"data={json.dumps(str(w.root / 'folder'))}"], "folder"))
+case("eval: data is not UTF-8")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.root / "latin1.json"),
+                                                  "--out", str(t / "r.json")], "latin1.json"))
+for bad in ("folder", "latin1.json"):
+    case(f"concepts: labels file is {bad}")(lambda w, t, s, b=bad: (
+        ["concepts", str(w.data.parent / "images/concept0_0.png"), "--model", str(w.model), "--labels",
+         str(w.root / b)], b))
+case("train: unknown config key")(lambda w, t, s: (["train", "--config", str(w.config), "loss.alpah=1"], "loss.alpah"))
+case("train: lr=-1")(lambda w, t, s: (["train", "--config", str(w.config), "lr=-1"], "train.json: lr = -1.0"))
+case("train: lr=NaN")(lambda w, t, s: (["train", "--config", str(w.config), "lr=NaN"], "train.json: lr = nan"))
+case("train: steps=1.5")(lambda w, t, s: (["train", "--config", str(w.config), "steps=1.5"], "steps = 1.5"))
+case("train: out= an existing file")(lambda w, t, s: (["train", "--config", str(w.config), f"out={json.dumps(str(w.root / 'file'))}"], "file"))
+case("train: out= below a file")(lambda w, t, s: (["train", "--config", str(w.config), f"out={json.dumps(str(w.root / 'file' / 'run'))}"], "file"))
+case("demo: --out a regular file")(lambda w, t, s: (["demo", "--quick", "--out", str(w.root / "file")], "file"))
+case("eval: --out a folder")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
+                                               "--out", str(w.root / "folder")], "folder"))
+case("eval: --out below a file")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
+                                                   "--out", str(w.root / "file" / "r.json")], "file"))
+case("compare: --out a regular file")(lambda w, t, s: (["compare", "--models", "default", str(w.model), "--data",
+                                                         str(w.test_set), "--out", str(w.root / "file")], "file"))
+case("eval: missing model checkpoint")(lambda w, t, s: (["eval", "--model", str(t / "nope.pt"), "--data",
+                                                          str(w.test_set), "--out", str(t / "r.json")], "nope.pt"))
+
+
+@case("resume: truncated .pt")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    pt = run / "checkpoints" / "step_000002.pt"
+    pt.write_bytes(pt.read_bytes()[:500])
+    return ["train", "--config", str(config), "--resume", "auto"], str(pt)
+
+
+@case("resume: truncated .extra.pt")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    extra = run / "checkpoints" / "step_000002.extra.pt"
+    extra.write_bytes(extra.read_bytes()[:500])
+    return ["train", "--config", str(config), "--resume", "auto"], str(extra)
+
+
+@case("resume: corrupt latest.json")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    (run / "latest.json").write_text('{"checkpoint": ')
+    return ["train", "--config", str(config), "--resume", "auto"], str(run / "latest.json")
+
+
+@case("resume: latest.json points nowhere")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    (run / "latest.json").write_text('{"checkpoint": "checkpoints/step_999999.pt"}')
+    return ["train", "--config", str(config), "--resume", "auto"], "step_999999"
+
+
+@case("resume: a checkpoint of another architecture")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    raw = json.loads(config.read_text())
+    wider = json.loads(json.dumps(TINY_MODEL_CONFIG))
+    wider["vision_cfg"]["width"] = 48
+    from clearglass.checkpoints import save_checkpoint
+    from clearglass.models import ModelBundle, ModelSource, register_open_clip_config
+    import open_clip
+
+    name = register_open_clip_config("clearglass-test-tiny-wider", wider)
+    model = open_clip.create_model(name)
+    model.clearglass_source = ModelSource("open_clip", name, wider)
+    other = save_checkpoint(ModelBundle(model, None, None, None, name, wider), t / "wider.pt", train_config={},
+                            dataset_sha256="", metrics={})
+    raw["model"] = str(other)
+    config.write_text(json.dumps(raw))
+    return ["train", "--config", str(config), "--resume", str(run / "checkpoints" / "step_000002.pt")], "step_000002.pt"
+
+
+@case("resume: crafted .extra.pt")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    torch.save({"step": 2, "x": Payload(t / PAYLOAD)}, run / "checkpoints" / "step_000002.extra.pt")
+    return ["train", "--config", str(config), "--resume", "auto"], "step_000002.extra.pt"
+
+
+@case("resume: crafted .pt")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    torch.save({"x": Payload(t / PAYLOAD)}, run / "checkpoints" / "step_000002.pt")
+    return ["train", "--config", str(config), "--resume", "auto"], "step_000002.pt"
+
+
+@case("eval: crafted weights")
+def _(w, t, s):
+    run, _ = copy_run(w, t)
+    torch.save({"x": Payload(t / PAYLOAD)}, run / "checkpoints" / "step_000002.pt")
+    return ["eval", "--model", str(run / "checkpoints" / "step_000002.pt"), "--data", str(w.test_set), "--out",
+            str(t / "r.json")], "step_000002.pt"
+
+
+@case("eval: weights as a raw pickle")
+def _(w, t, s):
+    import pickle
+
+    run, _ = copy_run(w, t)
+    (run / "checkpoints" / "step_000002.pt").write_bytes(pickle.dumps(Payload(t / PAYLOAD), protocol=4))
+    return ["eval", "--model", str(run / "checkpoints" / "step_000002.pt"), "--data", str(w.test_set), "--out",
+            str(t / "r.json")], "step_000002.pt"
+
+
+def concepts_on(w: World, image: Path) -> list[str]:
+    return ["concepts", str(image), "--model", str(w.model), "--labels", str(labels_file(w))]
+
+
+def labels_file(w: World) -> Path:
+    path = w.root / "labels.txt"
+    path.write_text("cat\ndog\n")
+    return path
+
+
+@case("concepts: image over PIL's bomb limit")
+def _(w, t, s):
+    (t / "bomb.png").write_bytes(png_header_only(20_000, 20_000))
+    return concepts_on(w, t / "bomb.png"), "bomb.png"
+
+
+@case("concepts: image over the pixel limit")
+def _(w, t, s):
+    (t / "large.png").write_bytes(png_header_only(10_000, 10_000))
+    return concepts_on(w, t / "large.png"), "large.png"
+
+
+for kind, write in {"0-byte": lambda p: p.write_bytes(b""), "text": lambda p: p.write_text("hello"),
+                    "folder": lambda p: p.mkdir(), "missing": lambda p: None}.items():
+    case(f"concepts: {kind} image")(lambda w, t, s, write=write, kind=kind: (
+        write(t / f"{kind}.png"), concepts_on(w, t / f"{kind}.png"))[1:] + (f"{kind}.png",))
+
+
+@case("stats: duplicate concepts")
+def _(w, t, s):
+    raw = json.loads(w.data.read_text())
+    (t / "dup.json").write_text(json.dumps(raw + [raw[1]]))
+    return ["stats", str(t / "dup.json")], "dup.json"
+
+
+@case("validate: 0-byte image", "problem")
+def _(w, t, s):
+    (w.data.parent / "images" / "zero.png").write_bytes(b"")
+    return ["validate", str(dataset_with(w, t, "images/zero.png"))], "zero.png: not a readable image"
+
+
+@case("validate: empty dataset []", "problem")
+def _(w, t, s):
+    (t / "empty.json").write_text("[]")
+    return ["validate", str(t / "empty.json")], "no concept records"
+
+
+@case("validate: --images does not exist")
+def _(w, t, s):
+    return ["validate", str(w.data), "--images", str(t / "nowhere")], "nowhere"
+
+
+for label, image in {"absolute path": "/etc/hostname", "../ path": "../../../../etc/hostname",
+                     "suffix-less id": "6400004"}.items():
+    case(f"validate: {label} image id", "problem")(lambda w, t, s, image=image: (
+        ["validate", str(dataset_with(w, t, image))], repr(image)))
+    case(f"train: {label} image id")(lambda w, t, s, image=image: (
+        ["train", "--config", str(w.config), f"data={json.dumps(str(dataset_with(w, t, image)))}",
+         f"out={json.dumps(str(t / 'out'))}"], repr(image)))
+
+
+@case("validate: NUL in an image id", "problem")
+def _(w, t, s):
+    return ["validate", str(dataset_with(w, t, "images/a\x00.png"))], "image id"
+
+
+@case("eval: image id outside the root")
+def _(w, t, s):
+    raw = json.loads(w.test_set.read_text())
+    raw[0]["test_images"][0]["image"] = "../../data/images/concept0_0.png"
+    (w.test_set.parent / "outside.json").write_text(json.dumps(raw))
+    return ["eval", "--model", str(w.model), "--data", str(w.test_set.parent / "outside.json"), "--out",
+            str(t / "r.json")], "../../data/images/concept0_0.png"
+
+
+@case("build: --test-fraction 2")
+def _(w, t, s):
+    return ["build", "--source", "emoji", "--labeler", "truth", "--test-fraction", "2", "--out",
+            str(t / "b.json"), "--no-progress"], "test_fraction = 2.0"
+
+
+@case("build: --min-group-size larger than any group")
+def _(w, t, s):
+    s.enter_context(patched_env({"CLEARGLASS_CACHE": str(t / "cache")}))
+    return ["build", "--source", "emoji", "--labeler", "truth", "--emoji-subgroups", "food-fruit,animal-bird",
+            "--emoji-per-subgroup", "3", "--image-size", "32", "--min-group-size", "50", "--out", str(t / "b.json"),
+            "--no-progress"], "fewer than min_group_size = 50"
+
+
+@case("build: COCO file_name leaves the image folder")
+def _(w, t, s):
+    from magic_fixtures import write_coco
+
+    path = write_coco(t / "coco", {1: ["a cat"]})
+    raw = json.loads(path.read_text())
+    raw["images"][0]["file_name"] = "../../../etc/hostname"
+    path.write_text(json.dumps(raw))
+    return ["build", "--source", "coco", "--labeler", "truth", "--coco-root", str(t / "coco"), "--out",
+            str(t / "b.json"), "--no-progress"], "captions_val2017.json: image id 1"
+
+
+@case("build: LLM endpoint rejects the key and echoes it")
+def _(w, t, s):
+    from magic_fixtures import write_coco
+
+    write_coco(t / "coco", {i: [f"a cat number {i}"] for i in range(1, 4)})
+    server = s.enter_context(FakeLLMServer(lambda body, i: Reply(status=401, raw_body=f"bad key Bearer {SECRET}"
+                                                                 .encode())))
+    return ["build", "--source", "coco", "--labeler", "llm", "--coco-root", str(t / "coco"), "--out",
+            str(t / "b.json"), "--llm-base-url", server.base_url, "--llm-model", "m", "--no-progress"], "HTTP 401"
+
+
+def bad_json(t: Path, name: str, raw: object) -> Path:
+    (t / name).write_text(json.dumps(raw))
+    return t / name
+
+
+for label, raw, needle in [
+        ("top level an object", {"concept": "a"}, "expected a JSON list"),
+        ("record without concept", [{"train_images": []}], "concept record 0: field 'concept'"),
+        ("image not an object", [{"concept": "a", "train_images": ["x.png"]}], "train_images[0]: expected an image"),
+        ("captions not a list", [{"concept": "a", "train_images": [{"image": "x.png", "new_captions": "x"}]}],
+         "field 'new_captions'"),
+        ("level a number", [{"concept": "a", "test_images": [{"image": "x.png", "level1": 3}]}], "field 'level1'")]:
+    for command in ("validate", "stats"):
+        case(f"{command}: dataset {label}")(lambda w, t, s, c=command, r=raw, n=needle: (
+            [c, str(bad_json(t, "d.json", r))], n))
+    case(f"train: dataset {label}")(lambda w, t, s, r=raw, n=needle: (
+        ["train", "--config", str(w.config), f"data={json.dumps(str(bad_json(t, 'd.json', r)))}"], n))
+case("validate: duplicate image id", "problem")(lambda w, t, s: (
+    ["validate", str(dataset_with(w, t, "images/concept0_1.png"))], "duplicate image id"))
+for label, raw, needle in [("a list", [1], "expected a JSON object"), ("a null steps", {"steps": None}, "steps = None"),
+                           ("an unknown section", {"los": {}}, "unknown key(s) ['los']")]:
+    case(f"train: config is {label}")(lambda w, t, s, r=raw, n=needle: (
+        ["train", "--config", str(bad_json(t, "c.json", r))], n))
+case("train: eval_every without eval_data")(lambda w, t, s: (["train", "--config", str(w.config), "eval_every=1"],
+                                                              "eval_every"))
+case("train: amp on the CPU")(lambda w, t, s: (["train", "--config", str(w.config), "precision=amp",
+                                                f"out={json.dumps(str(t / 'o'))}"], "precision 'amp'"))
+case("train: --resume a folder")(lambda w, t, s: (["train", "--config", str(w.config), "--resume", str(w.root / "folder")],
+                                                   "folder"))
+case("train: --resume a missing file")(lambda w, t, s: (["train", "--config", str(w.config), "--resume",
+                                                         str(t / "none.pt")], "none.pt"))
+case("train: text_cache_file a folder")(lambda w, t, s: (
+    ["train", "--config", str(w.config), "model=default", "cache_text_features=true",
+     f"text_cache_file={json.dumps(str(w.root / 'folder'))}", f"out={json.dumps(str(t / 'o'))}"], "folder"))
+case("eval: --data missing")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(t / "none.json"),
+                                               "--out", str(t / "r.json")], "none.json"))
+case("eval: --images missing")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
+                                                 "--images", str(t / "nowhere"), "--out", str(t / "r.json")],
+                                                "nowhere"))
+for flags, needle in [(["--k", "1"], "k >= 2"), (["--n-boot", "0"], "n_boot >= 1"),
+                      (["--template", "no braces"], "template"), (["--levels", "9"], "unknown level 9"),
+                      (["--k", "9", "--fields", "old_caption"], "k=9 needs at least 9")]:
+    case(f"eval: {' '.join(flags)}")(lambda w, t, s, f=flags, n=needle: (
+        ["eval", "--model", str(w.model), "--data", str(w.test_set), "--out", str(t / "r.json"), *f], n))
+case("eval: --cache-dir a file")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set), "--out",
+                                                   str(t / "r.json"), "--cache-dir", str(w.root / "file")], "file"))
+
+
+@case("eval: crafted embedding cache")
+def _(w, t, s):
+    cache = t / "cache"
+    args = ["eval", "--model", str(w.model), "--data", str(w.test_set), "--out", str(t / "r.json"), "--cache-dir",
+            str(cache), "--n-boot", "5"]
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    for path in cache.glob("*.pt"):
+        torch.save({"x": Payload(t / PAYLOAD)}, path)
+    return args, "embedding cache file"
+
+
+@case("build: crafted name-embedding cache")
+def _(w, t, s):
+    s.enter_context(patched_env({"CLEARGLASS_CACHE": str(t / "cache")}))
+    (t / "cache").mkdir()
+    torch.save({"x": Payload(t / PAYLOAD)}, t / "cache" / "minilm-names.pt")
+    return ["build", "--source", "emoji", "--labeler", "truth", "--emoji-subgroups", "food-fruit,animal-bird",
+            "--emoji-per-subgroup", "3", "--image-size", "32", "--min-group-size", "2", "--out", str(t / "b.json"),
+            "--no-progress"], "minilm-names.pt"
+
+
+case("concepts: --data and --labels")(lambda w, t, s: (
+    ["concepts", str(w.data.parent / "images/concept0_0.png"), "--data", str(w.test_set), "--labels",
+     str(labels_file(w))], "either --data"))
+case("concepts: one label")(lambda w, t, s: (
+    ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(bad_text(t, "one.txt", "cat\n"))],
+    "one.txt: expected at least 2 labels"))
+case("compare: a model twice")(lambda w, t, s: (["compare", "--models", "default", "default", "--data",
+                                                 str(w.test_set), "--out", str(t / "c")], "twice"))
+case("build: emoji --image-size 8")(lambda w, t, s: (["build", "--source", "emoji", "--labeler", "truth",
+                                                      "--image-size", "8", "--out", str(t / "b.json")], "image_size"))
+case("build: --source coco without --coco-root")(lambda w, t, s: (
+    ["build", "--source", "coco", "--labeler", "truth", "--out", str(t / "b.json")], "--coco-root"))
+case("build: COCO captions not JSON")(lambda w, t, s: (
+    ["build", "--source", "coco", "--labeler", "truth", "--coco-root", str(bad_coco(t)), "--out", str(t / "b.json")],
+    "captions_val2017.json"))
+
+
+def bad_text(t: Path, name: str, text: str) -> Path:
+    (t / name).write_text(text)
+    return t / name
+
+
+def bad_coco(t: Path) -> Path:
+    (t / "coco" / "annotations").mkdir(parents=True)
+    (t / "coco" / "annotations" / "captions_val2017.json").write_text("{oops")
+    return t / "coco"
+
+
+@contextlib.contextmanager
+def patched_env(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running a case and judging its outcome
+
+BAR = re.compile(r"\d+%\||: \d+it \[")  # a progress bar's redraw (with a total, or counting)
+KNOWN = {  # cases that fail today in code this suite does not own; strict: the test fails once they pass
+    "build: LLM endpoint rejects the key and echoes it": "the llm labeler prints the endpoint's 401 body, which "
+                                                         "may echo the key (magic/labelers/llm.py)",
+}
+
+
+@dataclass
+class Outcome:
+    kind: str  # clear | problem | hidden | traceback | silent | payload | leak
+    code: int | None
+    text: str
+
+
+def run_case(w: World, name: str, tmp: Path) -> Outcome:
+    expect, make = CASES[name]
+    tmp.mkdir(parents=True, exist_ok=True)
+    out, err = io.StringIO(), io.StringIO()
+    keys = {k: SECRET for k in ("OPENAI_API_KEY", "CLEARGLASS_LLM_API_KEY")}
+    fast = {"CLEARGLASS_LLM_BACKOFF_S": "0.01", "CLEARGLASS_LLM_BACKOFF_MAX_S": "0.02"}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(patched_env({**keys, **fast}))
+        argv, needle = make(w, tmp, stack)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code if isinstance(e.code, int) else 2
+        except BaseException:  # noqa: BLE001 - what the hostile user would see
+            return Outcome("traceback", None, traceback.format_exc())
+    written = "".join(p.read_text(errors="replace") for p in tmp.rglob("*") if p.is_file() and p.suffix in
+                      (".json", ".txt", ".md", ".jsonl"))
+    if SECRET in out.getvalue() + err.getvalue() + written:
+        return Outcome("leak", code, err.getvalue())
+    if (tmp / PAYLOAD).exists():
+        return Outcome("payload", code, err.getvalue())
+    lines = [ln for ln in re.split(r"[\r\n]", err.getvalue()) if ln.strip() and not BAR.search(ln)]
+    if expect == "problem":
+        found = code == 1 and any(needle in ln for ln in out.getvalue().splitlines())
+        return Outcome("problem" if found else "silent" if code == 0 else "hidden", code, out.getvalue())
+    if code == 2 and len(lines) == 1 and lines[0].startswith(f"clearglass {argv[0]}: error: ") and needle in lines[0]:
+        return Outcome("clear", code, lines[0])
+    return Outcome("silent" if code == 0 else "hidden", code, "\n".join(lines) or out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return make_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True))
+                                  if n in KNOWN else n for n in CASES])
+def test_bad_input_gives_one_line_or_a_reported_problem(world, tmp_path, name):
+    expect = CASES[name][0]
+    outcome = run_case(world, name, tmp_path)
+    assert outcome.kind == ("clear" if expect == "error" else "problem"), f"{outcome.kind}: {outcome.text}"
+
+
+def test_a_dropped_unknown_hard_negative_is_counted_in_the_train_result(world, tmp_path):
+    raw = json.loads(world.data.read_text())
+    raw[0]["hard_negative"] += ["no-such-concept", "nor-this"]
+    (world.data.parent / "unknown.json").write_text(json.dumps(raw))
+    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1))
+    assert result["unknown_hard_negatives"] == 2
+
+
+def test_allow_outside_root_lets_train_and_validate_use_such_ids(world, tmp_path, capsys):
+    outside = tmp_path / "elsewhere.png"
+    shutil.copy(world.data.parent / "images" / "concept0_0.png", outside)
+    data = dataset_with(world, tmp_path, str(outside))
+    assert main(["validate", str(data), "--allow-outside-root"]) == 0
+    result = train(tiny_config(world, tmp_path / "out", data=str(data), steps=1, allow_outside_root=True))
+    assert result["step"] == 1
+
+
+def test_version_and_help(capsys):
+    from clearglass import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"clearglass {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "Teach CLIP-family models abstract concepts" in text and "examples:" in text
+    assert "Each module here registers" not in text  # the developers' docstring is not the help
+    for command in ("validate", "stats", "eval", "compare", "concepts"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"example: clearglass {command} " in capsys.readouterr().out, command
+
+
+def hostile_rerun() -> Counter:
+    """Every case once, in a fresh folder; prints one line per case that is not as expected, and the counts."""
+    counts: Counter = Counter()
+    with tempfile.TemporaryDirectory() as folder:
+        w = make_world(Path(folder) / "world")
+        for k, name in enumerate(CASES):
+            outcome = run_case(w, name, Path(folder) / f"case{k}")
+            counts[outcome.kind] += 1
+            if outcome.kind not in ("clear", "problem"):
+                print(f"{name}: {outcome.kind}: {outcome.text[-600:]}")
+    print(f"cases: {sum(counts.values())}; " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return counts
+
+
+if __name__ == "__main__":
+    hostile_rerun()
