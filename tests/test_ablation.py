@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clearglass.ablation import VARIANTS, AblationOptions, run_ablation, variant_config
+from clearglass.experiments.ablation import VARIANTS, AblationOptions, run_ablation, variant_config
 from clearglass.cli import main
 from clearglass.errors import ClearglassError
 from clearglass.report import fmt
@@ -62,9 +62,9 @@ def test_cli_ablation_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     assert all((out / p).is_file() for p in ("recognition_i2t.png", "zero_shot_by_level.png"))
 
 
-def test_cli_steps_only_with_ablation(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="only for --ablation"):
-        main(["demo", "--quick", "--steps", "3", "--out", str(tmp_path)])
+def test_cli_steps_only_with_ablation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "--quick", "--steps", "3", "--out", str(tmp_path)]) == 2
+    assert "only for --ablation" in capsys.readouterr().err
 
 
 def test_several_seeds_are_averaged_per_variant(tmp_path: Path) -> None:

@@ -489,10 +489,6 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 # running a case and judging its outcome
 
 BAR = re.compile(r"\d+%\||: \d+it \[")  # a progress bar's redraw (with a total, or counting)
-KNOWN = {  # cases that fail today in code this suite does not own; strict: the test fails once they pass
-    "build: LLM endpoint rejects the key and echoes it": "the llm labeler prints the endpoint's 401 body, which "
-                                                         "may echo the key (magic/labelers/llm.py)",
-}
 
 
 @dataclass
@@ -507,9 +503,8 @@ def run_case(w: World, name: str, tmp: Path) -> Outcome:
     tmp.mkdir(parents=True, exist_ok=True)
     out, err = io.StringIO(), io.StringIO()
     keys = {k: SECRET for k in ("OPENAI_API_KEY", "CLEARGLASS_LLM_API_KEY")}
-    fast = {"CLEARGLASS_LLM_BACKOFF_S": "0.01", "CLEARGLASS_LLM_BACKOFF_MAX_S": "0.02"}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(patched_env({**keys, **fast}))
+        stack.enter_context(patched_env(keys))
         argv, needle = make(w, tmp, stack)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -538,8 +533,7 @@ def world(tmp_path_factory) -> World:
     return make_world(tmp_path_factory.mktemp("world"))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True))
-                                  if n in KNOWN else n for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_line_or_a_reported_problem(world, tmp_path, name):
     expect = CASES[name][0]
     outcome = run_case(world, name, tmp_path)

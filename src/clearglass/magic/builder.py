@@ -211,10 +211,8 @@ def _nothing_left(labelled: int, dropped: dict[str, int], lost: int, min_size: i
     return "; ".join(parts)
 
 
-def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: BuildOptions = BuildOptions(),
-                   embed: Callable[[list[str]], torch.Tensor] = embed_names) -> tuple[list[ConceptRecord], dict]:
-    """Concept records and the build stats (counts with examples of everything skipped, failed, merged or leaked)."""
-    build: dict[str, Any] = {"options": asdict(options)}
+def _verified(items: Iterable[SourceItem], options: BuildOptions, build: dict) -> list[SourceItem]:
+    """Step 1: the items whose image loads; a bad one is an error, or counted with ``skip_bad_images``."""
     good: list[SourceItem] = []
     bad: list[dict] = []
     seen: set[str] = set()
@@ -237,7 +235,11 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
         build["source_stats"] = dict(items.stats)
     if not good:
         raise ClearglassError("the source yielded no usable images")
+    return good
 
+
+def _labelled(good: list[SourceItem], labeler: Labeler, build: dict) -> dict[str, ConceptLabel]:
+    """Step 2: the usable label of every item that got one; failures are counted with examples."""
     answers = labeler.label_many(good)
     if len(answers) != len(good):
         raise ClearglassError(f"labeler {labeler.name!r} answered {len(answers)} times for {len(good)} images")
@@ -257,14 +259,13 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
         build["labeler_stats"] = dict(labeler.stats)
     if not labels:
         raise LabellingFailed(failure_summary(failures, len(good)), build)
+    return labels
 
-    chains, relabelled = consistent_chains({i: tuple(lab.levels) for i, lab in labels.items()})
-    build["chains_relabelled"] = relabelled
-    chains, merged, dropped = merge_small(chains, options.min_group_size)
-    build["merged_concepts"] = merged
-    build["dropped_small_concepts"] = dropped
 
-    by_item = {item.image: item for item in good}
+def _leak_checked(chains: dict[str, Chain], labels: dict[str, ConceptLabel], options: BuildOptions,
+                  build: dict) -> dict[str, list[str]]:
+    """Step 5: each image's new captions, with leaks counted (and removed with ``filter_leaks``); images left
+    without a caption leave ``chains``."""
     captions: dict[str, list[str]] = {}
     leaks: list[dict] = []
     n_leaks = 0
@@ -287,25 +288,46 @@ def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: Build
                       "images_dropped": len(lost)}
     for image in lost:
         del chains[image]
+    return captions
 
-    members: dict[str, list[str]] = defaultdict(list)
-    for image, chain in chains.items():
-        members[chain[0]].append(image)
-    concepts = sorted(members)
-    if not concepts:
-        raise ClearglassError(_nothing_left(len(labels), dropped, len(lost), options.min_group_size))
-    if options.holdout_concepts >= len(concepts):
-        raise ClearglassError(f"cannot hold out {options.holdout_concepts} of {len(concepts)} concepts")
-    held_out = set(random.Random(f"{options.seed}:holdout").sample(concepts, options.holdout_concepts))
-    build["held_out_concepts"] = sorted(held_out)
 
+def _negatives(concepts: list[str], members: dict[str, list[str]], chains: dict[str, Chain],
+               labels: dict[str, ConceptLabel], options: BuildOptions,
+               embed: Callable[[list[str]], torch.Tensor]) -> dict[str, list[str]]:
+    """Step 7: hard negatives per concept (`rank_negatives` over the labeler's, siblings, cousins, the rest)."""
     named: dict[str, Counter] = defaultdict(Counter)
     for c in concepts:
         for image in members[c]:
             named[c].update(n for n in labels[image].hard_negatives if n in members and n != c)
     parents = {c: chains[members[c][0]][1] for c in concepts}
     grandparents = {c: chains[members[c][0]][2] for c in concepts}
-    negatives = rank_negatives(concepts, parents, named, options.n_hard_negatives, embed, grandparents)
+    return rank_negatives(concepts, parents, named, options.n_hard_negatives, embed, grandparents)
+
+
+def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: BuildOptions = BuildOptions(),
+                   embed: Callable[[list[str]], torch.Tensor] = embed_names) -> tuple[list[ConceptRecord], dict]:
+    """Concept records and the build stats (counts with examples of everything skipped, failed, merged or leaked),
+    by the steps of the module docstring."""
+    build: dict[str, Any] = {"options": asdict(options)}
+    good = _verified(items, options, build)
+    labels = _labelled(good, labeler, build)
+    chains, build["chains_relabelled"] = consistent_chains({i: tuple(lab.levels) for i, lab in labels.items()})
+    chains, build["merged_concepts"], dropped = merge_small(chains, options.min_group_size)
+    build["dropped_small_concepts"] = dropped
+    captions = _leak_checked(chains, labels, options, build)
+    members: dict[str, list[str]] = defaultdict(list)
+    for image, chain in chains.items():
+        members[chain[0]].append(image)
+    concepts = sorted(members)
+    if not concepts:
+        raise ClearglassError(_nothing_left(len(labels), dropped, build["leaks"]["images_dropped"],
+                                            options.min_group_size))
+    if options.holdout_concepts >= len(concepts):
+        raise ClearglassError(f"cannot hold out {options.holdout_concepts} of {len(concepts)} concepts")
+    held_out = set(random.Random(f"{options.seed}:holdout").sample(concepts, options.holdout_concepts))
+    build["held_out_concepts"] = sorted(held_out)
+    negatives = _negatives(concepts, members, chains, labels, options, embed)
+    by_item = {item.image: item for item in good}
 
     def record(image: str) -> ImageRecord:
         return ImageRecord(image, list(by_item[image].captions), captions[image], *chains[image])
