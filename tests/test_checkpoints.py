@@ -123,3 +123,75 @@ def test_a_corrupt_latest_pointer_is_named(tmp_path, checkpoint):
     shutil.copytree(checkpoint.parent, out / "checkpoints")
     (out / "latest.json").write_text(json.dumps({"checkpoint": "checkpoints/step_000003.pt"}))
     assert latest_checkpoint(out) == out / "checkpoints" / "step_000003.pt"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# slim checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained_default() -> ModelBundle:
+    """The default model as training leaves it: MiniLM frozen, image tower and projection trained."""
+    from clearglass.models import lock_towers
+
+    bundle = load_model("default")
+    lock_towers(bundle, lock_text=True)
+    with torch.no_grad():
+        bundle.model.visual.attnpool.c_proj.weight.add_(0.25)
+        bundle.model.text.proj.weight.mul_(1.5)
+    return bundle
+
+
+def _outputs(bundle: ModelBundle) -> tuple[torch.Tensor, torch.Tensor]:
+    bundle.model.eval()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return bundle.model.encode_image(images), bundle.model.encode_text(bundle.tokenizer(["a cat", "two dogs"]))
+
+
+def test_a_slim_default_checkpoint_holds_no_frozen_minilm_and_rebuilds_exactly(trained_default, tmp_path):
+    before = _outputs(trained_default)
+    path = save_checkpoint(trained_default, tmp_path / "slim.pt", train_config={}, dataset_sha256="", metrics={})
+    state = torch.load(path, weights_only=True)
+    assert not any(k.startswith("text.transformer.") for k in state) and "text.proj.weight" in state
+    assert path.stat().st_size <= 25_000_000
+    meta = read_checkpoint_metadata(path)
+    assert meta["base"] == "default" and meta["omitted"]["keys"] > 100
+    after = _outputs(load_model(str(path)))
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    full = save_checkpoint(trained_default, tmp_path / "full.pt", train_config={}, dataset_sha256="", metrics={},
+                           save_frozen=True)
+    assert full.stat().st_size > 4 * path.stat().st_size and read_checkpoint_metadata(full)["base"] is None
+    for a, b in zip(before, _outputs(load_model(str(full)))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    plain = open_clip.create_model(register_open_clip_config(meta["architecture"], meta["model_config"]),
+                                   pretrained=str(full)).eval()  # a full file is a plain open_clip state dict
+    with torch.no_grad():
+        torch.testing.assert_close(plain.encode_image(torch.randn(2, 3, 64, 64, generator=torch.Generator()
+                                                                  .manual_seed(0))), before[0], rtol=0, atol=0)
+
+
+def test_a_slim_checkpoint_refuses_a_base_that_changed(trained_default, tmp_path, monkeypatch):
+    path = save_checkpoint(trained_default, tmp_path / "slim.pt", train_config={}, dataset_sha256="", metrics={})
+    meta = read_checkpoint_metadata(path)
+    meta["omitted"]["sha256"] = "0" * 64  # what another MiniLM package version would give
+    metadata_path(path).write_text(json.dumps(meta))
+    with pytest.raises(ClearglassError, match="no longer gives the .* frozen tensors"):
+        load_model(str(path))
+
+
+def test_a_format_1_checkpoint_still_loads_but_does_not_resume(trained_default, tmp_path):
+    """Checkpoints written before slim checkpoints: full weights, format 1 metadata, a pickled resume state."""
+    path = tmp_path / "old.pt"
+    source = trained_default.model.clearglass_source
+    torch.save({k: v.detach().cpu() for k, v in trained_default.model.state_dict().items()}, path)
+    torch.save({"scheduler": {"lr_lambdas": [{"config": object.__new__(ModelSource)}]}}, extra_state_path(path))
+    metadata_path(path).write_text(json.dumps({
+        "format": "clearglass-checkpoint/1", "kind": source.kind, "architecture": source.architecture,
+        "spec": "default", "weights": path.name, "extra_state": extra_state_path(path).name,
+        "model_config": source.config, "train_config": {}, "data_hash": "abc", "metrics": {}}))
+    for a, b in zip(_outputs(trained_default), _outputs(load_model(str(path)))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ClearglassError, match="written by clearglass 0.1 as pickled Python objects"):
+        load_extra_state(path)

@@ -62,6 +62,8 @@ def test_compare_writes_report_and_plots(tmp_path):
     md = (out / "report.md").read_text()
     assert "| default | clearglass:clearglass-default |" in md and "Paired differences" in md
     assert (out / "zero_shot_by_level.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()  # the gallery: every model's top concepts for sampled test images
+    assert "clearglass:clearglass-default" in html and html.count("data:image/png;base64,") >= 4
 
 
 def test_concepts_ranks_labels(tmp_path, capsys):

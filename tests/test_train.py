@@ -210,6 +210,7 @@ def test_validation_rows_keep_best_and_early_stopping(dataset, tmp_path):
     for r in val:
         assert r["val/score"] == pytest.approx((r["val/retrieval/old_captions/i2t_R@1"]
                                                 + r["val/retrieval/old_captions/t2i_R@1"]) / 2)
+    assert all(r["val/seconds"] > 0 for r in val)
     best = max(val, key=lambda r: (r["val/score"], -r["step"]))  # the first step with the best score
     meta = json.loads((tmp_path / "val/checkpoints/best.json").read_text())
     assert result["best"]["step"] == best["step"] == meta["step"] and result["best"]["score"] == best["val/score"]

@@ -12,7 +12,8 @@ from clearglass.evaluate import (CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, Mod
 from clearglass.formats import FORMATS, load_test_set
 from clearglass.io import check_writable, read_text, write_json_atomic
 from clearglass.magic.schema import ImageRoot, load_concepts
-from clearglass.report import compare, write_report
+from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.report import compare, headline_sections, write_report
 
 
 def _encoder(spec: str, args: argparse.Namespace) -> ModelEncoder:
@@ -68,11 +69,15 @@ def _config(args: argparse.Namespace) -> EvalConfig:
                       n_boot=args.n_boot, tasks=args.tasks, retrieval_captions=args.retrieval_captions)
 
 
-def _evaluate(spec: str, args: argparse.Namespace) -> dict:
+def _test_set(args: argparse.Namespace) -> tuple[list, ImageRoot]:
     concepts = load_test_set(args.data, args.format)
-    root = ImageRoot(args.images if args.images is not None else args.data[0].parent, args.allow_outside_root)
+    return concepts, ImageRoot(args.images if args.images is not None else args.data[0].parent, args.allow_outside_root)
+
+
+def _evaluate(spec: str, args: argparse.Namespace, encoder: ModelEncoder | None = None) -> dict:
+    concepts, root = _test_set(args)
     data = " ".join(str(p) for p in args.data)
-    return evaluate_model(_encoder(spec, args), concepts, root, _config(args), model=spec, data=data)
+    return evaluate_model(encoder or _encoder(spec, args), concepts, root, _config(args), model=spec, data=data)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -93,8 +98,16 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(set(args.models)) != len(args.models):
         raise ClearglassError(f"--models lists a model twice: {args.models}")
     check_writable(args.out, "comparison report", folder=True)
-    comparison = compare({spec: _evaluate(spec, args) for spec in args.models})
+    encoders = {spec: _encoder(spec, args) for spec in args.models}
+    comparison = compare({spec: _evaluate(spec, args, encoders[spec]) for spec in args.models})
     paths = write_report(comparison, args.out, title=args.title)
+    concepts, root = _test_set(args)
+    items = sample_gallery_images({"test": concepts}, seed=args.seed)
+    labels = {lv: found for lv in (1, 2) if (found := level_labels(concepts, lv))}
+    if items and labels:
+        predictions = {spec: gallery_predictions(enc, items, root, labels, args.template) for spec, enc in encoders.items()}
+        paths["gallery"] = write_gallery(args.out / "report.html", args.title, headline_sections(comparison), items,
+                                         predictions, root)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

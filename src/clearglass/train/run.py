@@ -339,10 +339,13 @@ class Run:
 
     def validate(self) -> dict[str, float]:
         """Score the model on the validation file (rank 0; the decision is shared with every rank): the configured
-        metrics, their mean ``val/score``, and whether it is the best so far (then kept as best.pt with keep_best)."""
+        metrics, their mean ``val/score`` and the pass's ``val/seconds``; the best score so far is kept as best.pt
+        with keep_best."""
         row: dict[str, Any] = {}
         if self.rank == 0:
+            start = time.perf_counter()
             row = self.validation.score()
+            row["val/seconds"] = time.perf_counter() - start
             improved = self.best["score"] is None or row["val/score"] > self.best["score"]
             if improved:
                 self.best = {"score": row["val/score"], "step": self.step_count, "bad_evals": 0}

@@ -75,6 +75,8 @@ class DemoConfig(Config):
     ``require_unseen_held_out``: the base's pretraining corpus must not have shown any emoji of a held-out concept.
     ``search``: the search record (``configs/demo/<name>``) whose chosen settings and WiSE-FT weights the models use;
     null: none (every model uses its settings as written and no interpolation).
+    ``validation_every``: every model scores level-1 and level-2 recognition of the seen validation concepts every
+    this many steps while it trains (the validation curves of the report's loss plot); 0: never.
     """
 
     description: str = ""
@@ -88,6 +90,7 @@ class DemoConfig(Config):
     method: str = "clear_glass"
     search: str | None = None
     eval: DemoEval = field(default_factory=DemoEval)
+    validation_every: int = 0
     config_dir: ClassVar[Path] = CONFIG_DIR
 
     def validate(self) -> None:
@@ -104,6 +107,9 @@ class DemoConfig(Config):
         template = read_json(TRAIN_CONFIG_DIR / "default-grouped.json", "train config", dict)
         raw = merge(merge(merge(template, self.train), self.models[name].train), chosen)
         raw.update(data=data, out=str(out / "runs" / f"{name}-seed{seed}"), seed=seed, model=self.base)
+        if self.validation_every:
+            raw.update(eval_every=self.validation_every, eval_data=str(Path(data).with_name("val_seen.json")),
+                       eval_metrics=[f"recognition/concept_level{lv}/i2t_R@1" for lv in (1, 2)])
         return TrainConfig.from_dict(raw, f"demo model {name!r}")
 
     def identity(self) -> str:
