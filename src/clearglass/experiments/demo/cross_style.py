@@ -20,7 +20,7 @@ from clearglass.errors import ClearglassError
 from clearglass.io import save_image_atomic
 from clearglass.magic.schema import ConceptRecord, ImageRecord
 from clearglass.magic.sources.emoji import (CAPTIONS_PER_IMAGE, MAX_EMOJI_PER_SCENE, PHRASINGS, SUBGROUP_CONCEPTS,
-                                            Emoji, render_scene, usable_emoji, with_article)
+                                            Emoji, render_scene, truetype_font, usable_emoji, with_article)
 
 SYMBOLA = Path("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf")
 GLYPH_SIZE = 96
@@ -39,7 +39,7 @@ def _symbola(path: str) -> tuple[ImageFont.FreeTypeFont, frozenset[int]]:
 
     if not Path(path).is_file():
         raise ClearglassError(f"fonts-symbola is not installed: {path} not found; apt-get install fonts-symbola")
-    return ImageFont.truetype(path, GLYPH_SIZE), frozenset(TTFont(path).getBestCmap())
+    return truetype_font(path, GLYPH_SIZE), frozenset(TTFont(path).getBestCmap())
 
 
 def monochrome_glyph(chars: str, rng: random.Random, font_path: str = str(SYMBOLA)) -> Image.Image | None:

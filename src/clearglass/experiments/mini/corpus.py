@@ -33,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from clearglass.errors import ClearglassError
@@ -42,7 +42,7 @@ from clearglass.experiments.mini.corpus_sources import (MONOCHROME_FONT_SOURCES,
 from clearglass.magic.leak import leaked_words
 from clearglass.io import file_sha256, save_image_atomic, write_json_atomic
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
-from clearglass.magic.sources.emoji import render_glyph, with_article
+from clearglass.magic.sources.emoji import render_glyph, truetype_font, with_article
 
 RENDER_VERSION = 2
 SCALE = (0.4, 0.95)  # an item's long side, as a fraction of its slot
@@ -266,20 +266,12 @@ def _cairosvg() -> ModuleType | None:
     return cairosvg
 
 
-@lru_cache(maxsize=16)
-def _glyph_font(path: str) -> ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.truetype(path, GLYPH_PX)
-    except OSError as e:
-        raise ClearglassError(f"{path}: cannot load the font at size {GLYPH_PX} ({e})") from None
-
-
 def _draw(item: CorpusItem) -> Image.Image | None:
     """The item drawn once as RGBA (a glyph in black on transparent, an emoji or icon as is), or None."""
     if item.font and item.colour == "color":  # a color bitmap font (Noto Color Emoji): only at its one strike size
         return render_glyph(item.text, item.font)
     if item.font:
-        font = _glyph_font(item.font)
+        font = truetype_font(item.font, GLYPH_PX)
         left, top, right, bottom = font.getbbox(item.text)
         if right <= left or bottom <= top:
             return None

@@ -158,18 +158,19 @@ def parse_emoji_test(path: str | os.PathLike = EMOJI_TEST) -> list[Emoji]:
     return out
 
 
-@lru_cache(maxsize=2)
-def _font(path: str) -> ImageFont.FreeTypeFont:
+@lru_cache(maxsize=32)
+def truetype_font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    """A TrueType font at a pixel size, loaded once; an unloadable file is an error naming it."""
     try:
-        return ImageFont.truetype(path, GLYPH_SIZE)
+        return ImageFont.truetype(path, size)
     except OSError as e:
-        raise ClearglassError(f"{path}: cannot load the emoji font at size {GLYPH_SIZE} ({e})") from None
+        raise ClearglassError(f"{path}: cannot load the font at size {size} ({e})") from None
 
 
 @lru_cache(maxsize=4096)
 def render_glyph(chars: str, font_path: str = str(NOTO_EMOJI)) -> Image.Image | None:
     """The emoji as an RGBA image cropped to its ink, or None if the font has no single glyph for it."""
-    font = _font(font_path)
+    font = truetype_font(font_path, GLYPH_SIZE)
     canvas = Image.new("RGBA", (2 * GLYPH_SIZE + 64, GLYPH_SIZE + 64), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text((16, 16), chars, font=font, embedded_color=True)
     box = canvas.getbbox()
