@@ -139,6 +139,8 @@ class Run:
         self._build_sources()
         self._build_optimisation()
         self.validation = _Validation(self) if config.eval_every else None
+        self.model.train()
+        frozen_modules_to_eval(self.model)  # frozen parts run as in inference: no dropout, fixed statistics
         if self.text_cache is not None and config.text_cache_file:
             self._fill_text_cache(Path(config.text_cache_file))
 
@@ -233,7 +235,6 @@ class Run:
             captions |= {cap for c in self.validation.concepts for im in c.test_images
                          for cap in im.old_captions + im.new_captions}
         before = len(self.text_cache.store)
-        frozen_modules_to_eval(self.model)
         self.text_cache.fill(self.bundle.tokenizer(sorted(captions)), progress=self.rank == 0)
         if self.rank == 0 and len(self.text_cache.store) > before:
             self.text_cache.save(path)
@@ -393,6 +394,16 @@ class Run:
             dist.barrier()
         return path
 
+    def result(self, checkpoint: Path | None) -> dict:
+        """What a finished run reports: step, metrics, paths, data identity, skips and fills, the best validation."""
+        return {"step": self.step_count, "metrics": self.metrics, "out": str(self.out),
+                "checkpoint": str(checkpoint) if checkpoint is not None else None,
+                "metrics_path": str(self.out / "metrics.jsonl"), "dataset_sha256": self.dataset_sha256,
+                "skipped_groups": self.index.skipped, "world_size": self.world_size,
+                "unknown_hard_negatives": self.index.unknown_hard_negatives, "filled_hard_negatives": self.filled,
+                "best": self.best, "stopped_early": self.should_stop(),
+                "synthetic_negatives": dict(self.negative_captions.stats) if self.negative_captions else {}}
+
 
 class _Validation:
     """The validation pass of a run: the test images of ``eval_data``, encoded once per evaluation."""
@@ -532,40 +543,34 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
     validation step. ``resume``: None (fresh run), 'auto' (continue from ``out/latest.json`` if present) or a
     checkpoint path. SIGINT/SIGTERM write a checkpoint at the last completed step and raise TrainingInterrupted."""
     rank, world_size, device = setup_distributed(config.device)
+    reporters = None
     try:
         run = Run(config, rank, world_size, device)
         resume_path, reporters = _start(run, resume)
         c, last = config, latest_checkpoint(run.out) if resume_path is not None else None
         start = time.perf_counter()
-        run.model.train()
-        frozen_modules_to_eval(run.model)
         with _Interrupts(world_size) as interrupts, tqdm(total=run.total_steps, initial=run.step_count, desc="train",
                                                          disable=rank != 0, dynamic_ncols=True) as bar:
             while run.step_count < run.total_steps and not run.should_stop():
                 run.metrics = run.step(run.next_batch())
-                step, row = run.step_count, None
+                step, row = run.step_count, {}
                 bar.update(1)
                 if step % c.log_every == 0 or step == run.total_steps:
-                    row = {"step": step, **run.metrics, "time": time.perf_counter() - start}
+                    row = {"step": step, **run.metrics}
                     bar.set_postfix(loss=f"{run.metrics['loss']:.4f}", lr=f"{run.metrics['lr']:.2e}")
                 if c.eval_every and (step % c.eval_every == 0 or step == run.total_steps):
-                    row = {"step": step, **(row or {}), **run.validate(), "time": time.perf_counter() - start}
-                if row is not None:
-                    _write_row(run, reporters, row)
+                    row = {"step": step, **row, **run.validate()}
+                if row:
+                    _write_row(run, reporters, {**row, "time": time.perf_counter() - start})
                 if step % c.checkpoint_every == 0 or step == run.total_steps or run.should_stop():
                     last = run.save()
                 if interrupts.requested():
                     last = last if last is not None and last.stem == f"step_{step:06d}" else run.save()
                     raise TrainingInterrupted(step, last, run.out)
+        return run.result(last)
+    finally:
         if reporters is not None:
             reporters.close()
-        return {"step": run.step_count, "metrics": run.metrics, "out": str(run.out),
-                "checkpoint": str(last) if last is not None else None, "metrics_path": str(run.out / "metrics.jsonl"),
-                "dataset_sha256": run.dataset_sha256, "skipped_groups": run.index.skipped, "world_size": world_size,
-                "unknown_hard_negatives": run.index.unknown_hard_negatives,
-                "filled_hard_negatives": run.filled, "best": run.best, "stopped_early": run.should_stop(),
-                "synthetic_negatives": dict(run.negative_captions.stats) if run.negative_captions else {}}
-    finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 

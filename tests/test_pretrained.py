@@ -1,0 +1,36 @@
+"""The shipped pretrained tag clearglass-mini: it loads as a model spec, its weights file is slim (image tower and
+projections only, within 25 MB), and the held-out figures its model card states hold when measured again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clearglass.checkpoints import read_checkpoint_metadata
+from clearglass.experiments.mini.recipe import CARD_METRICS, card_figures
+from clearglass.models import PRETRAINED_DIR, load_model, pretrained_tags
+
+TAG = PRETRAINED_DIR / "clearglass-mini"
+
+
+def test_clearglass_mini_is_shipped_slim_and_loads() -> None:
+    assert "clearglass-mini" in pretrained_tags()
+    assert (TAG / "model.pt").stat().st_size <= 25_000_000
+    meta = read_checkpoint_metadata(TAG / "model.pt")
+    assert meta["base"] == "default" and meta["omitted"]["prefixes"] == ["text.transformer."]
+    bundle = load_model("clearglass-mini")
+    assert bundle.name == "clearglass-mini" and bundle.model.clearglass_source.base == "clearglass-mini"
+    for name in ("MODEL_CARD.md", "card.json", "validation_curve.png", "heldout/val.json", "heldout/test.json"):
+        assert (TAG / name).is_file(), name
+
+
+def test_the_card_figures_hold() -> None:
+    card = json.loads((TAG / "card.json").read_text(encoding="utf-8"))
+    measured = card_figures("clearglass-mini", TAG / "heldout" / "test.json")
+    for name in CARD_METRICS:
+        assert measured[name]["n"] == card["figures"]["shipped_test"][name]["n"]
+        assert measured[name]["value"] == pytest.approx(card["figures"]["shipped_test"][name]["value"], abs=0.005), name
+    card_md = (TAG / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card["command"] in card_md and f"Steps: {card['steps']}" in card_md
+    assert card["corpus"]["stats"]["total"]["image_caption_pairs"] >= 40_000
