@@ -374,3 +374,38 @@ def test_quiet_loading_silences_load_notices_keeps_errors_and_restores_the_setti
     assert not any("pretrained weights" in m for m in messages)
     assert "an error stays loud" in messages and "after loading, warnings show again" in messages
     assert hf_logging.get_verbosity() == hf_logging.WARNING and hf_logging.is_progress_bar_enabled()
+
+
+def test_an_open_clip_tag_downloads_as_open_clip_does(tmp_path, monkeypatch):
+    """open_clip:NAME:TAG goes through open_clip's own download (mocked here: nothing is fetched in a test), and
+    clearglass sets no offline switch that would stop it."""
+    import os
+
+    import open_clip.factory
+    import open_clip.pretrained
+
+    name = register_open_clip_config("clearglass-test-download", TINY_OPEN_CLIP)
+    weights = tmp_path / "downloaded.pt"
+    torch.manual_seed(3)
+    torch.save(open_clip.create_model(name).state_dict(), weights)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, name, {"net": {"hf_hub": "someone/tiny-clip/", "url": ""}})
+    asked = []
+    monkeypatch.setattr(open_clip.factory, "download_pretrained",
+                        lambda cfg, cache_dir=None, **kw: asked.append(cfg) or str(weights))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    bundle = load_model(f"open_clip:{name}:net")
+    assert asked and asked[0]["hf_hub"] == "someone/tiny-clip/" and "HF_HUB_OFFLINE" not in os.environ
+    expected = torch.load(weights, weights_only=True)
+    assert all(torch.equal(v, expected[k]) for k, v in bundle.model.state_dict().items())
+    assert bundle.model.clearglass_source.base == f"open_clip:{name}:net"
+
+
+def test_the_text_cache_refuses_trainable_hierarchy_aware_text_layers():
+    bundle = load_model("clearglass:clearglass-vit-hier")
+    lock_towers(bundle, lock_text=True)  # the MiniLM transformer is frozen; its hierarchy layers stay trainable
+    assert any(p.requires_grad for p in bundle.model.text.hier_layers.parameters())
+    with pytest.raises(ClearglassError, match="hierarchy-aware text layers"):
+        FrozenTextCache(bundle)
+    for p in bundle.model.text.hier_layers.parameters():
+        p.requires_grad_(False)
+    FrozenTextCache(bundle)  # frozen, they are part of the cached computation

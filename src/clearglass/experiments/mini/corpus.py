@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.experiments.mini.corpus_sources import (MONOCHROME_FONT_SOURCES, SOURCES, CorpusItem, require,
                                                         source_items)
@@ -69,7 +70,7 @@ PAIR_TEMPLATES = ("{a} and {b}", "{a} next to {b}", "{a} on the left and {b} on 
 
 
 @dataclass
-class CorpusConfig:
+class CorpusConfig(Config):
     """Settings of a corpus build."""
 
     image_size: int = 64
@@ -80,6 +81,24 @@ class CorpusConfig:
     seed: int = 0
     sources: list[str] = field(default_factory=lambda: list(SOURCES))
     limit_per_source: int | None = None  # the first N items of each source: tiny slices for tests
+
+    def validate(self) -> None:
+        """Raise a ClearglassError naming the first bad setting."""
+        val, test, sources = self.val_fraction, self.test_fraction, self.sources
+        problems = [
+            (self.image_size < 16, f"image_size must be >= 16, got {self.image_size}"),
+            (self.renders_per_item < 1, f"renders_per_item must be >= 1, got {self.renders_per_item}"),
+            (not 0 <= self.pair_fraction < 1, f"pair_fraction must be in [0, 1), got {self.pair_fraction}"),
+            (not (0 <= val and 0 <= test and val + test < 1),
+             f"val_fraction and test_fraction must be >= 0 with a sum < 1, got {val} and {test}"),
+            (not sources or not set(sources) <= set(SOURCES) or len(set(sources)) < len(sources),
+             f"sources must be distinct names among {list(SOURCES)}, got {sources}"),
+            (self.limit_per_source is not None and self.limit_per_source < 1,
+             f"limit_per_source must be None or >= 1, got {self.limit_per_source}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ClearglassError(message)
 
 
 @dataclass(frozen=True)
@@ -101,25 +120,6 @@ class Base:
     recolour: bool  # drawn in a random ink per picture (its alpha is the shape)
     on_dark: bool  # stays visible on a dark background
     pale: bool  # nearly white: a light background must be mid-grey
-
-
-def check_config(config: CorpusConfig) -> None:
-    """Raise a ClearglassError naming the first bad setting."""
-    val, test, sources = config.val_fraction, config.test_fraction, config.sources
-    problems = [
-        (config.image_size < 16, f"image_size must be >= 16, got {config.image_size}"),
-        (config.renders_per_item < 1, f"renders_per_item must be >= 1, got {config.renders_per_item}"),
-        (not 0 <= config.pair_fraction < 1, f"pair_fraction must be in [0, 1), got {config.pair_fraction}"),
-        (not (0 <= val and 0 <= test and val + test < 1),
-         f"val_fraction and test_fraction must be >= 0 with a sum < 1, got {val} and {test}"),
-        (not sources or not set(sources) <= set(SOURCES) or len(set(sources)) < len(sources),
-         f"sources must be distinct names among {list(SOURCES)}, got {sources}"),
-        (config.limit_per_source is not None and config.limit_per_source < 1,
-         f"limit_per_source must be None or >= 1, got {config.limit_per_source}"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise ClearglassError(f"corpus config: {message}")
 
 
 def render_settings(config: CorpusConfig) -> dict:
@@ -468,7 +468,6 @@ def build_corpus(out: Path, config: CorpusConfig, forbidden_words: list[str], ex
                  excluded_monochrome_chars: set[str], progress: bool = True) -> dict:
     """Render the corpus into `out` (re-using cached renders), write its JSON files, and return the stats."""
     start = time.monotonic()
-    check_config(config)
     for source in config.sources:
         require(source)
     out, folder = Path(out), render_folder(config)

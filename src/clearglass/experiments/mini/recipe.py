@@ -44,7 +44,7 @@ class PretrainRecipe(Config):
     description: str = ""
     tag: str = "clearglass-mini"
     demo: str = "default"
-    corpus: dict[str, Any] = field(default_factory=dict)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     train_config: str = "mini-pretrain"
     train: list[str] = field(default_factory=list)
     ship_per_split: int = 600
@@ -52,17 +52,9 @@ class PretrainRecipe(Config):
     config_dir: ClassVar[Path] = CONFIG_DIR
 
     def validate(self) -> None:
-        """The corpus settings make a CorpusConfig; ship_per_split >= 10."""
-        self.corpus_config()
+        """ship_per_split >= 10."""
         if self.ship_per_split < 10:
             raise ClearglassError(f"ship_per_split = {self.ship_per_split}: expected >= 10")
-
-    def corpus_config(self) -> CorpusConfig:
-        """The corpus settings as the corpus builder's config."""
-        try:
-            return CorpusConfig(**self.corpus)
-        except TypeError as e:
-            raise ClearglassError(f"corpus: {e}") from None
 
 
 def leak_rules(demo: DemoConfig, out: Path, progress: bool) -> dict[str, Any]:
@@ -111,7 +103,7 @@ def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: 
     start = time.perf_counter()
     rules = leak_rules(DemoConfig.load(recipe.demo), out / "demo", progress)
     corpus = out / "corpus"
-    corpus_stats = build_corpus(corpus, recipe.corpus_config(), rules["forbidden_words"], rules["excluded_chars"],
+    corpus_stats = build_corpus(corpus, recipe.corpus, rules["forbidden_words"], rules["excluded_chars"],
                                 rules["excluded_monochrome_chars"], progress)
     config = TrainConfig.load(recipe.train_config, [
         f"data={corpus / 'train.json'}", f"eval_data={corpus / 'val.json'}", f"out={out / 'run'}",
