@@ -17,8 +17,9 @@ import torch
 from clearglass import cli
 from clearglass.errors import ClearglassError
 from clearglass.losses import GroupedContrastiveLoss
-from clearglass.train import CONFIG_DIR, TrainConfig, train
+from clearglass.train import TrainConfig, train
 from clearglass.train.run import cosine_factor, make_optimizer
+from tiny_magic import tiny_train_config as tiny_config
 from tiny_magic import write_tiny_magic, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,17 +37,6 @@ def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("magic")
     write_tiny_model(root / "tiny-model.pt")
     return write_tiny_magic(root, concepts=6, images_per_concept=3)
-
-
-def tiny_config(dataset: Path, out: Path, **overrides) -> TrainConfig:
-    """The default grouped config on tiny data and a tiny model: 4 groups x 2 pairs, a few steps, deterministic."""
-    model = dataset.parent / "tiny-model.pt"
-    items = [f"data={json.dumps(str(dataset))}", f"out={json.dumps(str(out))}", f"model={json.dumps(str(model))}",
-             "groups_per_batch=4",
-             "pairs_per_group=2", "steps=4", "warmup=1", "log_every=1", "checkpoint_every=100", "device=\"cpu\"",
-             "deterministic=true", "lr=0.001"]
-    items += [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    return TrainConfig.load(CONFIG_DIR / "default-grouped.json", items)
 
 
 def weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:

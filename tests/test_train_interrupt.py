@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clearglass.train import CONFIG_DIR, TrainConfig, train
-from tiny_magic import write_tiny_magic, write_tiny_model
+from clearglass.train import TrainConfig, train
+from tiny_magic import tiny_train_config, write_tiny_magic, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -35,11 +35,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def tiny_config(dataset: Path, out: Path, **overrides) -> TrainConfig:
-    """4 groups x 2 pairs of a tiny model, deterministic, a row per step, no periodic checkpoint."""
-    items = {"data": str(dataset), "out": str(out), "model": str(dataset.parent / "tiny-model.pt"),
-             "groups_per_batch": 4, "pairs_per_group": 2, "steps": STEPS, "warmup": 1, "log_every": 1,
-             "checkpoint_every": 1000, "device": "cpu", "deterministic": True, "lr": 0.001, **overrides}
-    return TrainConfig.load(CONFIG_DIR / "default-grouped.json", [f"{k}={json.dumps(v)}" for k, v in items.items()])
+    """The shared tiny config, long enough to interrupt, with no periodic checkpoint."""
+    return tiny_train_config(dataset, out, **{"steps": STEPS, "checkpoint_every": 1000, **overrides})
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -63,3 +63,16 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     model.clearglass_source = ModelSource("open_clip", name, TINY_MODEL_CONFIG)
     bundle = ModelBundle(model, open_clip.get_tokenizer(name), *transforms, name, TINY_MODEL_CONFIG)
     return save_checkpoint(bundle, path, train_config={}, dataset_sha256="", metrics={})
+
+
+def tiny_train_config(dataset: Path, out: Path, **overrides: object):
+    """The default grouped config on tiny data and the tiny model beside it (``write_tiny_model(dataset.parent /
+    "tiny-model.pt")``): 4 groups x 2 pairs, 4 steps, a row per step, deterministic on the CPU."""
+    import json
+
+    from clearglass.train import CONFIG_DIR, TrainConfig
+
+    items = {"data": str(dataset), "out": str(out), "model": str(dataset.parent / "tiny-model.pt"),
+             "groups_per_batch": 4, "pairs_per_group": 2, "steps": 4, "warmup": 1, "log_every": 1,
+             "checkpoint_every": 100, "device": "cpu", "deterministic": True, "lr": 0.001, **overrides}
+    return TrainConfig.load(CONFIG_DIR / "default-grouped.json", [f"{k}={json.dumps(v)}" for k, v in items.items()])
