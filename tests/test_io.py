@@ -221,3 +221,17 @@ def test_check_writable_fails_before_any_work(tmp_path):
         (tmp_path / "locked").mkdir(mode=0o500)
         with pytest.raises(ClearglassError, match="no permission to write"):
             check_writable(tmp_path / "locked" / "r.json", "results JSON")
+
+
+def test_atomic_writes_give_the_mode_a_plain_open_would(tmp_path):
+    import os
+    import stat
+
+    from clearglass.io import write_text_atomic
+
+    old = os.umask(0o027)
+    try:
+        path = write_text_atomic("x", tmp_path / "a.txt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -43,6 +43,7 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode a plain open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
@@ -50,6 +51,12 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:

@@ -31,7 +31,7 @@ def curve_plot(metrics: Path, path: Path) -> Path:
     rows = [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
     rows = [r for r in rows if "val/score" in r]
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for key in [k for k in rows[0] if k.startswith("val/")] if rows else []:
+    for key in [k for k in rows[0] if k.startswith("val/") and k != "val/seconds"] if rows else []:
         ax.plot([r["step"] for r in rows], [100 * r[key] for r in rows], marker="o", ms=3,
                 label=LABELS.get(key.removeprefix("val/"), key.removeprefix("val/")))
     ax.set_xlabel("step")
@@ -69,8 +69,9 @@ def write_card(card: dict, path: Path) -> Path:
         "with the CLIP loss on an offline corpus of rendered Unicode symbols, single emoji and named icons. The "
         "weights file holds the image tower and the projections only; the text transformer loads from its package.\n",
         f"Command: `{card['command']}`. Steps: {card['steps']} (best validation step {best['step']}, score "
-        f"{pct(best['score'])}%; stopped early: {card['stopped_early']}). Wall time {card['seconds'] / 60:.0f} min, "
-        f"weights {card['weights_bytes'] / 1e6:.1f} MB.\n",
+        f"{pct(best['score'])}%; stopped early: {card['stopped_early']}). Training wall time "
+        f"{card['train_seconds'] / 60:.0f} min on {card['machine']}; corpus build {card['corpus']['stats']['seconds']:.0f} s "
+        f"(renders cached). Weights {card['weights_bytes'] / 1e6:.1f} MB.\n",
         "## Corpus\n",
         "\n".join(rows) + "\n",
         "No caption names a level-1 or level-2 concept word of the demo's dataset, no emoji of a held-out demo "
@@ -82,7 +83,8 @@ def write_card(card: dict, path: Path) -> Path:
         "for the test. "
         f"Shipped test slice (`{card['shipped']['test']['file']}`, the figures a test re-checks):\n",
         _figures_table(card["figures"]["shipped_test"]) + "\n",
-        "Whole corpus test split:\n",
+        "Whole corpus test split (several renders per name, whose captions repeat; ranks are strict, so a caption "
+        "that another render of the same name shares counts as a miss and image->caption R@1 is low there):\n",
         _figures_table(card["figures"]["corpus_test"]) + "\n",
         "![validation curve](validation_curve.png)\n",
         "## Training config\n",

@@ -11,12 +11,16 @@ monochrome font, so the demo's cross-style pictures are new to the base.
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+import torch
 
 from clearglass.config import Config
 from clearglass.errors import ClearglassError
@@ -26,7 +30,7 @@ from clearglass.experiments.demo.data import build_splits, demo_emoji, held_out_
 from clearglass.experiments.demo.splits import concept_vocabulary
 from clearglass.experiments.mini.card import curve_plot, write_card
 from clearglass.experiments.mini.corpus import CorpusConfig, build_corpus
-from clearglass.io import file_sha256, read_json, write_json_atomic
+from clearglass.io import file_sha256, read_json, read_text, write_json_atomic
 from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
 from clearglass.models import PRETRAINED_DIR, load_model
 from clearglass.train import TrainConfig, train
@@ -96,6 +100,13 @@ def card_figures(checkpoint: str, data: Path) -> dict[str, dict[str, float]]:
     return {m: {k: rows[m][k] for k in ("value", "ci_low", "ci_high", "n")} for m in CARD_METRICS}
 
 
+def _train_seconds(metrics: Path) -> float:
+    """The training loop's wall time: the last metrics row's ``time`` (counted from the start of the invocation
+    that wrote it, so a resumed run reports its last part)."""
+    rows = [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
+    return float(rows[-1]["time"]) if rows else 0.0
+
+
 def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: bool, command: str,
                  progress: bool = True) -> dict:
     """Build the corpus, pretrain (resuming a run in ``out``), measure, write the tag under ``out/<tag>`` and, with
@@ -126,6 +137,9 @@ def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: 
                     "corpus_test": card_figures(str(tag / "model.pt"), corpus / "test.json")},
         "shipped": {split: {"file": f"heldout/{p.name}", "sha256": file_sha256(p)} for split, p in heldout.items()},
         "weights_bytes": (tag / "model.pt").stat().st_size, "seconds": time.perf_counter() - start,
+        "train_seconds": _train_seconds(Path(result["metrics_path"])),
+        "machine": f"{os.cpu_count()} CPU cores" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available()
+                                                     else ""),
     }
     curve_plot(Path(config.out) / "metrics.jsonl", tag / "validation_curve.png")
     write_json_atomic(card, tag / "card.json")
