@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -107,3 +108,26 @@ def test_a_tiny_search_records_every_row_and_its_choice(tmp_path: Path) -> None:
     assert record["config_identity"] == DemoConfig.load("quick").identity()
     grid.write_text(json.dumps({"description": "d", "settings": {"clip": [{}], "clear_glass": [{}, {}]}}))
     assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "t")]) == 2
+
+
+def test_several_seeds_compare_with_the_single_base_result() -> None:
+    """Seeds are merged per item for every model; the base (one result: nothing trains it) enters the same way."""
+    from clearglass.experiments.demo.run import compare_models
+
+    def res(name: str, ranks: list[int]) -> dict:
+        spec = {"stat": "hit", "array": "i2t_rank", "k": 1}
+        return {"model": name, "test_set_hash": "t", "config": {"n_boot": 50, "seed": 0, "ci_level": 0.95},
+                "metrics": [{"task": "recognition", "subset": "concept_level1", "metric": "i2t_R@1",
+                             "value": float(np.mean(np.array(ranks) < 1)), "ci_low": 0.0, "ci_high": 1.0, "n": 4,
+                             "unit": "recognition/concept_level1/i2t_rank", "stat": spec}],
+                "per_item": {"recognition/concept_level1": {"items_hash": "h", "arrays": {"i2t_rank": ranks}}}}
+
+    per_model = {"base": [{"test_seen": res("base", [1, 1, 0, 1])}],
+                 "clip": [{"test_seen": res("clip", r)} for r in ([0, 1, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1])],
+                 "cg": [{"test_seen": res("cg", r)} for r in ([0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 1, 1])]}
+    comp = compare_models(per_model, "clip", "cg", seeds=3)["test_seen"]
+    assert comp["models"] == ["base", "clip", "cg"]
+    values = {m: comp["results"][m]["metrics"][0]["value"] for m in comp["models"]}
+    assert values == pytest.approx({"base": 0.25, "clip": 3 / 12, "cg": 7 / 12})  # per-item mean hits over seeds
+    diffs = {(d["model"], d["baseline"]): d["value"] for d in comp["differences"] + comp["vs_base"]}
+    assert diffs[("cg", "clip")] == pytest.approx(4 / 12) and diffs[("cg", "base")] == pytest.approx(4 / 12)

@@ -66,6 +66,23 @@ def final_model(config: DemoConfig, name: str, record: dict | None, checkpoint: 
                            dataset_sha256="", metrics={})
 
 
+def compare_models(per_model: dict[str, list[dict[str, dict]]], baseline: str, method: str, seeds: int
+                   ) -> dict[str, dict]:
+    """Per subset: every model's results (several seeds merged per item; the base, trained by none, enters the
+    same way so all rows compare alike), the paired differences against the baseline, and the method's and the
+    baseline's differences against the base (``vs_base``)."""
+    order = [BASE, baseline, method] + [m for m in per_model if m not in (BASE, baseline, method)]
+    comparisons = {}
+    for subset in per_model[BASE][0]:
+        by_model = {m: (merge_seeds([r[subset] for r in per_model[m]]) if seeds > 1 else per_model[m][0][subset])
+                    for m in order}
+        ordered = {baseline: by_model[baseline], **{m: r for m, r in by_model.items() if m != baseline}}
+        comparisons[subset] = {**compare(ordered), "models": order, "results": {m: by_model[m] for m in order},
+                               "vs_base": compare({BASE: by_model[BASE], method: by_model[method],
+                                                   baseline: by_model[baseline]})["differences"]}
+    return comparisons
+
+
 def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default", progress: bool = True) -> dict:
     """Build, train, evaluate and report; returns the summary written to ``out/results.json``."""
     if seeds < 1:
@@ -92,17 +109,7 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
             final = final_model(config, name, record, result["checkpoint"], out / "checkpoints" / f"{name}-seed{seed}.pt")
             finals[name].append(str(final))
             per_model[name].append(evaluator.evaluate(load_model(str(final)), name))
-    order = [BASE, config.baseline, config.method] + [m for m in config.models if m not in (config.baseline,
-                                                                                             config.method)]
-    comparisons = {}
-    for subset in per_model[BASE][0]:
-        by_model = {m: (per_model[m][0][subset] if len(per_model[m]) == 1 else
-                        merge_seeds([r[subset] for r in per_model[m]])) for m in order}
-        ordered = {config.baseline: by_model[config.baseline], **{m: r for m, r in by_model.items()
-                                                                  if m != config.baseline}}
-        comparisons[subset] = {**compare(ordered), "models": order, "results": {m: by_model[m] for m in order},
-                               "vs_base": compare({BASE: by_model[BASE], config.method: by_model[config.method],
-                                                   config.baseline: by_model[config.baseline]})["differences"]}
+    comparisons = compare_models(per_model, config.baseline, config.method, seeds)
     summary = {
         "command": f"clearglass demo --out {out} --seeds {seeds}" + (f" --config {config_name}"
                                                                      if config_name != "default" else ""),
