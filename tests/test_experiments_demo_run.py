@@ -131,3 +131,46 @@ def test_several_seeds_compare_with_the_single_base_result() -> None:
     assert values == pytest.approx({"base": 0.25, "clip": 3 / 12, "cg": 7 / 12})  # per-item mean hits over seeds
     diffs = {(d["model"], d["baseline"]): d["value"] for d in comp["differences"] + comp["vs_base"]}
     assert diffs[("cg", "clip")] == pytest.approx(4 / 12) and diffs[("cg", "base")] == pytest.approx(4 / 12)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_wise_ft_model_is_written_and_the_raw_fine_tune_kept_only_when_asked(
+        quick_demo: tuple[Path, str], tmp_path: Path, keep: bool) -> None:
+    """w < 1: the interpolated model is a loadable slim checkpoint equal to (1 - w) * base + w * fine-tune; the run's
+    own weight file goes unless keep_fine_tunes (its metadata stays either way)."""
+    import shutil
+
+    from clearglass.experiments.demo.run import effective_settings, final_model
+    from clearglass.interpolate import interpolate
+    from clearglass.models import load_model
+
+    out, _ = quick_demo
+    config = DemoConfig.load("quick")
+    config.keep_fine_tunes = keep
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    raw = tmp_path / "run" / "step.pt"
+    raw.parent.mkdir()
+    shutil.copy(results["training"]["clip"][0]["checkpoint"], raw)
+    shutil.copy(metadata_path(results["training"]["clip"][0]["checkpoint"]), metadata_path(raw))
+    expected = interpolate(load_model(config.base), load_model(str(raw)), 0.5).model.state_dict()
+    record = {"chosen": {"clip": {"setting": {"lr": 0.002}, "wise_ft": 0.5},
+                         "clear_glass": {"setting": {}, "wise_ft": 1.0}}}
+    final = final_model(config, "clip", record, str(raw), tmp_path / "final" / "clip.pt")
+    got = load_model(str(final)).model.state_dict()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert raw.is_file() == keep and metadata_path(raw).is_file()
+    meta = json.loads(metadata_path(final).read_text(encoding="utf-8"))
+    assert meta["train_config"]["wise_ft"] == {"base": config.base, "fine_tuned": str(raw), "w": 0.5,
+                                               "fine_tuned_kept": keep}
+    settings = effective_settings(config, record)
+    assert settings["clip"]["train"]["lr"] == 0.002 and settings["clip"]["wise_ft"] == 0.5
+    assert settings["clear_glass"]["wise_ft"] == 1.0
+
+
+def test_the_set_up_quotes_the_settings_each_model_ran_with(quick_demo: tuple[Path, str]) -> None:
+    out, _ = quick_demo
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for name, settings in results["models"].items():
+        assert f"`{name}` ({settings['family']}, WiSE-FT w {settings['wise_ft']:g}): {json.dumps(settings['train'])}" \
+            in report

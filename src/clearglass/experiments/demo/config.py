@@ -77,6 +77,9 @@ class DemoConfig(Config):
     null: none (every model uses its settings as written and no interpolation).
     ``validation_every``: every model scores level-1 and level-2 recognition of the seen validation concepts every
     this many steps while it trains (the validation curves of the report's loss plot); 0: never.
+    ``keep_fine_tunes``: keep each run's own fine-tune beside the WiSE-FT model made from it (w < 1); false: the
+    run's weight file is removed once the interpolated model is written (its metadata and metrics stay), which
+    halves the output folder.
     """
 
     description: str = ""
@@ -91,6 +94,7 @@ class DemoConfig(Config):
     search: str | None = None
     eval: DemoEval = field(default_factory=DemoEval)
     validation_every: int = 0
+    keep_fine_tunes: bool = False
     config_dir: ClassVar[Path] = CONFIG_DIR
 
     def validate(self) -> None:

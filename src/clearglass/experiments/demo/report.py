@@ -144,7 +144,8 @@ def loss_plot(runs: dict[str, Path], path: Path) -> Path:
 def _setup(summary: dict) -> str:
     config, data = summary["config"], summary["data"]
     cross = data.get("cross_style", {})
-    models = "; ".join(f"`{m}` ({o['family']}): {json.dumps(o['train'])}" for m, o in config["models"].items())
+    models = "; ".join(f"`{m}` ({o['family']}, WiSE-FT w {o['wise_ft']:g}): {json.dumps(o['train'])}"
+                       for m, o in summary["models"].items())
     return ("## Set-up\n\n"
             f"Base: `{config['base']}`, fine-tuned by every model with the same steps, optimiser, schedule, seeds and "
             f"data order. Emoji MAGIC dataset built offline with the `truth` labeler (level1 = emoji subgroup, level2 = "

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from clearglass.checkpoints import extra_state_path, metadata_path, save_checkpoint
+from clearglass.config import merge
 from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig, read_search_record
 from clearglass.experiments.demo.data import build_demo_data
@@ -39,6 +40,16 @@ def chosen_for(record: dict | None, family: str) -> tuple[dict, float]:
     return chosen["setting"], float(chosen["wise_ft"])
 
 
+def effective_settings(config: DemoConfig, record: dict | None) -> dict[str, dict]:
+    """Per model: its family, the train settings it runs with (its own, then the search's choice for its family)
+    and its WiSE-FT weight."""
+    settings = {}
+    for name, model in config.models.items():
+        chosen, w = chosen_for(record, model.family)
+        settings[name] = {"family": model.family, "train": merge(model.train, chosen), "wise_ft": w}
+    return settings
+
+
 def train_model(config: DemoConfig, name: str, record: dict | None, data: Path, out: Path, seed: int) -> dict:
     """Train one demo model; returns train()'s result plus the wall time. Its resume state is dropped once the run
     has finished (nothing resumes a finished demo run; it would double the output folder)."""
@@ -52,7 +63,8 @@ def train_model(config: DemoConfig, name: str, record: dict | None, data: Path, 
 
 def final_model(config: DemoConfig, name: str, record: dict | None, checkpoint: str, path: Path) -> Path:
     """The model the demo reports for ``name``: its fine-tune, interpolated with the base at the chosen WiSE-FT
-    weight (w < 1), written (slim) at ``path``; w = 1 links the run's checkpoint files there instead."""
+    weight (w < 1), written (slim) at ``path``, the run's own weight file then removed unless
+    ``config.keep_fine_tunes``; w = 1 links the run's checkpoint files there instead."""
     _, w = chosen_for(record, config.models[name].family)
     path.parent.mkdir(parents=True, exist_ok=True)
     if w == 1.0:
@@ -61,9 +73,11 @@ def final_model(config: DemoConfig, name: str, record: dict | None, checkpoint: 
             os.link(src, dst)
         return path
     bundle = interpolate(load_model(config.base), load_model(checkpoint), w)
-    return save_checkpoint(bundle, path, train_config={"wise_ft": {"base": config.base, "fine_tuned": checkpoint,
-                                                                   "w": w}},
-                           dataset_sha256="", metrics={})
+    wise_ft = {"base": config.base, "fine_tuned": checkpoint, "w": w, "fine_tuned_kept": config.keep_fine_tunes}
+    saved = save_checkpoint(bundle, path, train_config={"wise_ft": wise_ft}, dataset_sha256="", metrics={})
+    if not config.keep_fine_tunes:
+        Path(checkpoint).unlink()
+    return saved
 
 
 def compare_models(per_model: dict[str, list[dict[str, dict]]], baseline: str, method: str, seeds: int
@@ -114,7 +128,7 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
         "command": f"clearglass demo --out {out} --seeds {seeds}" + (f" --config {config_name}"
                                                                      if config_name != "default" else ""),
         "config_name": config_name, "config": config.to_dict(), "seeds": seed_list, "data": data_summary,
-        "training": training, "checkpoints": finals, "search": record, "comparisons": comparisons,
+        "models": effective_settings(config, record), "training": training, "checkpoints": finals, "search": record, "comparisons": comparisons,
         "seconds": time.perf_counter() - start,
     }
     summary.update(write_demo_report(out, summary, evaluator))
