@@ -1,5 +1,6 @@
 """What validation during training costs at the demo's setting: one CLEAR GLASS fine-tune of the default demo config
-(its data, base, steps and ``validation_every``), timing the validation passes against the whole run in that run.
+(its data, base, steps, ``validation_every`` and the setting its search chose), timing the validation passes against
+the whole run in that run.
 
 Prints ``name: value`` lines; target: ``validation_share`` <= 0.10.
 """
@@ -15,8 +16,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline: the caller's choice
 
-from clearglass.experiments.demo.config import DemoConfig  # noqa: E402
+from clearglass.experiments.demo.config import DemoConfig, read_search_record  # noqa: E402
 from clearglass.experiments.demo.data import build_demo_data  # noqa: E402
+from clearglass.experiments.demo.run import chosen_for  # noqa: E402
 from clearglass.train import train  # noqa: E402
 
 
@@ -31,7 +33,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         paths, _ = build_demo_data(out, config, progress=False)
-        train_config = config.train_config(name, {}, str(paths["train"]), out, 0)
+        setting, _ = chosen_for(read_search_record(config), config.models[name].family)
+        train_config = config.train_config(name, setting, str(paths["train"]), out, 0)
         start = time.perf_counter()
         result = train(train_config)
         total = time.perf_counter() - start
