@@ -19,7 +19,7 @@ else
 TORCH_PIN := torch==2.9.1 torchvision==0.24.1
 endif
 
-.PHONY: apt-demo apt-test apt-pretrain venv demo test pretrain bench
+.PHONY: apt-demo apt-test apt-pretrain venv venv-test demo test pretrain bench
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -38,24 +38,31 @@ apt-test:
 apt-pretrain:
 	$(call apt_install,$(PRETRAIN_APT))
 
+# the package and what it needs to run (venv), and the test extras on top (venv-test)
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
+venv-test: $(VENV)/.installed-test
+
 demo: apt-demo venv
 	$(VENV)/bin/clearglass demo --out demo_out $(DEMO_ARGS)
 
-test: apt-test venv
+test: apt-test venv-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 pretrain: apt-pretrain venv
 	$(PY) -m pip install -q -e '.[pretrain]'
 	$(VENV)/bin/clearglass pretrain --out runs/pretrain-mini --ship $(PRETRAIN_ARGS)
 
-bench: apt-test venv
+bench: apt-test venv-test
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -106,6 +106,10 @@ def test_a_tiny_search_records_every_row_and_its_choice(tmp_path: Path) -> None:
         best = max((r for r in rows if r["family"] == family), key=lambda r: r["score"])
         assert chosen["score"] <= best["score"] and chosen["setting"] == {"lr": 0.001}
     assert record["config_identity"] == DemoConfig.load("quick").identity()
+    assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "s")]) == 0  # again, same folder
+    again = (tmp_path / "s" / "search.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(ln) for ln in again] == json.loads((tmp_path / "s" / "search.json").read_text())["results"]
+    assert len(again) == 4
     grid.write_text(json.dumps({"description": "d", "settings": {"clip": [{}], "clear_glass": [{}, {}]}}))
     assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "t")]) == 2
 

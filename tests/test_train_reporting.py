@@ -47,6 +47,21 @@ def test_wandb_offline_writes_a_local_run(tmp_path: Path, monkeypatch: pytest.Mo
     assert log.count(b"train/loss") >= 2 and b"val/score" in log
 
 
+def test_tensorboard_gets_the_same_scalars(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="tensorboard not installed: pip install 'clearglass[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    reporters = Reporters(["tensorboard"], tmp_path, {})
+    for step in (1, 2):
+        reporters.log({"step": step, "loss": 1.0 / step, "stage": "main", "val/score": 0.1 * step})
+    reporters.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["train/loss", "val/score"]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0), (2, 0.5)]
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("val/score")] == [(1, 0.1), (2, 0.2)]
+
+
 def test_a_missing_logger_package_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 

@@ -78,6 +78,7 @@ def run_search(out: str | os.PathLike, grid_path: str | os.PathLike, config_name
     base_retention = base_scores.get("/".join(RETENTION_METRIC))
     seed = int(config.train.get("seed", 0))
     rows = []
+    (out / "search.jsonl").unlink(missing_ok=True)  # a search run again into its folder starts its rows afresh
     for family, settings in grid.settings.items():
         name = family_model(config, family)
         for i, setting in enumerate(settings):
