@@ -89,6 +89,8 @@ def test_tiny_build_end_to_end_is_deterministic_and_cached(tmp_path, tiny_cldr):
     assert cached["total"]["rendered"] == 0 and cached["total"]["reused"] == len(train + val + test)
     assert (a / train[0].image).stat().st_mtime_ns == stamp
     assert json.loads((a / "stats.json").read_text())["total"] == cached["total"]
+    captions = {c for im in train + val + test for c in im.old_captions}
+    assert cached["total"]["distinct_captions"] == len(captions)  # a caption two sources share counts once
 
 
 def test_symbol_skip_reasons():
@@ -252,3 +254,20 @@ def test_missing_packages_and_bad_settings_are_named(tmp_path, monkeypatch):
     with pytest.raises(ClearglassError, match="sources must be distinct names among"):
         build_corpus(tmp_path, CorpusConfig(sources=["bogus"]), [], set(), set(), progress=False)
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_caption_two_sources_share_is_one_distinct_caption(tmp_path):
+    """The total's distinct captions count the union over sources, not the sum of each source's count."""
+    from clearglass.experiments.mini.corpus import Picture, _new_stats, _write_outputs
+
+    def picture(source: str, name: str, captions: tuple[str, ...]) -> Picture:
+        item = CorpusItem(key=f"{source}:{name}", name=name, source=source, category=f"{source}: things")
+        return Picture(f"{source}/{name}.png", (item,), captions, "s")
+
+    pictures = {"symbola": [picture("symbola", "umbrella", ("an umbrella", "a picture of an umbrella"))],
+                "emoji": [picture("emoji", "umbrella", ("an umbrella",)), picture("emoji", "kite", ("a kite",))]}
+    stats = {s: _new_stats() for s in pictures}
+    report = _write_outputs(tmp_path, CorpusConfig(), pictures, {"umbrella": "train", "kite": "train"}, stats,
+                            {}, 0.0)
+    assert [report["sources"][s]["distinct_captions"] for s in ("symbola", "emoji")] == [2, 2]
+    assert report["total"]["distinct_captions"] == 3 and report["total"]["image_caption_pairs"] == 4

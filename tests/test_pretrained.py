@@ -8,7 +8,8 @@ import json
 import pytest
 
 from clearglass.checkpoints import read_checkpoint_metadata
-from clearglass.experiments.mini.recipe import CARD_METRICS, card_figures
+from clearglass.errors import ClearglassError
+from clearglass.experiments.mini.recipe import CARD_METRICS, PretrainRecipe, card_figures, train_seconds
 from clearglass.models import PRETRAINED_DIR, load_model, pretrained_tags
 
 TAG = PRETRAINED_DIR / "clearglass-mini"
@@ -34,3 +35,13 @@ def test_the_card_figures_hold() -> None:
     card_md = (TAG / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert card["command"] in card_md and f"Steps: {card['steps']}" in card_md
     assert card["corpus"]["stats"]["total"]["image_caption_pairs"] >= 40_000
+
+
+def test_train_seconds_add_up_the_parts_of_a_resumed_run() -> None:
+    rows = [{"time": 10.0}, {"time": 20.0}, {"time": 5.0}, {"time": 30.0}]  # resumed after 20 s: the clock restarts
+    assert train_seconds(rows) == 50.0 and train_seconds(rows[:2]) == 20.0 and train_seconds([]) == 0.0
+
+
+def test_a_tag_named_like_a_work_folder_is_refused() -> None:
+    with pytest.raises(ClearglassError, match="work folder uses that name"):
+        PretrainRecipe(tag="corpus")

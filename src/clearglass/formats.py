@@ -24,7 +24,7 @@ from typing import Any
 
 from clearglass.errors import ClearglassError
 from clearglass.io import read_json
-from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts
+from clearglass.magic.schema import COCO_ID_DIGITS, ConceptRecord, ImageRecord, load_concepts
 
 FORMATS = ("magic", "hierarcaps-csv", "hierarcaps-json", "breeds")
 
@@ -79,8 +79,8 @@ def load_hierarcaps_json(path: str | os.PathLike) -> list[ConceptRecord]:
         levels = [_strings(rec, f"general_captions_level{n}", f"{where} ({name!r})") for n in (1, 2, 3, 4)]
         images = _strings(rec, "images", f"{where} ({name!r})")
         concepts.append(ConceptRecord(concept=name, test_images=[ImageRecord(
-            image=f"{int(im):012d}.jpg" if im.isascii() and im.isdigit() else im, old_captions=list(levels[0]),
-            new_captions=list(levels[0]),
+            image=f"{int(im):0{COCO_ID_DIGITS}d}.jpg" if im.isascii() and im.isdigit() else im,
+            old_captions=list(levels[0]), new_captions=list(levels[0]),
             level1=levels[0][0], level2=levels[1][0], level3=levels[2][0], level4=levels[3][0]) for im in images]))
     return concepts
 

@@ -188,8 +188,8 @@ def _scaled_to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
 
 def to_rgb8(image: Image.Image) -> Image.Image:
     """Any mode PIL opens as 8-bit RGB. 16-bit, 32-bit and float greyscale are scaled (``_scaled_to_uint8``), not
-    clipped (PIL's own ``convert`` clips them: a 16-bit image turns white); transparency (RGBA, LA, PA, P with a transparent colour) is composited over white; CMYK, YCbCr, 1, L
-    and P convert as PIL does."""
+    clipped (PIL's own ``convert`` clips them: a 16-bit image turns white); transparency (RGBA, LA, PA, P with a
+    transparent colour) is composited over white; CMYK, YCbCr, 1, L and P convert as PIL does."""
     mode = image.mode
     if mode in ("RGB",):
         return image

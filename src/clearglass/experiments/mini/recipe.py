@@ -36,6 +36,7 @@ from clearglass.models import PRETRAINED_DIR, load_model
 from clearglass.train import TrainConfig, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+WORK_FOLDERS = ("corpus", "demo", "run")  # what run_pretrain writes under its work folder besides the tag
 CARD_METRICS = ["retrieval/old_captions/i2t_R@1", "retrieval/old_captions/t2i_R@1", "retrieval/old_captions/i2t_R@5",
                 "zero_shot/level1/top1", "zero_shot/level1/top5"]
 
@@ -56,7 +57,10 @@ class PretrainRecipe(Config):
     config_dir: ClassVar[Path] = CONFIG_DIR
 
     def validate(self) -> None:
-        """ship_per_split >= 10."""
+        """The tag is not one of the work folder's own folders; at least 10 held-out names ship per split."""
+        if self.tag in WORK_FOLDERS:
+            raise ClearglassError(f"tag = {self.tag!r}: the work folder uses that name ({', '.join(WORK_FOLDERS)}); "
+                                  "choose another")
         if self.ship_per_split < 10:
             raise ClearglassError(f"ship_per_split = {self.ship_per_split}: expected >= 10")
 
@@ -91,20 +95,26 @@ def ship_slice(corpus: Path, split: str, n: int, seed: int, folder: Path) -> Pat
     return path
 
 
-def card_figures(checkpoint: str, data: Path) -> dict[str, dict[str, float]]:
-    """The card's figures of a model on a held-out file: value and 95% interval per ``CARD_METRICS`` name."""
+def card_figures(model: str | ModelEncoder, data: Path) -> dict[str, dict[str, float]]:
+    """The card's figures of a model (a spec, or its encoder) on a held-out file: value and 95% interval per
+    ``CARD_METRICS`` name."""
     config = EvalConfig(tasks=["retrieval", "zero_shot"], levels=[1], retrieval_ks=[1, 5])
-    results = evaluate_model(ModelEncoder(load_model(checkpoint), batch_size=256, progress=False),
-                             load_concepts(data), data.parent, config)
+    encoder = model if isinstance(model, ModelEncoder) else ModelEncoder(load_model(model), batch_size=256,
+                                                                         progress=False)
+    results = evaluate_model(encoder, load_concepts(data), data.parent, config)
     rows = {f"{r['task']}/{r['subset']}/{r['metric']}": r for r in results["metrics"]}
     return {m: {k: rows[m][k] for k in ("value", "ci_low", "ci_high", "n")} for m in CARD_METRICS}
 
 
-def _train_seconds(metrics: Path) -> float:
-    """The training loop's wall time: the last metrics row's ``time`` (counted from the start of the invocation
-    that wrote it, so a resumed run reports its last part)."""
-    rows = [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
-    return float(rows[-1]["time"]) if rows else 0.0
+def train_seconds(rows: list[dict]) -> float:
+    """The training loop's wall time over every invocation of a run: a row's ``time`` counts from the start of its
+    invocation, so each drop starts a new part and the parts' last times add up."""
+    total, last = 0.0, 0.0
+    for row in rows:
+        if row["time"] < last:
+            total += last
+        last = row["time"]
+    return total + last
 
 
 def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: bool, command: str,
@@ -119,7 +129,11 @@ def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: 
     config = TrainConfig.load(recipe.train_config, [
         f"data={corpus / 'train.json'}", f"eval_data={corpus / 'val.json'}", f"out={out / 'run'}",
         f"text_cache_file={out / 'text-cache.pt'}", f"seed={recipe.seed}", *recipe.train, *overrides])
+    if not (config.keep_best and config.eval_every > 0):
+        raise ClearglassError(f"train config {recipe.train_config} with overrides {overrides}: the tag ships the best "
+                              "validation checkpoint, so keep_best=true and eval_every > 0 are needed")
     result = train(config, resume="auto")
+    rows = [json.loads(line) for line in read_text(Path(result["metrics_path"]), "metrics file").splitlines() if line]
     best = Path(config.out) / "checkpoints" / "best.pt"
     tag = out / recipe.tag
     if tag.exists():
@@ -128,20 +142,21 @@ def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: 
                for split in ("val", "test")}
     for suffix in (".pt", ".json"):
         shutil.copyfile(best.with_suffix(suffix), tag / f"model{suffix}")
+    encoder = ModelEncoder(load_model(str(tag / "model.pt")), batch_size=256, progress=False)
     card = {
         "tag": recipe.tag, "command": command, "recipe": recipe.to_dict(), "overrides": overrides,
         "train_config": config.to_dict(), "corpus": {**read_json(corpus / "corpus.json", "corpus record", dict),
                                                      "stats": corpus_stats},
         "steps": result["step"], "best": result["best"], "stopped_early": result["stopped_early"],
-        "figures": {"shipped_test": card_figures(str(tag / "model.pt"), heldout["test"]),
-                    "corpus_test": card_figures(str(tag / "model.pt"), corpus / "test.json")},
+        "figures": {"shipped_test": card_figures(encoder, heldout["test"]),
+                    "corpus_test": card_figures(encoder, corpus / "test.json")},
         "shipped": {split: {"file": f"heldout/{p.name}", "sha256": file_sha256(p)} for split, p in heldout.items()},
         "weights_bytes": (tag / "model.pt").stat().st_size, "seconds": time.perf_counter() - start,
-        "train_seconds": _train_seconds(Path(result["metrics_path"])),
+        "train_seconds": train_seconds(rows),
         "machine": f"{os.cpu_count()} CPU cores" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available()
                                                      else ""),
     }
-    curve_plot(Path(config.out) / "metrics.jsonl", tag / "validation_curve.png")
+    curve_plot(rows, tag / "validation_curve.png")
     write_json_atomic(card, tag / "card.json")
     write_card(card, tag / "MODEL_CARD.md")
     if ship:
