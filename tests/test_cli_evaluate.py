@@ -125,8 +125,6 @@ def test_option_defaults_are_the_eval_config_defaults(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["eval", "--model", "default", "--data", "t.json", "--out", "r.json"])
     assert _config(args) == EvalConfig()
-    concepts = parser.parse_args(["concepts", "a.png", "--labels", "l.txt"])
-    assert concepts.template == EvalConfig().template
 
 
 def test_eval_and_compare_check_their_output_before_evaluating(tmp_path, capsys, monkeypatch):

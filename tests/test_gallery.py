@@ -65,6 +65,10 @@ def test_sampling_is_seeded_with_counts_per_held_out_concept_and_spread_seen_ima
     # fewer images than asked: all of them, none twice
     small = sample_gallery_images(subsets(n_images=3), per_held_out_concept=8, seen=100)
     assert len(small) == 6 * 3 and len({it.image for it in small}) == len(small)
+    # a test-only file makes every concept held out: the held-out sample is capped, a seeded subset in order
+    held = [it for it in sample_gallery_images(data, per_held_out_concept=8, seen=0) if it.held_out]
+    capped = sample_gallery_images(data, per_held_out_concept=8, seen=0, max_held_out=3)
+    assert len(held) > 3 and len(capped) == 3 and [it for it in held if it in capped] == capped
 
 
 def test_predictions_rank_the_truth_and_encode_each_image_once():

@@ -63,3 +63,12 @@ def test_a_slim_interpolation_stores_only_what_the_fine_tune_changed(tmp_path) -
     assert set(torch.load(path, weights_only=True)) == {"visual.proj"}
     assert read_checkpoint_metadata(path)["base"] == str(base_path.resolve())
     torch.testing.assert_close(load_model(str(path)).model.visual.proj, 1.5 * load_model(str(base_path)).model.visual.proj)
+
+
+def test_interpolate_checks_its_output_before_loading_anything(tmp_path, capsys) -> None:
+    args = ["interpolate", "--base", "no-such-model", "--fine-tuned", "no-such.pt", "--w", "0.5", "--out"]
+    assert main([*args, str(tmp_path / "mid.txt")]) == 2
+    assert "expected a .pt or .pth file name" in capsys.readouterr().err
+    (tmp_path / "folder.pt").mkdir()
+    assert main([*args, str(tmp_path / "folder.pt")]) == 2
+    assert "is a folder" in capsys.readouterr().err

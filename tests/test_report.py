@@ -14,7 +14,6 @@ from clearglass.evaluate import EvalConfig, bootstrap, evaluate_model
 from clearglass.report import (
     compare,
     default_measures,
-    fmt,
     fmt_pct,
     headline_table,
     markdown_table,
@@ -78,7 +77,7 @@ def test_report_numbers_equal_json_numbers(results, tmp_path):
     assert md.startswith("# T") and "hello" in md
     for name in ["onehot", "random"]:
         for r in saved["results"][name]["metrics"]:
-            cell = f"{fmt(r['value'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]"
+            cell = f"{fmt_pct(r['value'])} [{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]"
             line = next(l for l in md.splitlines() if l.startswith(f"| {r['task']} | {r['subset']} | {r['metric']} |"))
             assert cell in line
     for d in saved["differences"]:
@@ -134,7 +133,6 @@ def test_fmt_pct():
     assert fmt_pct(0.5441) == "54.4" and fmt_pct(0.037, signed=True) == "+3.7"
     assert fmt_pct(-0.037, signed=True) == "-3.7"
     assert fmt_pct(-0.00001) == "0.0" and fmt_pct(-0.00001, signed=True) == "0.0" and fmt_pct(1.0) == "100.0"
-    assert fmt(0.48526) == "48.5"
 
 
 def _sentences(text: str) -> list[str]:

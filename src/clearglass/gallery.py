@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import Encoder, rank_labels
+from clearglass.evaluate import Encoder, rank_labels, strict_rank
 from clearglass.io import load_image, write_text_atomic
 from clearglass.magic.schema import ConceptRecord, resolve_image_path
 
@@ -42,9 +42,11 @@ class GalleryItem:
 
 
 def sample_gallery_images(concepts_by_subset: dict[str, list[ConceptRecord]], per_held_out_concept: int = 8,
-                          seen: int = 16, seed: int = 0) -> list[GalleryItem]:
+                          seen: int = 16, seed: int = 0, max_held_out: int = 240) -> list[GalleryItem]:
     """A seeded sample of test images: up to ``per_held_out_concept`` of every held-out concept (no training
-    images), then ``seen`` images of seen concepts taken round-robin over the concepts in a seeded order."""
+    images), at most ``max_held_out`` of them in all (a seeded subset, in order, when a test-only file such as
+    HierarCaps makes every concept held out), then ``seen`` images of seen concepts taken round-robin over the
+    concepts in a seeded order."""
     held, pools = [], []
     for subset, concepts in concepts_by_subset.items():
         for c in concepts:
@@ -55,6 +57,9 @@ def sample_gallery_images(concepts_by_subset: dict[str, list[ConceptRecord]], pe
                 pools.append(items)
             else:
                 held += items[:per_held_out_concept]
+    if len(held) > max_held_out:
+        keep = set(random.Random(f"{seed}:held").sample(range(len(held)), max_held_out))
+        held = [it for i, it in enumerate(held) if i in keep]
     random.Random(f"{seed}:seen").shuffle(pools)
     picked: list[GalleryItem] = []
     while len(picked) < seen and any(pools):
@@ -83,9 +88,10 @@ def gallery_predictions(encoder: Encoder, items: list[GalleryItem], image_root: 
         block = scores[:, start:start + len(labels)]  # (n items, L labels of this level)
         start += len(labels)
         order = np.argsort(-block, axis=1, kind="stable")[:, :k]
+        truths = [labels.index(t) if (t := it.truth(lv)) in labels else -1 for it in items]
+        ranks = strict_rank(block, np.maximum(np.array(truths, dtype=int), 0)) + 1  # 1-based
         for i, it in enumerate(items):
-            truth = it.truth(lv)
-            rank = int((block[i] >= block[i, labels.index(truth)]).sum()) if truth in labels else None
+            rank = int(ranks[i]) if truths[i] >= 0 else None
             out[i][f"level{lv}"] = {"top": [{"label": labels[j], "score": float(block[i, j])} for j in order[i]],
                                     "true_rank": rank}
     return out

@@ -29,9 +29,6 @@ def fmt_pct(x: float, signed: bool = False) -> str:
     return f"{value:+.1f}" if signed and value != 0 else f"{value:.1f}"
 
 
-fmt = fmt_pct  # the one number format of reports (the name demo.py and older callers import)
-
-
 def _cell(row: dict, signed: bool = False) -> str:
     return f"{fmt_pct(row['value'], signed)} [{fmt_pct(row['ci_low'], signed)}, {fmt_pct(row['ci_high'], signed)}]"
 
@@ -95,9 +92,9 @@ def markdown_table(results_by_model: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def differences_table(differences: list[dict]) -> str:
-    """Markdown table of paired differences (model minus baseline) with intervals."""
-    lines = ["| model - baseline | task | subset | metric | n | difference, points [95% CI] |",
+def differences_table(differences: list[dict], ci_level: float = 0.95) -> str:
+    """Markdown table of paired differences (model minus baseline) with their ``ci_level`` intervals."""
+    lines = [f"| model - baseline | task | subset | metric | n | difference, points [{round(ci_level * 100)}% CI] |",
              "|---|---|---|---|---|---|"]
     for d in differences:
         lines.append(f"| {d['model']} - {d['baseline']} | {d['task']} | {d['subset']} | {d['metric']} | {d['n']} | "
@@ -330,7 +327,7 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
         parts.append("Skipped: " + "; ".join(f"{what} ({why})" for what, why in skipped.items()) + ".\n")
     parts.append("## Results\n\n" + markdown_table(by_model))
     if differences:
-        parts.append(f"## Paired differences vs {baseline}\n\n" + differences_table(differences))
+        parts.append(f"## Paired differences vs {baseline}\n\n" + differences_table(differences, cfg["ci_level"]))
     if plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     md_path = out_dir / "report.md"

@@ -74,16 +74,16 @@ def _test_set(args: argparse.Namespace) -> tuple[list, ImageRoot]:
     return concepts, ImageRoot(args.images if args.images is not None else args.data[0].parent, args.allow_outside_root)
 
 
-def _evaluate(spec: str, args: argparse.Namespace, encoder: ModelEncoder | None = None) -> dict:
-    concepts, root = _test_set(args)
+def _evaluate(spec: str, args: argparse.Namespace, encoder: ModelEncoder, test_set: tuple[list, ImageRoot]) -> dict:
+    concepts, root = test_set
     data = " ".join(str(p) for p in args.data)
-    return evaluate_model(encoder or _encoder(spec, args), concepts, root, _config(args), model=spec, data=data)
+    return evaluate_model(encoder, concepts, root, _config(args), model=spec, data=data)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """`clearglass eval`: one model's results JSON."""
     check_writable(args.out, "results JSON")
-    results = _evaluate(args.model, args)
+    results = _evaluate(args.model, args, _encoder(args.model, args), _test_set(args))
     write_json_atomic(results, args.out)
     for what, why in results["skipped"].items():
         print(f"skipped {what}: {why}")
@@ -98,14 +98,18 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(set(args.models)) != len(args.models):
         raise ClearglassError(f"--models lists a model twice: {args.models}")
     check_writable(args.out, "comparison report", folder=True)
-    encoders = {spec: _encoder(spec, args) for spec in args.models}
-    comparison = compare({spec: _evaluate(spec, args, encoders[spec]) for spec in args.models})
-    paths = write_report(comparison, args.out, title=args.title)
-    concepts, root = _test_set(args)
+    concepts, root = test_set = _test_set(args)
     items = sample_gallery_images({"test": concepts}, seed=args.seed)
     labels = {lv: found for lv in (1, 2) if (found := level_labels(concepts, lv))}
-    if items and labels:
-        predictions = {spec: gallery_predictions(enc, items, root, labels, args.template) for spec, enc in encoders.items()}
+    results, predictions = {}, {}
+    for spec in args.models:  # one model in memory at a time
+        encoder = _encoder(spec, args)
+        results[spec] = _evaluate(spec, args, encoder, test_set)
+        if items and labels:
+            predictions[spec] = gallery_predictions(encoder, items, root, labels, args.template)
+    comparison = compare(results)
+    paths = write_report(comparison, args.out, title=args.title)
+    if predictions:
         paths["gallery"] = write_gallery(args.out / "report.html", args.title, headline_sections(comparison), items,
                                          predictions, root)
     for name, path in paths.items():

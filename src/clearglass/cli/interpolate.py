@@ -24,9 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load both, interpolate, save, print the path."""
     from clearglass.checkpoints import save_checkpoint
+    from clearglass.errors import ClearglassError
     from clearglass.interpolate import interpolate
+    from clearglass.io import check_writable
     from clearglass.models import load_model
 
+    if args.out.suffix not in (".pt", ".pth"):
+        raise ClearglassError(f"--out {args.out}: expected a .pt or .pth file name")
+    check_writable(args.out, "checkpoint")
     bundle = interpolate(load_model(args.base), load_model(args.fine_tuned), args.w)
     path = save_checkpoint(bundle, args.out, train_config={"wise_ft": {"base": args.base,
                                                                        "fine_tuned": args.fine_tuned, "w": args.w}},

@@ -216,7 +216,8 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
              sentence + "\n", _setup(summary), _search(summary["search"])]
     for subset, comp in comparisons.items():
         parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))
-        parts.append(f"Paired differences on {subset}:\n\n" + differences_table(comp["differences"]))
+        ci_level = comp["results"][baseline]["config"]["ci_level"]
+        parts.append(f"Paired differences on {subset}:\n\n" + differences_table(comp["differences"], ci_level))
     parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots) + "\n")
     parts.append("Pictures: [report.html](report.html), a gallery of test images with each model's top-3 concepts.\n")
     report = write_text_atomic("\n".join(parts), out / "report.md")
