@@ -11,7 +11,7 @@ import pytest
 from clearglass.experiments.ablation import VARIANTS, AblationOptions, run_ablation, variant_config
 from clearglass.cli import main
 from clearglass.errors import ClearglassError
-from clearglass.report import fmt
+from clearglass.report import fmt_pct
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -57,7 +57,7 @@ def test_cli_ablation_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     report = (out / "report.md").read_text(encoding="utf-8")
     row = next(r for r in results["results"]["multilevel"]["metrics"]
                if (r["task"], r["subset"], r["metric"]) == ("recognition", "concept_level1", "i2t_R@1"))
-    assert f"{fmt(row['value'])} [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]" in report
+    assert f"{fmt_pct(row['value'])} [{fmt_pct(row['ci_low'])}, {fmt_pct(row['ci_high'])}]" in report
     assert "Quick mode" in report and printed.startswith("| task | subset | metric | n | " + " | ".join(VARIANTS))
     assert all((out / p).is_file() for p in ("recognition_i2t.png", "zero_shot_by_level.png"))
 

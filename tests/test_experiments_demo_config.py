@@ -49,6 +49,8 @@ def test_search_grids_need_equal_effort(tmp_path: Path) -> None:
         SearchGrid(settings={"clip": [{"lr": 1e-3}], "clear_glass": [{"lr": 1e-3}, {"lr": 3e-3}]})
     with pytest.raises(ClearglassError, match="families"):
         SearchGrid(settings={"nope": [{}]})
+    with pytest.raises(ClearglassError, match="expected both"):
+        SearchGrid(settings={"clip": [{}]})  # one family alone is no comparison
     with pytest.raises(ClearglassError, match="wise_ft"):
         SearchGrid(settings={"clip": [{}], "clear_glass": [{}]}, wise_ft=[1.5])
 
@@ -59,6 +61,14 @@ def test_a_search_record_of_other_settings_is_refused(tmp_path: Path, monkeypatc
     config.search = "rec.json"
     (tmp_path / "rec.json").write_text(json.dumps({"config_identity": config.identity(), "chosen": {}}))
     assert read_search_record(config)["chosen"] == {}
-    config.train["steps"] = 99
-    with pytest.raises(ClearglassError, match="made for other demo settings"):
-        read_search_record(config)
+    for change in ("steps", "k", "retention"):
+        changed = DemoConfig.load(Path(__file__).resolve().parents[1] / "src/clearglass/configs/demo/quick.json")
+        changed.search = "rec.json"
+        if change == "steps":
+            changed.train["steps"] = 99
+        elif change == "k":
+            changed.eval.k = 3  # other recognition distractors behind every search score
+        else:
+            changed.retention = False  # the retention rule would not filter the rows
+        with pytest.raises(ClearglassError, match="made for other demo settings"):
+            read_search_record(changed)

@@ -74,8 +74,10 @@ def test_the_report_leads_with_the_targets_and_quotes_the_json(quick_demo: tuple
     report = (out / "report.md").read_text(encoding="utf-8")
     lines = report.splitlines()
     assert lines[2].startswith("**Targets**")
-    for goal, line in zip(results["targets"], [ln for ln in lines if ln.startswith(("- MET", "- MISSED"))]):
-        assert line == f"- {'MET' if goal['met'] else 'MISSED'}: {goal['target']}"
+    target_lines = [ln for ln in lines if ln.startswith(("- MET", "- MISSED", "- NOT MEASURED"))]
+    assert len(target_lines) == len(results["targets"]) == 5
+    for goal, line in zip(results["targets"], target_lines):
+        assert goal["measured"] and line == f"- {'MET' if goal['met'] else 'MISSED'}: {goal['target']}"
     header = next(ln for ln in lines if ln.startswith("| measure |"))
     names = [c.strip() for c in header.strip("|").split("|")[1:]]
     for subset, task, tsub, metric, label in HEADLINE:
@@ -178,3 +180,20 @@ def test_the_set_up_quotes_the_settings_each_model_ran_with(quick_demo: tuple[Pa
     for name, settings in results["models"].items():
         assert f"`{name}` ({settings['family']}, WiSE-FT w {settings['wise_ft']:g}): {json.dumps(settings['train'])}" \
             in report
+
+
+def test_choose_keeps_retention_when_any_row_does() -> None:
+    """The best score among rows whose retention fell by at most max_drop; the best overall, flagged, when none."""
+    from clearglass.experiments.demo.search import RETENTION_METRIC, choose
+
+    def r(family: str, lr: float, w: float, score: float, retention: float) -> dict:
+        return {"family": family, "setting": {"lr": lr}, "wise_ft": w, "score": score,
+                "scores": {"/".join(RETENTION_METRIC): retention}}
+
+    rows = [r("clip", 1e-3, 1.0, 0.60, 0.10), r("clip", 1e-3, 0.5, 0.50, 0.24), r("clip", 1e-4, 1.0, 0.55, 0.20),
+            r("clear_glass", 1e-3, 1.0, 0.70, 0.05), r("clear_glass", 1e-4, 1.0, 0.65, 0.06)]
+    assert choose(rows, "clip", 0.26, 0.05) == {"setting": {"lr": 1e-3}, "wise_ft": 0.5, "score": 0.50,
+                                                "retention_kept": True}
+    assert choose(rows, "clip", 0.26, None)["score"] == 0.60  # no rule: the best score
+    assert choose(rows, "clear_glass", 0.26, 0.05) == {"setting": {"lr": 1e-3}, "wise_ft": 1.0, "score": 0.70,
+                                                       "retention_kept": False}

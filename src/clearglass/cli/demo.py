@@ -55,11 +55,12 @@ def run(args: argparse.Namespace) -> int:
         record = run_search(args.out, args.search, config)
         print(json.dumps({"chosen": record["chosen"], "record": f"{args.out}/search.json"}, indent=1))
         return 0
+    from clearglass.experiments.demo.report import status
     from clearglass.experiments.demo.run import run_demo
 
     summary = run_demo(args.out, seeds=args.seeds, config_name=config)
     print(summary["key_table"])
     for goal in summary["targets"]:
-        print(f"{'MET' if goal['met'] else 'MISSED'}: {goal['target']}")
+        print(f"{status(goal)}: {goal['target']}")
     print(f"report: {summary['report']}  ({summary['seconds']:.0f} s)")
     return 0

@@ -333,7 +333,7 @@ class Run:
                 self.scale_owner.logit_scale.clamp_(0, LN_100)
         self.step_count += 1
         stage = "pretrain" if step < c.pretrain.steps else "main"
-        return {**reduced, "stage": stage, "lr": lr, "logit_scale": float(self.scale_owner.outer_scale().detach()),
+        return {**reduced, "stage": stage, "lr": lr, "logit_scale": float(torch.as_tensor(self.scale_owner.outer_scale()).detach()),
                 "grad_norm": grad_norm}
 
     # -- validation and checkpoints ---------------------------------------------------------------------------

@@ -117,9 +117,11 @@ class DemoConfig(Config):
         return TrainConfig.from_dict(raw, f"demo model {name!r}")
 
     def identity(self) -> str:
-        """A digest of what a search record must have been made with: the base, data, train and model settings."""
+        """A digest of what a search record must have been made with: the base, data, train and model settings,
+        whether retention is scored, and the recognition items (``eval.k`` and ``eval.seed``)."""
         raw = self.to_dict()
-        return json_digest({k: raw[k] for k in ("base", "data", "train", "models")})
+        return json_digest({**{k: raw[k] for k in ("base", "data", "train", "models", "retention")},
+                            "eval": {k: raw["eval"][k] for k in ("k", "seed")}})
 
 
 @dataclass
@@ -133,10 +135,10 @@ class SearchGrid(Config):
     max_retention_drop: float | None = 0.05
 
     def validate(self) -> None:
-        """Known families with equal numbers of settings; weights in [0, 1]."""
-        unknown = sorted(set(self.settings) - set(FAMILIES))
-        if unknown or not self.settings:
-            raise ClearglassError(f"settings: families {unknown or 'none'}: expected some of {FAMILIES}")
+        """Both families, with equal numbers of settings; weights in [0, 1]."""
+        if sorted(self.settings) != sorted(FAMILIES):
+            raise ClearglassError(f"settings: families {sorted(self.settings)}: expected both of {list(FAMILIES)} "
+                                  "(equal effort)")
         sizes = {family: len(s) for family, s in self.settings.items()}
         if len(set(sizes.values())) != 1:
             raise ClearglassError(f"settings: every family needs the same number of settings (equal effort), "

@@ -9,23 +9,21 @@ from pathlib import Path
 from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig, DemoData
 from clearglass.experiments.demo.cross_style import build_cross_style
-from clearglass.experiments.demo.splits import drop_concept_word_captions, split_demo
+from clearglass.experiments.demo.splits import filter_training_captions, split_demo
 from clearglass.io import read_json
 from clearglass.magic.builder import build_emoji_dataset, stats_path
 from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
 from clearglass.magic.sources.emoji import SUBGROUP_CONCEPTS, usable_emoji
 from clearglass.models import PRETRAINED_DIR, pretrained_tags
 
-RETENTION = ("retention_val", "retention_test")
-
-
 def build_splits(out: Path, data: DemoData, progress: bool) -> tuple[dict[str, list[ConceptRecord]], dict]:
     """The emoji dataset under ``out/data`` split into train, val and test subsets; returns them and a summary."""
     built = build_emoji_dataset(out / "data", subgroups=data.subgroups, images_per_subgroup=data.images_per_subgroup,
                                 image_size=data.image_size, holdout_concepts=0, seed=data.seed, progress=progress)
     leaks = read_json(stats_path(built), "build stats", dict)["build"]["leaks"]["count"]
-    concepts, dropped = drop_concept_word_captions(load_concepts(built))
-    splits = split_demo(concepts, data.holdout_per_group, data.val_holdout_per_group, data.val_fraction, data.seed)
+    concepts = load_concepts(built)
+    splits, dropped = filter_training_captions(split_demo(concepts, data.holdout_per_group,
+                                                          data.val_holdout_per_group, data.val_fraction, data.seed))
     summary = {
         "build_leaks": leaks, "concept_word_filter": dropped,
         "concepts": {name: len(recs) for name, recs in splits.items()},

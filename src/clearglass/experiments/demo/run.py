@@ -8,7 +8,6 @@ base's own held-out item names (retention)."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -58,7 +57,7 @@ def train_model(config: DemoConfig, name: str, record: dict | None, data: Path, 
     start = time.perf_counter()
     result = train(train_config)
     extra_state_path(result["checkpoint"]).unlink(missing_ok=True)
-    return {**result, "seconds": time.perf_counter() - start, "config": train_config.to_dict()}
+    return {**result, "seconds": time.perf_counter() - start}
 
 
 def final_model(config: DemoConfig, name: str, record: dict | None, checkpoint: str, path: Path) -> Path:
@@ -134,8 +133,3 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
     summary.update(write_demo_report(out, summary, evaluator))
     write_json_atomic(summary, out / "results.json")
     return summary
-
-
-def clean_runs(out: Path) -> None:
-    """Remove a demo output folder's training runs (what a fresh demo run would retrain)."""
-    shutil.rmtree(out / "runs", ignore_errors=True)

@@ -26,9 +26,9 @@ def concept_vocabulary(concepts: list[ConceptRecord]) -> list[str]:
     return sorted({v for c in concepts for im in c.train_images + c.test_images for v in im.levels() if v})
 
 
-def drop_concept_word_captions(concepts: list[ConceptRecord]) -> tuple[list[ConceptRecord], dict]:
-    """Training captions naming any concept word of the dataset are removed; images left without one leave train."""
-    vocabulary = concept_vocabulary(concepts)
+def drop_concept_word_captions(concepts: list[ConceptRecord], vocabulary: list[str]) -> tuple[list[ConceptRecord],
+                                                                                              dict]:
+    """Training captions naming any word of ``vocabulary`` are removed; images left without one leave train."""
     removed, images_dropped, examples = 0, 0, []
     out = []
     for c in concepts:
@@ -83,3 +83,15 @@ def split_demo(concepts: list[ConceptRecord], holdout_per_group: int, val_holdou
             "val_held_out": val_held_out}
 
 
+
+
+def filter_training_captions(splits: dict[str, list[ConceptRecord]]) -> tuple[dict[str, list[ConceptRecord]], dict]:
+    """The splits with the train split's captions naming a concept word of any split removed (the seen evaluation
+    subsets' training images follow); evaluation images and their captions stay as built."""
+    vocabulary = concept_vocabulary([c for subset in splits.values() for c in subset])
+    train, dropped = drop_concept_word_captions(splits["train"], vocabulary)
+    trained = {c.concept: c.train_images for c in train}
+    out = {**splits, "train": train}
+    for name in ("test_seen", "val_seen"):
+        out[name] = [replace(c, train_images=trained[c.concept]) for c in splits[name]]
+    return out, dropped
