@@ -22,7 +22,6 @@ import colorsys
 import hashlib
 import io
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +41,7 @@ from clearglass.experiments.mini.corpus_sources import (MONOCHROME_FONT_SOURCES,
 from clearglass.magic.leak import leaked_words
 from clearglass.io import file_sha256, json_digest, save_image_atomic, write_json_atomic
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
-from clearglass.magic.sources.emoji import render_glyph, truetype_font, with_article
+from clearglass.magic.sources.emoji import render_glyph, slug, truetype_font, with_article
 
 RENDER_VERSION = 2
 SCALE = (0.4, 0.95)  # an item's long side, as a fraction of its slot
@@ -136,8 +135,7 @@ def render_folder(config: CorpusConfig) -> str:
 
 def item_file_stem(key: str) -> str:
     """The file name stem of an item's renders: a slug of its key and a short hash of it."""
-    slug = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")[:80]
-    return f"{slug}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return f"{slug(key)[:80]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def exclusion_rule(item: CorpusItem, excluded: set[str], excluded_monochrome: set[str]) -> str | None:
@@ -471,7 +469,7 @@ def build_corpus(out: Path, config: CorpusConfig, forbidden_words: list[str], ex
                  excluded_monochrome_chars: set[str], progress: bool = True) -> dict:
     """Render the corpus into `out` (re-using cached renders), write its JSON files, and return the stats."""
     start = time.monotonic()
-    for source in config.sources:
+    for source in config.sources:  # every package checked before any work (source_items checks its own again)
         require(source)
     out, folder = Path(out), render_folder(config)
     excluded = {c.translate(VARIATION_SELECTORS) for c in excluded_chars}

@@ -197,7 +197,8 @@ def usable_emoji(subgroups: list[str] | None = None, emoji_test: str | os.PathLi
     return {s: v for s, v in by_subgroup.items() if s not in too_small}
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """Lower-case letters and digits joined by hyphens: "Animal & Bird" -> "animal-bird"."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
@@ -248,7 +249,7 @@ class EmojiSource:
                 templates = rng.sample(PHRASINGS[count], CAPTIONS_PER_IMAGE)
                 names = dict(zip("abc", (with_article(e.name) for e in chosen)))
                 captions = [t.format(**names) for t in templates]
-                image = (self.folder / f"{_slug(subgroup)}-{k:04d}.png").as_posix()
+                image = (self.folder / f"{slug(subgroup)}-{k:04d}.png").as_posix()
                 path = self.image_root / image
                 if not path.exists():
                     save_image_atomic(render_scene(chosen, self.image_size, rng, self.font_path), path)
