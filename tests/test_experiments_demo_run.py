@@ -41,8 +41,14 @@ def test_every_artefact_is_present_and_parses(quick_demo: tuple[Path, str]) -> N
     config = DemoConfig.load("quick")
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     models = ["base", *config.models]
-    assert set(results["comparisons"]) >= {"test_seen", "test_held_out", "val_seen", "val_held_out", "cross_seen",
-                                           "cross_held_out", "retention_val", "retention_test"}
+    assert set(results["comparisons"]) >= {"harmonic_mean", "test_seen", "test_novel", "test_held_out", "val_seen",
+                                           "val_novel", "cross_seen", "cross_novel", "cross_held_out",
+                                           "retention_val", "retention_test"}
+    hm = results["comparisons"]["harmonic_mean"]["results"]["clear_glass"]["metrics"][0]
+    seen, novel = (next(r for r in results["comparisons"][s]["results"]["clear_glass"]["metrics"]
+                        if (r["task"], r["subset"], r["metric"]) == ("recognition", "concept_level1", "i2t_R@1"))
+                   for s in ("test_seen", "test_novel"))
+    assert (hm["base"], hm["novel"]) == (seen["value"], novel["value"])  # of the reported subsets' values
     for subset, comp in results["comparisons"].items():
         assert comp["models"] == ["base", config.baseline, config.method, *[m for m in config.models
                                                                           if m not in (config.baseline, config.method)]]

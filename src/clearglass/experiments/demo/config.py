@@ -24,22 +24,26 @@ FAMILIES = ("clip", "clear_glass")
 
 @dataclass
 class DemoData(Config):
-    """The emoji dataset and its split (see `clearglass.experiments.demo.splits`), and the cross-style set."""
+    """The emoji dataset and its split (see `clearglass.experiments.demo.splits`), and the cross-style set.
+
+    ``holdout_per_group``: test concepts of unseen objects per level2 group; ``novel_test`` / ``novel_val``: novel
+    concepts (objects the base knows) for the test and for validation, spread over the groups."""
 
     subgroups: list[str] | None = None
     images_per_subgroup: int = 30
     image_size: int = 64
     holdout_per_group: int = 2
-    val_holdout_per_group: int = 1
+    novel_test: int = 16
+    novel_val: int = 8
     val_fraction: float = 0.2
     seed: int = 0
     cross_style_images: int = 12
 
     def validate(self) -> None:
         """Sizes >= 1 (cross-style >= 0), 0 < val_fraction < 1."""
-        if min(self.images_per_subgroup, self.holdout_per_group, self.val_holdout_per_group) < 1 \
+        if min(self.images_per_subgroup, self.holdout_per_group, self.novel_test, self.novel_val) < 1 \
                 or self.image_size < 16 or self.cross_style_images < 0 or not 0 < self.val_fraction < 1:
-            raise ClearglassError(f"data: expected images_per_subgroup, holdout_per_group, val_holdout_per_group "
+            raise ClearglassError(f"data: expected images_per_subgroup, holdout_per_group, novel_test, novel_val "
                                   f">= 1, image_size >= 16, cross_style_images >= 0, 0 < val_fraction < 1; got {self}")
 
 
@@ -72,7 +76,9 @@ class DemoConfig(Config):
     """The embedded default experiment: fine-tune ``base`` with each model's settings, evaluate, report.
 
     ``retention``: also score every model on the base's own held-out item names (``pretrained/<base>/heldout``).
-    ``require_unseen_held_out``: the base's pretraining corpus must not have shown any emoji of a held-out concept.
+    ``require_unseen_held_out``: the split reads the base's model card: held-out test concepts are drawn from those
+    whose emoji its pretraining corpus excluded, novel ones from those it showed, and a concept in between is an
+    error; false: any concept may be either kind (a base without a card), and the summary counts what it saw.
     ``search``: the search record (``configs/demo/<name>``) whose chosen settings and WiSE-FT weights the models use;
     null: none (every model uses its settings as written and no interpolation).
     ``validation_every``: every model scores level-1 and level-2 recognition of the seen validation concepts every

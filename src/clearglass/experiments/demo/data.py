@@ -1,5 +1,6 @@
-"""Build everything the demo evaluates on, under ``out/data``: the emoji splits (`splits`), the cross-style set of
-the same concepts (`cross_style`), and the base's own held-out item names for the retention measure."""
+"""Build everything the demo evaluates on, under ``out/data``: the emoji splits (`splits`), drawn so that they agree
+with what the base's pretraining corpus showed (its model card), the cross-style set of the same concepts
+(`cross_style`), and the base's own held-out item names for the retention measure."""
 
 from __future__ import annotations
 
@@ -9,73 +10,111 @@ from pathlib import Path
 from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig, DemoData
 from clearglass.experiments.demo.cross_style import build_cross_style
-from clearglass.experiments.demo.splits import filter_training_captions, split_demo
+from clearglass.experiments.demo.splits import filter_training_captions, pick_concepts, split_demo
 from clearglass.io import read_json
 from clearglass.magic.builder import build_emoji_dataset, stats_path
 from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
 from clearglass.magic.sources.emoji import SUBGROUP_CONCEPTS, usable_emoji
 from clearglass.models import PRETRAINED_DIR, pretrained_tags
 
-def build_splits(out: Path, data: DemoData, progress: bool) -> tuple[dict[str, list[ConceptRecord]], dict]:
-    """The emoji dataset under ``out/data`` split into train, val and test subsets; returns them and a summary."""
+def concept_emoji(data: DemoData) -> dict[str, set[str]]:
+    """Every emoji each concept of the demo's dataset can draw (its subgroup's), by concept name."""
+    out: dict[str, set[str]] = {}
+    for sg, emoji in usable_emoji(data.subgroups).items():
+        out.setdefault(SUBGROUP_CONCEPTS[sg], set()).update(e.chars for e in emoji)
+    return out
+
+
+def demo_emoji(data: DemoData) -> set[str]:
+    """Every emoji the demo's dataset can draw (all its subgroups)."""
+    return {e for chars in concept_emoji(data).values() for e in chars}
+
+
+def base_excluded(base: str) -> set[str] | None:
+    """The emoji the base's pretraining corpus excluded (its card's ``excluded_chars``); None for a base without a
+    card (e.g. the untrained architecture), which saw nothing of record."""
+    card = PRETRAINED_DIR / base / "card.json"
+    if base not in pretrained_tags() or not card.is_file():
+        return None
+    return set(read_json(card, "model card data", dict)["corpus"]["excluded_chars"])
+
+
+def unseen_concepts(config: DemoConfig) -> set[str] | None:
+    """The concepts whose emoji the base never saw, when the config requires the split to follow the base's card
+    (``require_unseen_held_out``); an error for a concept the corpus showed only in part, or a base without a card."""
+    if not config.require_unseen_held_out:
+        return None
+    excluded = base_excluded(config.base)
+    if excluded is None:
+        raise ClearglassError(f"base {config.base!r} has no model card with the corpus it saw; set "
+                              "require_unseen_held_out=false for it")
+    unseen, partial = set(), []
+    for concept, chars in sorted(concept_emoji(config.data).items()):
+        if chars <= excluded:
+            unseen.add(concept)
+        elif chars & excluded:
+            partial.append(concept)
+    if partial:
+        raise ClearglassError(f"{PRETRAINED_DIR / config.base / 'card.json'}: the pretraining corpus of "
+                              f"{config.base!r} excluded only some emoji of {partial}: a concept must be wholly seen "
+                              "or wholly unseen; rebuild the base with `clearglass pretrain`")
+    return unseen
+
+
+def seen_by_base(config: DemoConfig, splits: dict[str, list[ConceptRecord]]) -> dict[str, list[str]]:
+    """Per kind of never-trained concept, the emoji of record against the split's promise: ``held_out_emoji_seen``
+    (should be empty) and ``novel_emoji_unseen`` (should be empty); both empty lists for a base without a card."""
+    excluded = base_excluded(config.base)
+    if excluded is None:
+        return {"held_out_emoji_seen": [], "novel_emoji_unseen": []}
+    emoji = concept_emoji(config.data)
+
+    def chars(subsets: tuple[str, ...]) -> set[str]:
+        return {e for s in subsets for c in splits[s] for e in emoji[c.concept]}
+
+    return {"held_out_emoji_seen": sorted(chars(("test_held_out",)) - excluded),
+            "novel_emoji_unseen": sorted(chars(("test_novel", "val_novel")) & excluded)}
+
+
+def build_concepts(out: Path, data: DemoData, progress: bool) -> tuple[list[ConceptRecord], int]:
+    """The demo's emoji dataset built under ``out/data`` (nothing held out yet), and its build's leak count."""
     built = build_emoji_dataset(out / "data", subgroups=data.subgroups, images_per_subgroup=data.images_per_subgroup,
                                 image_size=data.image_size, holdout_concepts=0, seed=data.seed, progress=progress)
-    leaks = read_json(stats_path(built), "build stats", dict)["build"]["leaks"]["count"]
-    concepts = load_concepts(built)
-    splits, dropped = filter_training_captions(split_demo(concepts, data.holdout_per_group,
-                                                          data.val_holdout_per_group, data.val_fraction, data.seed))
+    return load_concepts(built), read_json(stats_path(built), "build stats", dict)["build"]["leaks"]["count"]
+
+
+def build_splits(out: Path, config: DemoConfig, progress: bool) -> tuple[dict[str, list[ConceptRecord]], dict]:
+    """The emoji dataset under ``out/data`` split into train and evaluation subsets; returns them and a summary."""
+    data = config.data
+    concepts, leaks = build_concepts(out, data, progress)
+    kinds = pick_concepts(concepts, unseen_concepts(config), data.holdout_per_group, data.novel_test, data.novel_val,
+                          data.seed)
+    splits, dropped = filter_training_captions(split_demo(concepts, kinds, data.val_fraction, data.seed))
     summary = {
         "build_leaks": leaks, "concept_word_filter": dropped,
         "concepts": {name: len(recs) for name, recs in splits.items()},
         "train_images": sum(len(c.train_images) for c in splits["train"]),
         "test_images": {name: sum(len(c.test_images) for c in recs) for name, recs in splits.items() if name != "train"},
         "level2_groups": sorted({im.level2 for c in concepts for im in c.train_images + c.test_images if im.level2}),
-        "held_out_concepts": {"test": [c.concept for c in splits["test_held_out"]],
-                              "val": [c.concept for c in splits["val_held_out"]]},
+        "kinds": {kind: sorted(names) for kind, names in kinds.items()},
+        "base_corpus": seen_by_base(config, splits),
     }
     return splits, summary
-
-
-def held_out_emoji(splits: dict[str, list[ConceptRecord]], data: DemoData) -> set[str]:
-    """Every emoji of the subgroups behind the held-out concepts (test and validation)."""
-    held = {c.concept for subset in ("test_held_out", "val_held_out") for c in splits[subset]}
-    return {e.chars for sg, emoji in usable_emoji(data.subgroups).items() if SUBGROUP_CONCEPTS[sg] in held
-            for e in emoji}
-
-
-def demo_emoji(data: DemoData) -> set[str]:
-    """Every emoji the demo's dataset can draw (all its subgroups)."""
-    return {e.chars for emoji in usable_emoji(data.subgroups).values() for e in emoji}
-
-
-def check_base_never_saw(config: DemoConfig, splits: dict[str, list[ConceptRecord]]) -> list[str]:
-    """The held-out emoji the base's pretraining corpus did not exclude (its card's ``excluded_chars``); an error
-    when the config requires none. A base without a card (e.g. the untrained default) saw nothing."""
-    card = PRETRAINED_DIR / config.base / "card.json"
-    if config.base not in pretrained_tags() or not card.is_file():
-        return []
-    excluded = set(read_json(card, "model card data", dict)["corpus"]["excluded_chars"])
-    seen = sorted(held_out_emoji(splits, config.data) - excluded)
-    if seen and config.require_unseen_held_out:
-        raise ClearglassError(f"{card}: the pretraining corpus of {config.base!r} showed {len(seen)} emoji of the "
-                              f"demo's held-out concepts ({''.join(seen[:10])}...): rebuild it with `clearglass "
-                              "pretrain` for this demo config")
-    return seen
 
 
 def build_demo_data(out: Path, config: DemoConfig, progress: bool) -> tuple[dict[str, Path], dict]:
     """Write one MAGIC JSON per subset under ``out/data`` (train, val/test seen and held-out, cross-style seen and
     held-out, the base's retention sets); returns (paths by subset, summary)."""
-    splits, summary = build_splits(out, config.data, progress)
-    summary["held_out_emoji_seen_by_base"] = check_base_never_saw(config, splits)
+    splits, summary = build_splits(out, config, progress)
     data_dir = out / "data"
     if config.data.cross_style_images:
-        seen = {c.concept for c in splits["test_seen"]}
+        tests = ("test_seen", "test_novel", "test_held_out")
         cross, summary["cross_style"] = build_cross_style(
-            data_dir, splits["test_seen"] + splits["test_held_out"], config.data.cross_style_images,
-            config.data.image_size, config.data.seed)
-        splits["cross_seen"] = [c for c in cross if c.concept in seen]
-        splits["cross_held_out"] = [c for c in cross if c.concept not in seen]
+            data_dir, [c for s in tests for c in splits[s]], config.data.cross_style_images, config.data.image_size,
+            config.data.seed)
+        for subset in tests:
+            names = {c.concept for c in splits[subset]}
+            splits[subset.replace("test", "cross")] = [c for c in cross if c.concept in names]
     paths = {}
     for name, records in splits.items():
         paths[name] = data_dir / f"{name}.json"

@@ -14,7 +14,8 @@ from clearglass.experiments.demo.diagnostics import add_clustering
 from clearglass.magic.schema import ConceptRecord, load_concepts
 from clearglass.models import FrozenTextCache, ModelBundle, frozen_modules_to_eval, lock_towers
 
-RECOGNITION_SUBSETS = ("test_seen", "test_held_out", "val_seen", "val_held_out", "cross_seen", "cross_held_out")
+RECOGNITION_SUBSETS = ("test_seen", "test_novel", "test_held_out", "val_seen", "val_novel", "cross_seen", "cross_novel",
+                       "cross_held_out")
 RETENTION_SUBSETS = ("retention_val", "retention_test")
 
 
@@ -52,7 +53,7 @@ class DemoEvaluator:
             root = self.paths[subset].parent
             config = self.retention_config if subset in RETENTION_SUBSETS else self.concept_config
             out[subset] = evaluate_model(encoder, self.splits[subset], root, config, model=name, data=subset)
-            if subset in ("test_seen", "test_held_out"):
+            if subset in ("test_seen", "test_novel", "test_held_out"):
                 add_clustering(out[subset], encoder, self.splits["train"], self.splits[subset], root,
                                [1, 2] if subset == "test_seen" else [2], self.concept_config)
         return out

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from clearglass.base_to_novel import harmonic_comparison
 from clearglass.checkpoints import extra_state_path, metadata_path, save_checkpoint
 from clearglass.config import merge
 from clearglass.errors import ClearglassError
@@ -29,6 +30,8 @@ from clearglass.report import compare
 from clearglass.train import train
 
 BASE = "base"
+HARMONIC = "harmonic_mean"  # the comparisons' pseudo-subset: base (test_seen) and novel (test_novel) concepts
+HARMONIC_KEYS = [("recognition", f"concept_level{lv}", "i2t_R@1") for lv in (1, 2)]
 
 
 def chosen_for(record: dict | None, family: str) -> tuple[dict, float]:
@@ -93,7 +96,21 @@ def compare_models(per_model: dict[str, list[dict[str, dict]]], baseline: str, m
         comparisons[subset] = {**compare(ordered), "models": order, "results": {m: by_model[m] for m in order},
                                "vs_base": compare({BASE: by_model[BASE], method: by_model[method],
                                                    baseline: by_model[baseline]})["differences"]}
+    if {"test_seen", "test_novel"} <= set(comparisons):
+        comparisons[HARMONIC] = harmonic_subset(comparisons["test_seen"], comparisons["test_novel"], baseline, method)
     return comparisons
+
+
+def harmonic_subset(base: dict, novel: dict, baseline: str, method: str) -> dict:
+    """The harmonic mean of base- and novel-concept recognition (levels 1 and 2, image->text R@1) of every model,
+    shaped like the other subsets' comparisons: differences against the baseline, and ``vs_base``."""
+    models, config = base["models"], base["results"][baseline]["config"]
+    pairs = [(m, baseline) for m in models if m != baseline] + [(method, BASE), (baseline, BASE)]
+    hm = harmonic_comparison(base["results"], novel["results"], HARMONIC_KEYS, pairs, config["n_boot"],
+                             config["seed"], config["ci_level"])
+    vs_base = [d for d in hm["differences"] if d["baseline"] == BASE]
+    return {"models": models, "results": {m: hm["results"][m] for m in models}, "vs_base": vs_base,
+            "differences": [d for d in hm["differences"] if d["baseline"] == baseline]}
 
 
 def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default", progress: bool = True) -> dict:

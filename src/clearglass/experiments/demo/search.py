@@ -3,7 +3,8 @@ steps, seed, data and base) and scored on the validation split at every WiSE-FT 
 writes (``out/search.json``, rows as they land in ``out/search.jsonl``) is the one the demo config names and its
 report quotes. Nothing is scored on a test split.
 
-Score: the mean of ``SEARCH_METRICS`` (level-1 and level-2 recognition of seen and held-out validation concepts).
+Score: the mean over levels 1 and 2 of the harmonic mean of base-concept (``val_seen``) and novel-concept
+(``val_novel``) recognition on validation (``SEARCH_METRICS``), the base-to-novel figure of merit.
 Among the rows whose retention (the base's validation item names, image->caption R@1) fell by at most
 ``max_retention_drop`` from the base's, each family's best score is chosen; when no row keeps it, the best row
 overall is chosen and the record says so.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clearglass.base_to_novel import harmonic_mean
 from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig, SearchGrid
 from clearglass.experiments.demo.data import build_demo_data
@@ -27,10 +29,8 @@ from clearglass.io import write_json_atomic
 from clearglass.models import load_model
 from clearglass.train import train
 
-SEARCH_METRICS = [("val_seen", "recognition", "concept_level1", "i2t_R@1"),
-                  ("val_seen", "recognition", "concept_level2", "i2t_R@1"),
-                  ("val_held_out", "recognition", "concept_level1", "i2t_R@1"),
-                  ("val_held_out", "recognition", "concept_level2", "i2t_R@1")]
+SEARCH_METRICS = [(subset, "recognition", f"concept_level{lv}", "i2t_R@1") for lv in (1, 2)
+                  for subset in ("val_seen", "val_novel")]
 RETENTION_METRIC = ("retention_val", "retrieval", "old_captions", "i2t_R@1")
 
 
@@ -41,6 +41,12 @@ def metric_value(results: dict, subset: str, task: str, task_subset: str, metric
     if not rows:
         raise ClearglassError(f"{subset}: no {task}/{task_subset}/{metric} in the results")
     return rows[0]["value"]
+
+
+def search_score(scores: dict[str, float]) -> float:
+    """The mean over levels of the harmonic mean of base (val_seen) and novel (val_novel) recognition."""
+    return float(np.mean([harmonic_mean(scores["/".join(base)], scores["/".join(novel)])
+                          for base, novel in zip(SEARCH_METRICS[::2], SEARCH_METRICS[1::2])]))
 
 
 def _scores(evaluator: DemoEvaluator, bundle: object, tag: str, retention: bool) -> dict[str, float]:
@@ -92,14 +98,16 @@ def run_search(out: str | os.PathLike, grid_path: str | os.PathLike, config_name
                 bundle = tuned if w == 1.0 else interpolate(load_model(config.base), tuned, w)
                 scores = _scores(evaluator, bundle, f"{family}-{i}-w{w:g}", config.retention)
                 row = {"family": family, "setting": setting, "wise_ft": w, "scores": scores,
-                       "score": float(np.mean([scores["/".join(m)] for m in SEARCH_METRICS])),
+                       "score": search_score(scores),
                        "train_seconds": seconds, "final_loss": trained["metrics"]["loss"]}
                 rows.append(row)
                 with open(out / "search.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
     record = {"description": grid.description, "grid": grid.to_dict(), "config_name": config_name,
               "config_identity": config.identity(), "command": f"clearglass demo --search {grid_path} --out {out}",
-              "metrics": ["/".join(m) for m in SEARCH_METRICS], "retention_metric": "/".join(RETENTION_METRIC),
+              "metrics": ["/".join(m) for m in SEARCH_METRICS],
+              "score": "mean over levels 1, 2 of the harmonic mean of val_seen and val_novel recognition",
+              "retention_metric": "/".join(RETENTION_METRIC),
               "base_scores": base_scores, "results": rows,
               "chosen": {f: choose(rows, f, base_retention, grid.max_retention_drop) for f in grid.settings}}
     write_json_atomic(record, out / "search.json")

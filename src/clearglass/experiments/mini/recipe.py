@@ -5,7 +5,7 @@ package), a model card, the validation curve and a small shipped slice of the he
 figures are measured (the demo's retention sets).
 
 Leak rules (counted in the corpus stats): no caption names a level-1 or level-2 concept word of the demo's dataset;
-no emoji of a held-out demo concept (test or validation) appears in any source; no emoji of the demo is drawn by a
+no emoji of the demo concepts `corpus_held_out` picks appears in any source; no emoji of the demo is drawn by a
 monochrome font, so the demo's cross-style pictures are new to the base.
 """
 
@@ -26,8 +26,8 @@ from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
 from clearglass.experiments.demo.config import DemoConfig
-from clearglass.experiments.demo.data import build_splits, demo_emoji, held_out_emoji
-from clearglass.experiments.demo.splits import concept_vocabulary
+from clearglass.experiments.demo.data import build_concepts, concept_emoji, demo_emoji
+from clearglass.experiments.demo.splits import concept_vocabulary, concepts_by_group
 from clearglass.experiments.mini.card import curve_plot, write_card
 from clearglass.experiments.mini.corpus import CorpusConfig, build_corpus
 from clearglass.io import file_sha256, read_json, read_text, write_json_atomic
@@ -65,12 +65,30 @@ class PretrainRecipe(Config):
             raise ClearglassError(f"ship_per_split = {self.ship_per_split}: expected >= 10")
 
 
+def _pick_per_group(names_by_group: dict[str, list[str]], per_group: int, salt: str) -> set[str]:
+    """``per_group`` seeded names of every group."""
+    return {n for group, names in names_by_group.items()
+            for n in random.Random(f"{salt}:{group}").sample(names, min(per_group, len(names)))}
+
+
+def corpus_held_out(concepts: list[ConceptRecord], per_group: int, seed: int) -> set[str]:
+    """The demo concepts whose emoji the corpus leaves out: per level2 group ``per_group`` seeded picks, then one
+    more among the rest (the draw the shipped clearglass-mini was built with). The demo's split reads the result back
+    from the card: it holds out some of these for its test and fine-tunes the others."""
+    by_group = concepts_by_group(concepts)
+    first = _pick_per_group(by_group, per_group, f"{seed}:test-holdout")
+    rest = {g: [n for n in names if n not in first] for g, names in by_group.items()}
+    return first | _pick_per_group(rest, 1, f"{seed}:val-holdout")
+
+
 def leak_rules(demo: DemoConfig, out: Path, progress: bool) -> dict[str, Any]:
-    """The demo's concept words, its held-out emoji and all its emoji (see the module docstring)."""
-    splits, _ = build_splits(out, demo.data, progress)
-    concepts = [c for subset in splits.values() for c in subset]
-    return {"forbidden_words": concept_vocabulary(concepts), "excluded_chars": held_out_emoji(splits, demo.data),
-            "excluded_monochrome_chars": demo_emoji(demo.data)}
+    """The demo's concept words, the emoji of the concepts the corpus leaves out and all its emoji (see the module
+    docstring)."""
+    concepts, _ = build_concepts(out, demo.data, progress)
+    held = corpus_held_out(concepts, demo.data.holdout_per_group, demo.data.seed)
+    emoji = concept_emoji(demo.data)
+    return {"forbidden_words": concept_vocabulary(concepts),
+            "excluded_chars": {e for c in held for e in emoji[c]}, "excluded_monochrome_chars": demo_emoji(demo.data)}
 
 
 def ship_slice(corpus: Path, split: str, n: int, seed: int, folder: Path) -> Path:
