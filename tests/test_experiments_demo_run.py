@@ -14,6 +14,7 @@ from PIL import Image
 
 from clearglass.checkpoints import metadata_path
 from clearglass.cli import main
+from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig
 from clearglass.experiments.demo.report import HEADLINE
 from clearglass.report import fmt_pct
@@ -203,3 +204,17 @@ def test_choose_keeps_retention_when_any_row_does() -> None:
     assert choose(rows, "clip", 0.26, None)["score"] == 0.60  # no rule: the best score
     assert choose(rows, "clear_glass", 0.26, 0.05) == {"setting": {"lr": 1e-3}, "wise_ft": 1.0, "score": 0.70,
                                                        "retention_kept": False}
+
+
+def test_publish_copies_the_report_with_its_relative_links(quick_demo: tuple[Path, str], tmp_path: Path) -> None:
+    from clearglass.experiments.demo.report import publish
+
+    out, _ = quick_demo
+    dest = publish(out, tmp_path / "docs")
+    report = (dest / "report.md").read_text(encoding="utf-8")
+    for link in re.findall(r"\]\((plots/[^)]+)\)", report):
+        assert (dest / link).is_file(), link
+    assert json.loads((dest / "results.json").read_text()) == json.loads((out / "results.json").read_text())
+    assert not (dest / "checkpoints").exists() and not (dest / "runs").exists()
+    with pytest.raises(ClearglassError, match="publish copies a finished demo"):
+        publish(tmp_path / "nothing", tmp_path / "x")

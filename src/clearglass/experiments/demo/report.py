@@ -5,9 +5,12 @@ search record it used, every subset's tables and the plots. Every number comes f
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.evaluation import DemoEvaluator
 from clearglass.io import read_text, write_text_atomic
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
@@ -233,3 +236,27 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     gallery = write_demo_gallery(out, summary, evaluator, section)
     return {"targets": goals, "report": str(report), "gallery": str(gallery), "plots": [str(p) for p in plots],
             "key_table": table}
+
+
+PUBLISHED = ("report.md", "report.html", "results.json", "plots")  # what `publish` copies, its links all relative
+
+
+def publish(out: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy a finished demo's report, gallery, results JSON and plots from ``out`` into folder ``dest`` (its old
+    copies of them replaced); returns ``dest``."""
+    out, dest = Path(out), Path(dest)
+    missing = [name for name in PUBLISHED if not (out / name).exists()]
+    if missing:
+        raise ClearglassError(f"{out}: no {', '.join(missing)}: publish copies a finished demo's output")
+    if dest.resolve() == out.resolve():
+        raise ClearglassError(f"--publish {dest}: the demo's own output folder; name another folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PUBLISHED:
+        target = dest / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        if (out / name).is_dir():
+            shutil.copytree(out / name, target)
+        else:
+            shutil.copyfile(out / name, target)
+    return dest
