@@ -498,6 +498,24 @@ def test_401_echoing_the_key_is_scrubbed() -> None:
     assert KEY not in str(error.value) and "invalid key [API key]" in str(error.value)
 
 
+@pytest.mark.parametrize("echo", [lambda k: "x" * 167 + k, lambda k: k.lower(),
+                                  lambda k: k.upper()])
+def test_an_echoed_key_leaves_no_fragment_however_it_is_cut_or_cased(echo: object) -> None:
+    with FakeLLMServer(lambda body, i: Reply(status=401, error_message=echo(KEY))) as server, \
+            pytest.raises(ClearglassError, match=r"HTTP 401") as error:
+        labeler(server, api_key=KEY).label_many(items(1))
+    message = str(error.value)
+    assert not any(KEY[:i].lower() in message.lower() for i in range(6, len(KEY) + 1)), message
+
+
+def test_a_password_in_the_base_url_is_never_printed() -> None:
+    with FakeLLMServer(lambda body, i: Reply(status=401, error_message="no")) as server:
+        url = server.base_url.replace("http://", "http://user:hunter2secret@")
+        with pytest.raises(ClearglassError, match=r"HTTP 401") as error:
+            labeler(server, base_url=url).label_many(items(1))
+    assert "hunter2secret" not in str(error.value) and "[credentials]@" in str(error.value)
+
+
 def test_failure_reasons_and_answers_never_carry_the_key(tmp_path: Path) -> None:
     def script(body: dict, i: int) -> Reply:
         text = last_user_text(body)

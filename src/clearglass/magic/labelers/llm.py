@@ -52,8 +52,9 @@ from clearglass.magic.llm_cache import LLMCache, request_key
 from clearglass.magic.sources import SourceItem
 
 if TYPE_CHECKING:
-    import httpx2
+    import httpx
 
+URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)  # scheme://user:pw@host
 ENV_PREFIX = "CLEARGLASS_LLM_"  # CLEARGLASS_LLM_BASE_URL, _MODEL, _API_KEY, _TIMEOUT_S, ...: one per LLMConfig field
 STRUCTURED = ("auto", "json_schema", "off")
 
@@ -495,7 +496,7 @@ class LLMLabeler:
                 return
             self.stats["structured"] = "off"
             self.stats["structured_fallback"] = reason
-        warnings.warn(f"POST {self.url}: the server refused response_format json_schema ({reason}); "
+        warnings.warn(f"POST {self._scrub(self.url)}: the server refused response_format json_schema ({reason}); "
                       "asking for <output> tags instead (--llm-structured off skips the attempt)", stacklevel=2)
 
     def _complete(self, captions: list[str], structured: bool) -> str:
@@ -524,7 +525,7 @@ class LLMLabeler:
     def _status_error(self, error: openai.APIStatusError) -> NoReturn:
         """Map an HTTP error answer (after the client's retries) to a configuration error, a failure or a refusal."""
         status = error.status_code
-        detail = error.response.text[:200]
+        detail = self._scrub(error.response.text)[:200]  # scrubbed before the cut: no key fragment survives
         if 300 <= status < 400:
             location = error.response.headers.get("Location", "(no Location)")
             raise self._error(f"POST {self.url}: HTTP {status} redirect to {location}: the llm labeler follows no "
@@ -537,14 +538,17 @@ class LLMLabeler:
             raise _Unavailable(f"HTTP {status}")
         raise _Refused(f"HTTP {status}: {detail}")
 
-    def _on_request(self, request: httpx2.Request) -> None:
+    def _on_request(self, request: httpx.Request) -> None:
         """httpx event hook: count every request sent, the client's retries included."""
         self._local.sent = getattr(self._local, "sent", 0) + 1
         self._count("requests")
 
     def _scrub(self, text: str) -> str:
-        """The text with the API key replaced by a placeholder."""
-        return text.replace(self.config.api_key, "[API key]") if self.config.api_key else text
+        """The text with the API key (in any letter case) and any URL's user:password replaced by placeholders."""
+        text = URL_CREDENTIALS.sub(r"\1[credentials]@", text)
+        if not self.config.api_key:
+            return text
+        return re.sub(re.escape(self.config.api_key), "[API key]", text, flags=re.IGNORECASE)
 
     def _error(self, message: str) -> ClearglassError:
         return ClearglassError(self._scrub(message))
