@@ -235,3 +235,29 @@ def test_atomic_writes_give_the_mode_a_plain_open_would(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ClearglassError, match="pipe.png: not a regular file"):
+        load_image(fifo)
+    with pytest.raises(ClearglassError, match="pipe.png: not a regular file"):
+        read_text(fifo, "dataset file")
+
+
+def test_only_raster_formats_are_opened(tmp_path):
+    eps = tmp_path / "evil.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ClearglassError, match="evil.png: not a readable image"):
+        load_image(eps)
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.tif")
+    assert load_image(tmp_path / "ok.tif").size == (4, 4)
+
+
+def test_exif_orientation_turns_the_image_upright(tmp_path):
+    image = Image.new("RGB", (6, 2), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "photo.jpg", exif=exif)
+    assert load_image(tmp_path / "photo.jpg").size == (2, 6)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clearglass.errors import ClearglassError
 
@@ -104,9 +104,18 @@ def remove_orphan_temps(folder: str | os.PathLike) -> int:
 # reads
 
 
+def _refuse_special(path: Path, what: str) -> None:
+    """A FIFO, socket or device (anything but a regular file or a folder) is refused before it is opened: reading
+    one can block forever."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ClearglassError(f"{path}: not a regular file ({what}); expected a file")
+
+
 def read_text(path: str | os.PathLike, what: str) -> str:
-    """A UTF-8 text file; a missing file, a folder, unreadable or non-UTF-8 bytes are a ClearglassError naming it."""
+    """A UTF-8 text file; a missing file, a folder, a FIFO or device, unreadable or non-UTF-8 bytes are a
+    ClearglassError naming it."""
     path = Path(path)
+    _refuse_special(path, what)
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -206,15 +215,20 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# the raster formats images are opened as; PIL's others (PostScript via Ghostscript, PDF, ...) are refused
+RASTER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "TGA", "ICO")
+
+
 @contextlib.contextmanager
 def _open_image(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]:
     """The lazily opened image (header read, pixels not decoded), its size checked against ``max_pixels``; every
     failure inside the block, decoding included, becomes one ClearglassError "PATH: reason (what)"."""
     about = f" ({what})" if what else ""
+    _refuse_special(path, what or "image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is the limit below it
-            im = Image.open(path)
+            im = Image.open(path, formats=RASTER_FORMATS)
         with im:
             pixels = im.size[0] * im.size[1]
             if pixels > max_pixels:
@@ -236,12 +250,12 @@ def _open_image(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]
 
 
 def load_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The decoded image as 8-bit RGB (:func:`to_rgb8`). A missing, unreadable, empty or over-large file is a
+    """The decoded image as 8-bit RGB (:func:`to_rgb8`), turned upright by its EXIF orientation. A missing, unreadable, empty or over-large file is a
     ClearglassError "PATH: reason (what)", ``what`` saying which record it is (e.g. "concept 'fruit', image 'a.png'").
     Images over PIL's own decompression-bomb limit (twice ``PIL.Image.MAX_IMAGE_PIXELS``) are refused by PIL."""
     with _open_image(Path(path), what, max_pixels) as im:
         im.load()
-        return to_rgb8(im)
+        return to_rgb8(ImageOps.exif_transpose(im))
 
 
 def check_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
