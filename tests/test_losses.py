@@ -10,7 +10,9 @@ from clearglass_testing.loss_oracles import oracle_multilevel, oracle_terms
 from open_clip.loss import ClipLoss
 
 from clearglass.errors import ClearglassError
-from clearglass.losses import GroupedContrastiveLoss, MultiLevelGroupedLoss, _Batch, _NormalizeRows, pairwise_outer
+from clearglass.losses import (LOSSES, GroupedContrastiveLoss, MultiLevelGroupedLoss, _Batch, _NormalizeRows,
+                               add_self_regularisation, make_loss, pairwise_outer, self_regularisation)
+from clearglass.train.config import LossConfig
 
 OUTERS = ["pairwise", "centroid", "clip"]
 INNERS = [None, "pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
@@ -293,3 +295,48 @@ def test_huge_finite_features_are_not_reported_as_non_finite():
     images = torch.full((3, 2, 8), 1e37)  # their sum overflows float32; every value is finite
     out = GroupedContrastiveLoss()(images, torch.randn(3, 2, 8))
     assert torch.isfinite(out["loss"])
+
+
+def test_self_regularisation_is_zero_at_the_base_and_one_minus_cosine_elsewhere():
+    images, texts = features(3, 2, 8)
+    base = images.detach().clone()
+    assert self_regularisation(images, base).item() == pytest.approx(0.0, abs=1e-6)
+    assert self_regularisation(3.0 * images, base).item() == pytest.approx(0.0, abs=1e-6)  # scale is not distance
+    oracle = torch.stack([1.0 - torch.dot(a, b) / (a.norm() * b.norm())
+                          for a, b in zip(images.reshape(-1, 8), texts.reshape(-1, 8))]).mean()
+    value = self_regularisation(images, texts)
+    torch.testing.assert_close(value, oracle)
+    unit = [x / x.norm(dim=-1, keepdim=True) for x in (images, texts)]
+    torch.testing.assert_close(value, 0.5 * (unit[0] - unit[1]).square().sum(-1).mean())  # = |u - v|^2 / 2
+    value.backward()
+    assert images.grad is not None and texts.grad is None  # the base's side is a constant
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert self_regularisation(images.bfloat16(), texts.bfloat16()).dtype == torch.float32
+    with pytest.raises(ClearglassError, match=r"same \(\.\.\., D\) shape, got \(3, 2, 8\) and \(3, 8\)"):
+        self_regularisation(images, texts[:, 0])
+
+
+def test_self_regularisation_gradient_matches_finite_differences():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(4, 3, 5, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda f: self_regularisation(f, base), (x,), eps=1e-6, atol=1e-8)
+    near = x.detach() + 0.01 * base  # near the base, where the term is small
+    assert torch.autograd.gradcheck(lambda f: self_regularisation(f, near), (x,), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", sorted(LOSSES))
+def test_every_named_loss_takes_the_self_regularisation_term(kind):
+    loss = make_loss(**{**LossConfig(kind=kind).to_dict(), "self_reg": 0.5})
+    images, texts = features(4, 2, 8)
+    extra = {"level2_ids": torch.tensor([0, 0, 1, 1])} if LOSSES[kind].needs_level2 else {}
+    terms = loss(images, texts, **extra)
+    base_images, base_texts = images.detach() + 0.3 * torch.randn(4, 2, 8), texts.detach()
+    out = add_self_regularisation(terms, [(images, base_images), (texts, base_texts)], 0.5)
+    expected = 0.5 * (self_regularisation(images, base_images) + self_regularisation(texts, base_texts))
+    assert out.keys() == terms.keys() | {"self_reg_loss"}
+    torch.testing.assert_close(out["self_reg_loss"], expected)
+    torch.testing.assert_close(out["loss"], terms["loss"] + 0.5 * expected)
+    assert all(torch.equal(out[k], terms[k]) for k in terms if k != "loss")
+    with pytest.raises(ClearglassError, match="at least one"):
+        add_self_regularisation(terms, [], 0.5)

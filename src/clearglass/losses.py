@@ -18,6 +18,10 @@ single-process full-batch gradient for every parameter. With ``local_loss=True``
 each rank only computes the rows it owns (its images/texts/groups against all gathered columns) and
 scales them so that the MEAN over ranks of the loss equals the full-batch loss; gradients after DDP's
 mean are again exactly the full-batch gradients. All ranks must pass tensors of the same shape.
+
+Self-regularisation (``self_regularisation``, ``add_self_regularisation``): an anti-forgetting term offered to every
+loss of the registry, as in PromptSRC / KgCoOp: the distance of the fine-tuned model's features from the frozen base
+model's features of the same batch, added to the returned dict as ``self_reg_loss`` and weighted into ``loss``.
 """
 
 from __future__ import annotations
@@ -562,6 +566,38 @@ class MultiLevelGroupedLoss(nn.Module):
                 loss = loss + self.weights[2] * out["level2_loss"]
             out["loss"] = loss
             return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# self-regularisation toward the frozen base (PromptSRC, KgCoOp): an anti-forgetting term for every loss
+
+def self_regularisation(features: Tensor, base_features: Tensor) -> Tensor:
+    """Mean over rows of 1 - cos(f, f_base) (= half the squared L2 distance of the normalised features); 0 at the base.
+
+    ``features`` and ``base_features`` are (..., D) with the same shape; every leading index is one row. The base's
+    features carry no gradient (they are detached here). Computed in float32 (float64 inputs stay float64) with
+    autocast disabled; rows are normalised as F.normalize does.
+    """
+    if not isinstance(features, Tensor) or not isinstance(base_features, Tensor) \
+            or features.shape != base_features.shape or features.dim() < 2 or not features.is_floating_point():
+        shapes = [tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__ for x in (features, base_features)]
+        raise ClearglassError(f"self_regularisation: expected floating features and base features of the same "
+                              f"(..., D) shape, got {shapes[0]} and {shapes[1]}")
+    dtype = torch.promote_types(features.dtype, torch.float32)
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        f = F.normalize(features.to(dtype), dim=-1)  # (..., D)
+        b = F.normalize(base_features.detach().to(dtype), dim=-1)
+        return (1.0 - (f * b).sum(-1)).mean()
+
+
+def add_self_regularisation(terms: dict[str, Tensor], pairs: list[tuple[Tensor, Tensor]],
+                            weight: float) -> dict[str, Tensor]:
+    """Any loss's ``terms`` plus ``self_reg_loss``, the mean of self_regularisation over the (features,
+    base_features) pairs (one pair per regularised modality), with ``weight * self_reg_loss`` added to ``loss``."""
+    if not pairs:
+        raise ClearglassError("self-regularisation: expected at least one (features, base_features) pair")
+    self_reg = torch.stack([self_regularisation(f, b) for f, b in pairs]).mean()
+    return {**terms, "loss": terms["loss"] + weight * self_reg, "self_reg_loss": self_reg}
 
 
 # ----------------------------------------------------------------------------------------------------------------
