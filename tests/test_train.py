@@ -18,7 +18,7 @@ from clearglass import cli
 from clearglass.errors import ClearglassError
 from clearglass.losses import GroupedContrastiveLoss
 from clearglass.train import TrainConfig, train
-from clearglass.train.run import cosine_factor, make_optimizer
+from clearglass.train.run import Run, cosine_factor, make_optimizer
 from tiny_magic import tiny_train_config as tiny_config
 from tiny_magic import write_tiny_magic, write_tiny_model
 
@@ -228,3 +228,67 @@ def test_a_text_cache_file_is_filled_once_and_reused(dataset, tmp_path, monkeypa
     second = weights(train(tiny_config(dataset, tmp_path / "b", **kwargs))["checkpoint"])
     assert all(not missing for missing in calls)  # every caption came from the file
     assert_same_weights(first, second)
+
+
+def _rows(result: dict) -> list[dict]:
+    return [json.loads(ln) for ln in Path(result["metrics_path"]).read_text().splitlines()]
+
+
+def test_self_regularisation_starts_at_zero_is_logged_and_resumes_exactly(dataset, tmp_path):
+    """loss.self_reg: the term is 0 on the first step (the model is the base), a named term of the loss after, and a
+    resumed run compares with the initial model (not the restored one), ending with the uninterrupted run's weights."""
+    kwargs = {"loss.self_reg": 1.0, "checkpoint_every": 2}
+    full = train(tiny_config(dataset, tmp_path / "full", **kwargs))
+    rows = _rows(full)
+    assert rows[0]["self_reg_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert all(r["self_reg_loss"] > 1e-6 for r in rows[1:])
+    for r in rows:
+        assert r["loss"] == pytest.approx(0.7 * r["outer_loss"] + 0.3 * r["inner_loss"] + r["self_reg_loss"])
+    plain = _rows(train(tiny_config(dataset, tmp_path / "plain")))
+    assert "self_reg_loss" not in plain[0] and plain[0]["loss"] == pytest.approx(rows[0]["loss"], abs=1e-6)
+    resumed = train(tiny_config(dataset, tmp_path / "resumed", **kwargs),
+                    resume=str(tmp_path / "full/checkpoints/step_000002.pt"))
+    assert [r["step"] for r in _rows(resumed)] == [3, 4]
+    assert_same_weights(weights(full["checkpoint"]), weights(resumed["checkpoint"]))
+
+
+@pytest.mark.parametrize("kind", ["clip", "multilevel"])
+def test_self_regularisation_of_both_towers_with_every_loss_kind(dataset, tmp_path, kind):
+    config = tiny_config(dataset, tmp_path / kind, steps=2, **{"loss.kind": kind, "loss.self_reg": 0.5,
+                                                                "loss.self_reg_features": "both", "lock.lock_text": False})
+    rows = _rows(train(config))
+    assert rows[0]["self_reg_loss"] == pytest.approx(0.0, abs=1e-6) and rows[1]["self_reg_loss"] > 1e-6
+
+
+def test_self_regularisation_copy_is_made_only_when_on_and_shares_frozen_weights(dataset, tmp_path):
+    assert Run(tiny_config(dataset, tmp_path / "off")).base is None
+    run = Run(tiny_config(dataset, tmp_path / "on", **{"loss.self_reg": 0.1}))
+    live, base = dict(run.model.named_parameters()), dict(run.base.features.model.named_parameters())
+    assert live.keys() == base.keys() and not any(p.requires_grad for p in base.values())
+    assert not run.base.features.model.training
+    for name, p in live.items():  # frozen tensors are shared; trainable ones copied, equal, and still trainable
+        assert (base[name] is p) == (not p.requires_grad) and torch.equal(base[name], p), name
+    assert any(p.requires_grad for p in live.values()) and any(not p.requires_grad for p in live.values())
+    with pytest.raises(ClearglassError, match=r"self_reg_features='text' regularises the text features, but no "
+                                              r"parameter behind them is trainable"):
+        train(tiny_config(dataset, tmp_path / "locked", steps=1, **{"loss.self_reg": 0.1,
+                                                                      "loss.self_reg_features": "text"}))
+    with pytest.raises(ClearglassError, match=r"self_reg = -1.0: expected a weight >= 0"):
+        tiny_config(dataset, tmp_path / "x", **{"loss.self_reg": -1.0})
+    with pytest.raises(ClearglassError, match="self_reg_features"):
+        tiny_config(dataset, tmp_path / "x", **{"loss.self_reg_features": "audio"})
+
+
+def test_self_regularisation_of_cached_text_features_reuses_the_cache(dataset, tmp_path):
+    """With the frozen MiniLM's outputs cached, the base reads the same store: its text features cost a projection.
+    The default model's ResNet has batch norm: the base uses the batch's statistics as the model does (0 at the
+    first step) and its own state, running statistics included, never changes."""
+    config = tiny_config(dataset, tmp_path / "cached", steps=2, model="default",
+                         **{"lock.lock_text": True, "cache_text_features": True, "loss.self_reg": 1.0,
+                            "loss.self_reg_features": "both"})
+    run = Run(config)
+    assert run.base.features.encode_text.store is run.text_cache.store and run.base.norms
+    before = {k: v.clone() for k, v in run.base.features.model.state_dict().items()}
+    rows = [run.step(run.next_batch()) for _ in range(2)]
+    assert rows[0]["self_reg_loss"] == pytest.approx(0.0, abs=1e-6) and rows[1]["self_reg_loss"] > 1e-6
+    assert_same_weights(before, run.base.features.model.state_dict())

@@ -38,7 +38,11 @@ class LockConfig(Config):
 class LossConfig(Config):
     """kind 'grouped' (GroupedContrastiveLoss on M x N groups), 'clip' (outer 'clip', no inner, random pairs) or
     'multilevel' (MultiLevelGroupedLoss on M x N groups with their level2 ids: instance_weight * per-pair CLIP +
-    level1_weight * grouped + level2_weight * grouped over level2 groups; the weights are unused by other kinds)."""
+    level1_weight * grouped + level2_weight * grouped over level2 groups; the weights are unused by other kinds).
+
+    ``self_reg`` (lambda, any kind): adds ``self_reg * self_reg_loss`` to the main stage's loss, the mean of
+    1 - cos(f, f_base) between the model's features and the frozen initial model's features of the same batch, for
+    the ``self_reg_features`` "image", "text" or "both" (their mean); 0 turns it off (no base copy is made)."""
 
     kind: Literal["grouped", "clip", "multilevel"] = "grouped"
     outer: OUTER = "pairwise"
@@ -51,15 +55,20 @@ class LossConfig(Config):
     instance_weight: float = 1.0
     level1_weight: float = 1.0
     level2_weight: float = 1.0
+    self_reg: float = 0.0
+    self_reg_features: Literal["image", "text", "both"] = "image"
 
     def validate(self) -> None:
-        """Temperatures > 0, 0 <= alpha <= 1, weights >= 0."""
+        """Temperatures > 0, 0 <= alpha <= 1, weights >= 0, self_reg >= 0."""
         if self.tau <= 0 or self.tau_inner <= 0:
             raise ClearglassError(f"tau = {self.tau}, tau_inner = {self.tau_inner}: expected > 0")
         if not 0.0 <= self.alpha <= 1.0:
             raise ClearglassError(f"alpha = {self.alpha}: expected 0 <= alpha <= 1")
         if min(self.instance_weight, self.level1_weight, self.level2_weight) < 0:
             raise ClearglassError("instance_weight, level1_weight and level2_weight: expected >= 0")
+        if self.self_reg < 0:
+            raise ClearglassError(f"self_reg = {self.self_reg}: expected a weight >= 0 (0 turns the "
+                                  "self-regularisation toward the base off)")
 
 
 @dataclass

@@ -6,7 +6,8 @@ Steps [0, pretrain.steps) are the optional caption pre-training stage (text-only
 and their new captions / concept words, as in the CLEAR GLASS reference); the remaining ``steps`` are the main stage,
 on the batches the loss of the registry ``clearglass.losses.LOSSES`` asks for: M groups x N pairs (``grouped``,
 ``multilevel`` with each group's level2 id) or random pairs (``clip``, the baseline), optionally with synthetic
-hard-negative captions as extra text negatives. AdamW (no weight decay on parameters with ndim < 2), cosine schedule
+hard-negative captions as extra text negatives, and with ``loss.self_reg`` > 0 the self-regularisation term toward
+the frozen initial model (``self_reg_loss``). AdamW (no weight decay on parameters with ndim < 2), cosine schedule
 with linear warmup per stage, gradient clipping, fp32/bf16/amp. ``torchrun --nproc_per_node=K -m clearglass.train``
 runs DDP (gloo on CPU, nccl on GPU): every rank builds the same global batch and takes its slice; the loss gathers
 features.
@@ -15,6 +16,7 @@ features.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -39,7 +41,7 @@ from clearglass.errors import ClearglassError
 from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
 from clearglass.io import file_sha256, remove_orphan_temps, resolve_device, write_json_atomic
-from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, make_loss
+from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, add_self_regularisation, make_loss
 from clearglass.magic.schema import ImageRoot, load_concepts
 from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_model, lock_towers, trim_padding
 from clearglass.train.config import TrainConfig
@@ -170,6 +172,8 @@ class Run:
             if isinstance(getattr(self.model, name, None), nn.Parameter):
                 getattr(self.model, name).requires_grad_(False)
         self.text_cache = FrozenTextCache(self.model) if c.cache_text_features else None
+        # built here, before any step or restore: the base is always the initial model of config.model
+        self.base = _FrozenBase(self.model, self.text_cache, c.loss.self_reg_features) if c.loss.self_reg else None
         self.named_loss = LOSSES[c.loss.kind]
         self.loss_fn = make_loss(**dataclasses.asdict(c.loss)).to(self.device)
         self.scale_owner = getattr(self.loss_fn, "grouped", self.loss_fn)  # owns the temperature
@@ -292,13 +296,25 @@ class Run:
                 _, text_f, _ = self.features(None, torch.cat([batch.old, batch.target], dim=1).to(dev))  # (B, 2, D)
             return _loss_terms(self.pre_loss_fn, text_f[:, :1], text_f[:, 1:], self.step_count)
         negatives = None if batch.negatives is None else batch.negatives.to(dev, non_blocking=True)
+        images, tokens = batch.images.to(dev, non_blocking=True), batch.tokens.to(dev, non_blocking=True)
         with self._autocast():
-            image_f, text_f, negative_f = self.features(batch.images.to(dev, non_blocking=True),
-                                                        batch.tokens.to(dev, non_blocking=True), negatives)
+            image_f, text_f, negative_f = self.features(images, tokens, negatives)
         extra = {} if negative_f is None else {"text_negatives": negative_f}
         if self.named_loss.needs_level2:
             extra["level2_ids"] = batch.level2.to(dev)
-        return _loss_terms(self.loss_fn, image_f, text_f, self.step_count, **extra)
+        terms = _loss_terms(self.loss_fn, image_f, text_f, self.step_count, **extra)
+        if self.base is None:
+            return terms
+        with self._autocast():
+            base = self.base(images, tokens)
+        live = {"image": image_f, "text": text_f}
+        locked = [k for k in base if not live[k].requires_grad]
+        if locked:
+            raise ClearglassError(f"train config: loss.self_reg_features={self.config.loss.self_reg_features!r} "
+                                  f"regularises the {' and '.join(locked)} features, but no parameter behind them is "
+                                  "trainable (see lock.*): the term could not change anything; choose features of "
+                                  "a trained tower or set loss.self_reg=0")
+        return add_self_regularisation(terms, [(live[k], base[k]) for k in base], self.config.loss.self_reg)
 
     def step(self, batch: cg_data.Batch | cg_data.TextBatch) -> dict[str, float]:
         """Forward, backward and one optimiser update on ``batch``; returns the named loss terms (averaged over
@@ -403,6 +419,44 @@ class Run:
                 "unknown_hard_negatives": self.index.unknown_hard_negatives, "filled_hard_negatives": self.filled,
                 "best": self.best, "stopped_early": self.should_stop(),
                 "synthetic_negatives": dict(self.negative_captions.stats) if self.negative_captions else {}}
+
+
+class _FrozenBase:
+    """The frozen initial model of a run, for the self-regularisation term: its features of a batch, without gradients.
+
+    Built before any step. Parameters the run keeps frozen never change, so the copy shares them with the model and
+    copies only the trainable ones; with a FrozenTextCache the copy shares its store too, and its text features cost
+    only a projection. The copy runs in eval mode (no dropout), except its batch-norm layers: each uses the batch's
+    statistics exactly when the model's does (trained towers, e.g. clearglass-mini's ResNet), and its own running
+    statistics never change, so the term is 0 while the model's weights are the base's. Under DDP each rank compares
+    its own features with the base's features of its own pairs.
+    """
+
+    def __init__(self, model: nn.Module, text_cache: FrozenTextCache | None, which: str) -> None:
+        shared = {id(p): p for p in model.parameters() if not p.requires_grad}  # deepcopy's memo: kept, not copied
+        base = copy.deepcopy(model, shared).eval().requires_grad_(False)
+        self.norms = [(live, frozen) for live, frozen in zip(model.modules(), base.modules())
+                      if isinstance(frozen, nn.modules.batchnorm._BatchNorm)]  # (model's layer, base's layer)
+        for _, frozen in self.norms:
+            frozen.track_running_stats = False  # batch statistics in training mode, its stored ones in eval mode
+        base_cache = None
+        if text_cache is not None:
+            base_cache = FrozenTextCache(base)
+            base_cache.store = text_cache.store  # one frozen transformer, one store of its outputs
+        self.features, self.which = Features(base, base_cache), which
+
+    def __call__(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(M, N, C, H, W) images and (M, N, L) tokens -> the base's (M, N, D) "image" and/or "text" features."""
+        for live, frozen in self.norms:
+            frozen.training = live.training
+        m, n = tokens.shape[:2]
+        out = {}
+        with torch.no_grad():
+            if self.which in ("image", "both"):
+                out["image"] = self.features.model.encode_image(images.flatten(0, 1)).unflatten(0, (m, n))
+            if self.which in ("text", "both"):
+                out["text"] = self.features.encode_text(tokens.flatten(0, 1)).unflatten(0, (m, n))
+        return out
 
 
 class _Validation:
