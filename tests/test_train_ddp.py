@@ -22,7 +22,8 @@ def losses(out: Path) -> list[float]:
 
 
 def test_two_cpu_processes_match_one_process(tmp_path):
-    """Global loss and local_loss, both with a learnt temperature (whose gradient the trainer averages itself)."""
+    """Global loss and local_loss, both with a learnt temperature (whose gradient the trainer averages itself), and
+    the self-regularisation term (each rank's mean over its own pairs; DDP's gradient mean makes it the global one)."""
     data = write_tiny_magic(tmp_path, concepts=8, images_per_concept=3)
     model = write_tiny_model(tmp_path / "tiny-model.pt")
     items = [f"data={json.dumps(str(data))}", f"model={json.dumps(str(model))}", "groups_per_batch=4",
@@ -31,7 +32,9 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TrainConfig.load(CONFIG_DIR / "default-grouped.json", items).to_dict()))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    runs = {"one": ([], []), "two": (torchrun, []), "two_local": (torchrun, ["loss.local_loss=true"])}
+    self_reg = ["loss.self_reg=2.0", "loss.self_reg_features=\"image\""]  # each rank's own pairs against the base
+    runs = {"one": ([], []), "two": (torchrun, []), "two_local": (torchrun, ["loss.local_loss=true"]),
+            "one_self_reg": ([], self_reg), "two_self_reg": (torchrun, self_reg)}
     for name, (launcher, extra) in runs.items():
         command = [*launcher, "-m", "clearglass.train", "--config", str(path), f"out=\"{tmp_path / name}\"", *extra]
         if not launcher:
@@ -42,3 +45,5 @@ def test_two_cpu_processes_match_one_process(tmp_path):
     assert len(single) == 6 and single[-1] != single[0]  # the model moved, so later steps test the gradients too
     assert losses(tmp_path / "two") == pytest.approx(single, rel=1e-4, abs=1e-5)
     assert losses(tmp_path / "two_local") == pytest.approx(single, rel=1e-4, abs=1e-5)
+    assert losses(tmp_path / "two_self_reg") == pytest.approx(losses(tmp_path / "one_self_reg"), rel=1e-4, abs=1e-5)
+    assert losses(tmp_path / "one_self_reg")[1:] != pytest.approx(single[1:], rel=1e-4, abs=1e-5)  # the term acts
