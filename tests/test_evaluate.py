@@ -162,19 +162,22 @@ def test_retrieval_ties_are_not_hits():
 
 
 def slow_retrieval(encoder, concepts, captions="old_captions"):
+    """Loops: an identical caption string is one candidate, correct for every image that carries it."""
     images = [im for c in concepts for im in c.test_images]
     img = encoder.embed_images([resolve_image_path(ROOT, im.image) for im in images]).numpy()
-    texts = [(t, i) for i, im in enumerate(images) for t in getattr(im, captions)]
-    txt = encoder.embed_texts([t for t, _ in texts]).numpy()
+    texts = list(dict.fromkeys(t for im in images for t in getattr(im, captions)))
+    txt = encoder.embed_texts(texts).numpy()
+    has = [[t in getattr(im, captions) for t in texts] for im in images]
     i2t = []
     for i in range(len(images)):
         s = [float(img[i] @ txt[j]) for j in range(len(texts))]
-        best = max(s[j] for j, (_, o) in enumerate(texts) if o == i)
-        i2t.append(sum(1 for j, (_, o) in enumerate(texts) if o != i and s[j] >= best))
+        best = max(s[j] for j in range(len(texts)) if has[i][j])
+        i2t.append(sum(1 for j in range(len(texts)) if not has[i][j] and s[j] >= best))
     t2i = []
-    for j, (_, o) in enumerate(texts):
+    for j in range(len(texts)):
         s = [float(txt[j] @ img[i]) for i in range(len(images))]
-        t2i.append(sum(1 for i in range(len(images)) if i != o and s[i] >= s[o]))
+        best = max(s[i] for i in range(len(images)) if has[i][j])
+        t2i.append(sum(1 for i in range(len(images)) if not has[i][j] and s[i] >= best))
     return np.array(i2t), np.array(t2i)
 
 
@@ -185,6 +188,36 @@ def test_retrieval_matches_slow_oracle():
     out = retrieval(RandomEncoder(), concepts, ROOT, chunk=4)
     i2t, t2i = slow_retrieval(RandomEncoder(), concepts)
     assert np.array_equal(out["i2t_rank"], i2t) and np.array_equal(out["t2i_rank"], t2i)
+
+
+def test_repeated_captions_are_one_answer_in_both_directions():
+    """Templated captions shared by several images: another image's identical caption is not a wrong candidate."""
+    concepts = make_concepts()
+    for c in concepts:
+        for im in c.test_images:
+            im.old_captions = [f"a photo of {c.concept}"]  # every image of a concept carries the same caption
+    concepts[1].test_images[0].old_captions.append(f"a photo of {concepts[2].concept}")  # shared across concepts
+    out = retrieval(ConceptEncoder(concepts), concepts, ROOT)
+    i2t, t2i = slow_retrieval(ConceptEncoder(concepts), concepts)
+    assert np.array_equal(out["i2t_rank"], i2t) and np.array_equal(out["t2i_rank"], t2i)
+    assert (out["i2t_rank"] == 0).all()  # each image's concept caption is right; before, its twins tied with it
+    assert len(out["texts"]) == len(set(out["texts"])) == len(concepts) == len(out["t2i_rank"])
+    assert (out["t2i_rank"] == 0).all()
+    shuffled = retrieval(RandomEncoder(), concepts, ROOT, chunk=3)
+    assert [list(x) for x in slow_retrieval(RandomEncoder(), concepts)] == \
+        [list(shuffled["i2t_rank"]), list(shuffled["t2i_rank"])]
+
+
+def test_non_finite_embeddings_are_refused_not_scored():
+    class NaNEncoder(RandomEncoder):
+        name = "nan-model"
+
+        def embed_images(self, paths):
+            return torch.full((len(paths), 4), float("nan"))
+
+    concepts = make_concepts()
+    with pytest.raises(ClearglassError, match="'nan-model': .* image embeddings are not finite"):
+        retrieval(NaNEncoder(), concepts, ROOT)
 
 
 # ---------------------------------------------------------------- hierarchical metrics

@@ -171,6 +171,10 @@ def _embed(encoder: Encoder, paths: list[Path] | None, texts: list[str] | None) 
     """Embed unique images and texts once; returns numpy arrays aligned with the unique lists."""
     img = encoder.embed_images(paths).float().numpy() if paths else np.zeros((0, 0), np.float32)
     txt = encoder.embed_texts(texts).float().numpy() if texts else np.zeros((0, 0), np.float32)
+    for name, emb in (("image", img), ("text", txt)):
+        if not np.isfinite(emb).all():  # NaN compares false, so it would never rank below the truth: refuse it
+            raise ClearglassError(f"model {getattr(getattr(encoder, 'bundle', encoder), 'name', '?')!r}: {int((~np.isfinite(emb)).any(1).sum())}"
+                                  f" {name} embeddings are not finite (NaN or inf weights?); nothing is scored")
     return img, txt
 
 
@@ -336,30 +340,32 @@ def _retrieval_entries(concepts: list[ConceptRecord], captions: str) -> list[tup
 
 def retrieval(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
               captions: str = "old_captions", chunk: int = 1024) -> dict[str, np.ndarray]:
-    """Strict ranks for caption retrieval over test images: ``i2t_rank`` (best of the image's own captions)
-    per image, ``t2i_rank`` (its image among all images) per caption."""
+    """Strict ranks for caption retrieval over test images. Identical caption strings are one candidate, correct
+    for every image that carries it: ``i2t_rank`` per image (its best own caption among the distinct captions),
+    ``t2i_rank`` per distinct caption (its best image among all images; ``texts`` lists them)."""
     entries = _retrieval_entries(concepts, captions)
     if len(entries) < 2:
         raise ClearglassError(f"retrieval needs at least 2 test images with {captions}, found {len(entries)}")
     paths = [resolve_image_path(image_root, image) for image, _ in entries]
-    texts = [t for _, caps in entries for t in caps]
-    owner = np.array([i for i, (_, caps) in enumerate(entries) for _ in caps])  # (T,) image index of each caption
-    unique_texts = list(dict.fromkeys(texts))
-    img, utxt = _embed(encoder, paths, unique_texts)
-    t_idx = {t: i for i, t in enumerate(unique_texts)}
-    txt = utxt[[t_idx[t] for t in texts]]  # (T, D)
-    i2t_rank = np.empty(len(entries), dtype=int)
-    t2i_rank = np.empty(len(texts), dtype=int)
-    own = owner[None, :] == np.arange(len(entries))[:, None]  # (I, T) caption belongs to image
-    for s in range(0, len(entries), chunk):
-        sims = img[s:s + chunk] @ txt.T  # (b, T)
-        mine = own[s:s + chunk]
+    texts = list(dict.fromkeys(t for _, caps in entries for t in caps))
+    t_idx = {t: i for i, t in enumerate(texts)}
+    img, txt = _embed(encoder, paths, texts)
+    own = np.zeros((len(entries), len(texts)), dtype=bool)  # (I, U) image i carries distinct caption u
+    for i, (_, caps) in enumerate(entries):
+        own[i, [t_idx[t] for t in caps]] = True
+    return {"i2t_rank": _best_correct_rank(img, txt, own, chunk), "t2i_rank": _best_correct_rank(txt, img, own.T, chunk),
+            "images": [e[0] for e in entries], "texts": texts}
+
+
+def _best_correct_rank(queries: np.ndarray, candidates: np.ndarray, correct: np.ndarray, chunk: int) -> np.ndarray:
+    """Per query: #{wrong candidates scoring >= its best correct candidate}; correct (Q, C) has a True per row."""
+    ranks = np.empty(len(queries), dtype=int)
+    for s in range(0, len(queries), chunk):
+        sims = queries[s:s + chunk] @ candidates.T  # (b, C)
+        mine = correct[s:s + chunk]
         best = np.where(mine, sims, -np.inf).max(axis=1, keepdims=True)  # (b, 1)
-        i2t_rank[s:s + chunk] = (np.where(mine, -np.inf, sims) >= best).sum(axis=1)
-    for s in range(0, len(texts), chunk):
-        sims = txt[s:s + chunk] @ img.T  # (b, I)
-        t2i_rank[s:s + chunk] = strict_rank(sims, owner[s:s + chunk])
-    return {"i2t_rank": i2t_rank, "t2i_rank": t2i_rank, "images": [e[0] for e in entries], "texts": texts}
+        ranks[s:s + chunk] = (np.where(mine, -np.inf, sims) >= best).sum(axis=1)
+    return ranks
 
 
 # ----------------------------------------------------------------------------------------------------------
