@@ -1,5 +1,6 @@
 """Concept recognition: encode-once scoring vs the reference's per-item protocol (re-encode K images and K texts
-for every item), on the very same items with the offline default model. Prints `name: value` lines.
+for every item), on the very same items with the untrained ``clearglass:scratch`` model (timing needs no
+training). Prints `name: value` lines.
 
     .venv/bin/python bench/bench_eval.py [--concepts 12 --images-per-concept 4 --k 5 --field concept_level1]
 """
@@ -49,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    bundle = load_model("default")
+    bundle = load_model("clearglass:scratch")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         concepts = make_test_set(root, args.concepts, args.images_per_concept)

@@ -1,6 +1,6 @@
 """How fast each built-in vision tower learns from scratch: CLIP loss on synthetic coloured shapes, text frozen.
 
-Usage: python bench/bench_model_learning.py [--models default clearglass:clearglass-vit] [--steps 60] [--batch 32]
+Usage: python bench/bench_model_learning.py [--models clearglass:scratch clearglass:clearglass-vit] [--steps 60] [--batch 32]
 Prints ``name: value`` lines: zero-shot accuracy over the 12 "a {colour} {shape}" captions on held-out images
 after the same number of steps, and seconds per step, for each model side by side.
 """
@@ -72,7 +72,7 @@ def run(spec: str, steps: int, batch: int, seed: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["default", "clearglass:clearglass-vit"])
+    parser.add_argument("--models", nargs="+", default=["clearglass:scratch", "clearglass:clearglass-vit"])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

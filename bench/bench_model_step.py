@@ -3,7 +3,7 @@
 text with ``FrozenTextCache`` (train config ``cache_text_features``) once every caption is cached, as in later
 epochs (its first, uncached step is the untimed warm-up; models without a Hugging Face text tower skip it).
 
-Usage: python bench/bench_model_step.py [--models default clearglass:clearglass-vit] [--steps 5] [--batch 64]
+Usage: python bench/bench_model_step.py [--models clearglass:scratch clearglass:clearglass-vit] [--steps 5] [--batch 64]
 Prints ``name: value`` lines: wall seconds per step (median of the timed steps after one warm-up step) and process
 CPU seconds per step (all threads; less sensitive to other processes on a shared machine).
 """
@@ -51,7 +51,7 @@ def step_time(spec: str, lock_text: bool, steps: int, batch: int, trim: bool = F
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["default", "clearglass:clearglass-vit"])
+    parser.add_argument("--models", nargs="+", default=["clearglass:scratch", "clearglass:clearglass-vit"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()

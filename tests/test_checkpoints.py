@@ -134,7 +134,7 @@ def trained_default() -> ModelBundle:
     """The default model as training leaves it: MiniLM frozen, image tower and projection trained."""
     from clearglass.models import lock_towers
 
-    bundle = load_model("default")
+    bundle = load_model("clearglass:scratch")
     lock_towers(bundle, lock_text=True)
     with torch.no_grad():
         bundle.model.visual.attnpool.c_proj.weight.add_(0.25)
@@ -156,7 +156,7 @@ def test_a_slim_default_checkpoint_holds_no_frozen_minilm_and_rebuilds_exactly(t
     assert not any(k.startswith("text.transformer.") for k in state) and "text.proj.weight" in state
     assert path.stat().st_size <= 25_000_000
     meta = read_checkpoint_metadata(path)
-    assert meta["base"] == "default" and meta["omitted"]["keys"] > 100
+    assert meta["base"] == "clearglass:scratch" and meta["omitted"]["keys"] > 100
     after = _outputs(load_model(str(path)))
     for a, b in zip(before, after):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

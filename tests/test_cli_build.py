@@ -126,3 +126,26 @@ def test_folder_build_with_sidecar_and_txt_captions(tmp_path, capsys):
     assert first.old_captions == ["a view number 1", "another view 1"] and first.level2 == "animal"
     assert validate(out, root) == []
     assert f"image root {root}" in capsys.readouterr().out
+
+
+def test_truth_on_a_csv_without_concept_columns_names_the_flag(tmp_path, capsys):
+    assert main(["build", "--source", "csv", "--csv", str(EXAMPLE / "captions.csv"), "--labeler", "truth",
+                 "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--csv-level-keys COL [COL ...]" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_template_caption_is_built_whole_and_its_leaks_are_counted(tmp_path, capsys):
+    root = tmp_path / "photos"
+    for k, concept in enumerate(["dog", "cat"]):
+        (root / concept).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (16, 16), (90 * k, 40 * j, 60)).save(root / concept / f"{j}.png")
+    out = tmp_path / "folder.json"
+    assert main(["build", "--source", "folder", "--images", str(root), "--caption-template", "a picture of a {}",
+                 "--allow-concept-captions", "--labeler", "truth", "--min-group-size", "2", "--hard-negatives", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "leaks: 4 captions name a concept word" in capsys.readouterr().out
+    captions = {im.image: im.new_captions for c in load_concepts(out) for im in c.train_images + c.test_images}
+    assert captions == {f"{c}/{j}.png": [f"a picture of a {c}"] for c in ("dog", "cat") for j in range(2)}

@@ -173,8 +173,9 @@ case("eval: --out a folder")(lambda w, t, s: (["eval", "--model", str(w.model), 
                                                "--out", str(w.root / "folder")], "folder"))
 case("eval: --out below a file")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
                                                    "--out", str(w.root / "file" / "r.json")], "file"))
-case("compare: --out a regular file")(lambda w, t, s: (["compare", "--models", "default", str(w.model), "--data",
-                                                         str(w.test_set), "--out", str(w.root / "file")], "file"))
+case("compare: --out a regular file")(lambda w, t, s: (["compare", "--models", "clearglass:scratch", str(w.model),
+                                                         "--data", str(w.test_set), "--out", str(w.root / "file")],
+                                                        "file"))
 case("eval: missing model checkpoint")(lambda w, t, s: (["eval", "--model", str(t / "nope.pt"), "--data",
                                                           str(w.test_set), "--out", str(t / "r.json")], "nope.pt"))
 
@@ -405,7 +406,7 @@ case("train: --resume a folder")(lambda w, t, s: (["train", "--config", str(w.co
 case("train: --resume a missing file")(lambda w, t, s: (["train", "--config", str(w.config), "--resume",
                                                          str(t / "none.pt")], "none.pt"))
 case("train: text_cache_file a folder")(lambda w, t, s: (
-    ["train", "--config", str(w.config), "model=default", "cache_text_features=true",
+    ["train", "--config", str(w.config), "model=\"clearglass:scratch\"", "cache_text_features=true",
      f"text_cache_file={json.dumps(str(w.root / 'folder'))}", f"out={json.dumps(str(t / 'o'))}"], "folder"))
 case("eval: --data missing")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(t / "none.json"),
                                                "--out", str(t / "r.json")], "none.json"))
@@ -449,8 +450,8 @@ case("concepts: --data and --labels")(lambda w, t, s: (
 case("concepts: one label")(lambda w, t, s: (
     ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(bad_text(t, "one.txt", "cat\n"))],
     "one.txt: expected at least 2 labels"))
-case("compare: a model twice")(lambda w, t, s: (["compare", "--models", "default", "default", "--data",
-                                                 str(w.test_set), "--out", str(t / "c")], "twice"))
+case("compare: a model twice")(lambda w, t, s: (["compare", "--models", "clearglass:scratch", "clearglass:scratch",
+                                                 "--data", str(w.test_set), "--out", str(t / "c")], "twice"))
 case("build: emoji --image-size 8")(lambda w, t, s: (["build", "--source", "emoji", "--labeler", "truth",
                                                       "--image-size", "8", "--out", str(t / "b.json")], "image_size"))
 case("build: --source coco without --coco-root")(lambda w, t, s: (

@@ -1,4 +1,5 @@
-"""End to end: `clearglass eval`, `compare` and `concepts` with the offline default model on tiny images."""
+"""End to end: `clearglass eval`, `compare` and `concepts` on tiny images, with the untrained clearglass:scratch
+model (fast, random weights) and the default clearglass-mini."""
 
 from __future__ import annotations
 
@@ -37,30 +38,33 @@ def write_test_set(root: Path, n_concepts: int = 4, n_images: int = 2) -> Path:
 def test_eval_writes_results(tmp_path, capsys):
     data = write_test_set(tmp_path)
     out = tmp_path / "results.json"
-    assert main(["eval", "--model", "default", "--data", str(data), "--levels", "1", "2",
+    assert main(["eval", "--model", "clearglass:scratch", "--data", str(data), "--levels", "1", "2",
                  "--fields", "old_caption", "concept_level1", "--out", str(out), *COMMON]) == 0
     res = json.loads(out.read_text())
-    assert res["model"] == "default" and len(res["test_set_hash"]) == 16
+    assert res["model"] == "clearglass:scratch" and len(res["test_set_hash"]) == 16
     keys = {(r["task"], r["subset"], r["metric"]) for r in res["metrics"]}
     assert ("recognition", "concept_level1", "t2i_R@1") in keys and ("zero_shot", "level2", "mean_class_recall") in keys
     assert ("retrieval", "old_captions", "i2t_R@10") in keys
     for r in res["metrics"]:
         assert 0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1
     assert res["n_images_embedded"] == 8
-    assert "recognition/old_caption/i2t_R@1:" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "recognition/old_caption/i2t_R@1:" in printed.out
+    assert printed.err == ("warning: model 'clearglass:scratch' is untrained (random weights): its scores are chance "
+                           "level; 'clearglass-mini' is the pretrained default\n")
 
 
 def test_compare_writes_report_and_plots(tmp_path):
     data = write_test_set(tmp_path)
     out = tmp_path / "cmp"
-    assert main(["compare", "--models", "default", "clearglass:clearglass-default", "--data", str(data),
+    assert main(["compare", "--models", "clearglass:scratch", "clearglass:clearglass-default", "--data", str(data),
                  "--fields", "concept_level1", "--levels", "1", "2", "--tasks", "recognition", "zero_shot",
                  "--out", str(out), *COMMON]) == 0
     saved = json.loads((out / "results.json").read_text())
-    assert saved["models"] == ["default", "clearglass:clearglass-default"]
-    assert len(saved["differences"]) == len(saved["results"]["default"]["metrics"])
+    assert saved["models"] == ["clearglass:scratch", "clearglass:clearglass-default"]
+    assert len(saved["differences"]) == len(saved["results"]["clearglass:scratch"]["metrics"])
     md = (out / "report.md").read_text()
-    assert "| default | clearglass:clearglass-default |" in md and "Paired differences" in md
+    assert "| clearglass:scratch | clearglass:clearglass-default |" in md and "Paired differences" in md
     assert (out / "zero_shot_by_level.png").stat().st_size > 1000
     html = (out / "report.html").read_text()  # the gallery: every model's top concepts for sampled test images
     assert "clearglass:clearglass-default" in html and html.count("data:image/png;base64,") >= 4
@@ -81,6 +85,22 @@ def test_concepts_ranks_labels(tmp_path, capsys):
     assert "level1: thing" in text and "level2: family" in text
 
 
+def test_concepts_prints_score_concepts_and_says_when_the_model_is_untrained(tmp_path, capsys):
+    from clearglass.inference import score_concepts
+    from clearglass.models import load_model
+
+    write_test_set(tmp_path)
+    (tmp_path / "labels.txt").write_text("cat\ndog\ntree\n")
+    image = str(tmp_path / "img" / "c0_0.png")
+    assert main(["concepts", image, "--labels", str(tmp_path / "labels.txt"), "--json"]) == 0
+    printed = capsys.readouterr()
+    expected = score_concepts(load_model("clearglass-mini"), image, ["cat", "dog", "tree"])
+    assert [(x["label"], x["score"]) for x in json.loads(printed.out)[image]["labels"]] == expected
+    assert printed.err == ""
+    assert main(["concepts", image, "--labels", str(tmp_path / "labels.txt"), "--model", "clearglass:scratch"]) == 0
+    assert "model 'clearglass:scratch' is untrained (random weights)" in capsys.readouterr().err
+
+
 def test_hierarcaps_csv_end_to_end(tmp_path):
     (tmp_path / "COCO_val2014_000000000001.jpg").parent.mkdir(exist_ok=True)
     rows = ["id,captions,image_url"]
@@ -91,7 +111,7 @@ def test_hierarcaps_csv_end_to_end(tmp_path):
     csv_path = tmp_path / "hierarcaps_test.csv"
     csv_path.write_text("\n".join(rows) + "\n")
     out = tmp_path / "hc.json"
-    assert main(["eval", "--model", "default", "--data", str(csv_path), "--format", "hierarcaps-csv",
+    assert main(["eval", "--model", "clearglass:scratch", "--data", str(csv_path), "--format", "hierarcaps-csv",
                  "--tasks", "recognition", "hierarchical", "--fields", "concept_level1", "--out", str(out),
                  *COMMON]) == 0
     metrics = {r["metric"]: r for r in json.loads(out.read_text())["metrics"] if r["task"] == "hierarchical"}
@@ -100,7 +120,7 @@ def test_hierarcaps_csv_end_to_end(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "no-such-model"], "unknown model spec"),
-    (["--model", "default", "--k", "9"], "k=9 needs at least 9"),
+    (["--model", "clearglass:scratch", "--k", "9"], "k=9 needs at least 9"),
 ])
 def test_eval_bad_input_exits_2(tmp_path, capsys, argv, message):
     data = write_test_set(tmp_path)
@@ -113,7 +133,8 @@ def test_eval_bad_input_exits_2(tmp_path, capsys, argv, message):
 def test_eval_missing_image_names_the_file(tmp_path, capsys):
     data = write_test_set(tmp_path)
     (tmp_path / "img" / "c1_1.png").unlink()
-    assert main(["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "r.json"), *COMMON]) == 2
+    assert main(["eval", "--model", "clearglass:scratch", "--data", str(data), "--out", str(tmp_path / "r.json"),
+                 *COMMON]) == 2
     assert "c1_1.png" in capsys.readouterr().err
 
 
@@ -123,7 +144,7 @@ def test_option_defaults_are_the_eval_config_defaults(tmp_path):
     from clearglass.evaluate import EvalConfig
 
     parser = build_parser()
-    args = parser.parse_args(["eval", "--model", "default", "--data", "t.json", "--out", "r.json"])
+    args = parser.parse_args(["eval", "--model", "clearglass:scratch", "--data", "t.json", "--out", "r.json"])
     assert _config(args) == EvalConfig()
 
 
@@ -136,9 +157,10 @@ def test_eval_and_compare_check_their_output_before_evaluating(tmp_path, capsys,
     monkeypatch.setattr(cli_evaluate, "_evaluate", never)
     data = write_test_set(tmp_path)
     (tmp_path / "file").write_text("x")
-    assert main(["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "img")]) == 2
+    assert main(["eval", "--model", "clearglass:scratch", "--data", str(data), "--out", str(tmp_path / "img")]) == 2
     assert f"{tmp_path / 'img'}: is a folder; expected a file path for the results JSON" in capsys.readouterr().err
-    assert main(["compare", "--models", "default", "x.pt", "--data", str(data), "--out", str(tmp_path / "file")]) == 2
+    assert main(["compare", "--models", "clearglass:scratch", "x.pt", "--data", str(data), "--out",
+                 str(tmp_path / "file")]) == 2
     assert f"{tmp_path / 'file'}: is a file; expected a folder for the comparison report" in capsys.readouterr().err
 
 
@@ -148,7 +170,7 @@ def test_eval_refuses_image_ids_outside_the_root_unless_allowed(tmp_path, capsys
     Image.new("RGB", (16, 16), (9, 9, 9)).save(tmp_path / "outside.png")
     raw[0]["test_images"][0]["image"] = "../outside.png"
     data.write_text(json.dumps(raw))
-    argv = ["eval", "--model", "default", "--data", str(data), "--out", str(tmp_path / "r.json"), "--tasks",
+    argv = ["eval", "--model", "clearglass:scratch", "--data", str(data), "--out", str(tmp_path / "r.json"), "--tasks",
             "retrieval", *COMMON]
     assert main(argv) == 2
     err = capsys.readouterr().err

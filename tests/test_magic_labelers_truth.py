@@ -21,8 +21,16 @@ def test_levels_are_the_source_hierarchy_and_captions_lose_chain_words():
 def test_only_chain_words_is_a_failure_and_no_hierarchy_is_an_error():
     labeler = make_labeler("truth")
     assert isinstance(labeler.label_many([item(["Fruit", "food"])])[0], LabelFailure)
-    with pytest.raises(ClearglassError, match="needs a source hierarchy"):
+    with pytest.raises(ClearglassError, match="needs the source's concept chain: .*--csv-level-keys COL"):
         labeler.label_many([item(["a cat"], None)])
+
+
+def test_a_caption_written_from_the_concept_keeps_its_words():
+    """A template caption cut to its bare template would be one text for every concept: it stays whole."""
+    templated = SourceItem("images/x.png", Path("/x.png"), ["a picture of a fruit"], ("fruit", "food and drink"),
+                           names_concept=True)
+    [label, plain] = make_labeler("truth").label_many([templated, item(["a picture of a fruit"])])
+    assert label.new_captions == ["a picture of a fruit"] and plain.new_captions == ["a picture of a"]
 
 
 def test_unknown_labeler():

@@ -69,9 +69,14 @@ def test_missing_captions_need_the_template_and_the_template_needs_consent(tmp_p
     assert [i.captions for i in source] == [["a picture of a dog"], ["a pet in a park"]]
     assert source.stats["template_captions"] == 1 and source.stats["allow_concept_captions"] is True
     assert source.stats["caption_template"] == "a picture of a {}"
-    _, build = build_concepts(source, make_labeler("truth"), BuildOptions(min_group_size=1, progress=False,
-                                                                          n_hard_negatives=0), embed=fake_embed)
+    assert [i.names_concept for i in source] == [True, False]
+    records, build = build_concepts(source, make_labeler("truth"), BuildOptions(min_group_size=1, progress=False,
+                                                                                n_hard_negatives=0), embed=fake_embed)
     assert build["source_stats"]["template_captions"] == 1  # reported in the build stats
+    # the template caption is trained on whole, not as the bare "a picture of a", and counted as the leak it is
+    new = {im.image: im.new_captions for c in records for im in c.train_images + c.test_images}
+    assert new == {"dog/1.png": ["a picture of a dog"], "dog/2.png": ["a pet in a park"]}
+    assert build["leaks"]["count"] == 1 and build["leaks"]["examples"][0]["words"] == ["dog"]
 
 
 def test_empty_captions_are_counted_or_an_error_when_strict(tmp_path: Path) -> None:

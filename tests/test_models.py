@@ -67,7 +67,7 @@ def _encode(bundle, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def default_bundle():
-    return load_model("default")
+    return load_model("clearglass:scratch")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,23 @@ def test_default_text_tower_is_pretrained_minilm(default_bundle):
     ours = default_bundle.model.text.transformer
     torch.testing.assert_close(ours.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight)
     torch.testing.assert_close(ours.encoder.layer[5].output.dense.weight, reference.encoder.layer[5].output.dense.weight)
+
+
+def test_a_model_loads_as_the_cli_scores_with_it(default_bundle, tiny_open_clip_checkpoint, tmp_path):
+    """Eval mode everywhere; the pretrained MiniLM transformer frozen, the rest trainable; scratch says it is
+    untrained, a checkpoint trained from it does not, and the retired spec 'default' names both replacements."""
+    mini = load_model("clearglass-mini")
+    for bundle in (mini, default_bundle, load_model(f"open_clip:clearglass-test-tiny:{tiny_open_clip_checkpoint[0]}")):
+        assert not any(m.training for m in bundle.model.modules()), bundle.name
+    for bundle in (mini, default_bundle):
+        assert not any(p.requires_grad for p in bundle.model.text.transformer.parameters()), bundle.name
+        frozen = {n for n, p in bundle.model.named_parameters() if not p.requires_grad}
+        assert frozen and all(n.startswith("text.transformer.") for n in frozen), bundle.name
+    assert default_bundle.untrained and not mini.untrained
+    path = save_checkpoint(default_bundle, tmp_path / "ckpt.pt", train_config={}, dataset_sha256="", metrics={})
+    assert read_checkpoint_metadata(path)["base"] == "clearglass:scratch" and not load_model(str(path)).untrained
+    with pytest.raises(ClearglassError, match="'default' is retired: use 'clearglass-mini' .* or 'clearglass:scratch'"):
+        load_model("default")
 
 
 def test_open_clip_spec_loads_local_checkpoint(tiny_open_clip_checkpoint):
@@ -273,7 +290,7 @@ def test_default_checkpoint_round_trip(default_bundle, tmp_path):
                            dataset_sha256="abc123", metrics={"loss": 1.5}, extra_state={"step": 7})
     meta = read_checkpoint_metadata(path)
     assert meta["dataset_sha256"] == "abc123" and meta["metrics"] == {"loss": 1.5} and meta["train_config"] == {"lr": 1e-3}
-    assert meta["model_config"] == default_bundle.config and meta["spec"] == "default"
+    assert meta["model_config"] == default_bundle.config and meta["spec"] == "clearglass:scratch"
     assert (tmp_path / "run" / "ckpt.json").is_file()
     assert load_extra_state(path) == {"step": 7}
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["ckpt.extra.pt", "ckpt.json", "ckpt.pt"]

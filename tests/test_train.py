@@ -67,6 +67,14 @@ def test_shipped_configs_load_and_overrides_parse():
         TrainConfig.load("default-grouped", ["steps"])
 
 
+def test_the_model_a_training_config_starts_from_is_the_pretrained_default():
+    from clearglass.models import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "clearglass-mini" and TrainConfig().model == DEFAULT_MODEL
+    assert [TrainConfig.load(name).model for name in ("default-grouped", "default-clip")] == [DEFAULT_MODEL] * 2
+    assert TrainConfig.load("mini-pretrain", ["eval_data=v.json"]).model == "clearglass:scratch"  # makes the mini
+
+
 def test_cosine_schedule_and_no_decay_on_gains_and_biases():
     assert [cosine_factor(s, 10, 2) for s in (0, 1)] == [0.5, 1.0]
     assert cosine_factor(2, 10, 2) == 1.0 and cosine_factor(6, 10, 2) == pytest.approx(0.5)
@@ -159,7 +167,7 @@ def test_cached_text_features_train_like_computed_ones(dataset, tmp_path):
     """cache_text_features=true (frozen MiniLM run once per caption) ends with the weights of the plain run."""
     runs = {}
     for cached in (False, True):
-        config = tiny_config(dataset, tmp_path / str(cached), steps=3, model="default",
+        config = tiny_config(dataset, tmp_path / str(cached), steps=3, model="clearglass:scratch",
                              **{"lock.lock_text": True, "cache_text_features": cached})
         runs[cached] = weights(train(config)["checkpoint"])
     for key, value in runs[False].items():
@@ -217,7 +225,7 @@ def test_a_text_cache_file_is_filled_once_and_reused(dataset, tmp_path, monkeypa
     from clearglass.models import FrozenTextCache
 
     cache = tmp_path / "text-cache.pt"
-    kwargs = {"model": "default", "steps": 2, "lock.lock_text": True, "cache_text_features": True,
+    kwargs = {"model": "clearglass:scratch", "steps": 2, "lock.lock_text": True, "cache_text_features": True,
               "text_cache_file": str(cache)}
     first = weights(train(tiny_config(dataset, tmp_path / "a", **kwargs))["checkpoint"])
     stored = torch.load(cache, weights_only=True)

@@ -69,7 +69,8 @@ class ModelEncoder:
         self._model_key: str | None = None
 
     def model_key(self) -> str:
-        """Identity of the model: its spec plus a sha256 of its weights (a fresh ``default`` model differs per run)."""
+        """Identity of the model: its spec plus a sha256 of its weights (a fresh ``clearglass:scratch`` model
+        differs per run)."""
         if self._model_key is None:
             digest = hashlib.sha256()
             for name, tensor in self.bundle.model.state_dict().items():

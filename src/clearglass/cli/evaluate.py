@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import (CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels,
-                                 rank_labels)
+from clearglass.evaluate import CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels
 from clearglass.formats import FORMATS, load_test_set
+from clearglass.inference import score_concepts
 from clearglass.io import check_writable, read_text, write_json_atomic
 from clearglass.magic.schema import ImageRoot, load_concepts
+from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
 from clearglass.report import compare, headline_sections, write_report
 
 
-def _encoder(spec: str, args: argparse.Namespace) -> ModelEncoder:
-    from clearglass.models import load_model
-
+def _load(spec: str, device: str) -> ModelBundle:
+    """The model of a spec; an untrained one says so on stderr, since its scores are chance level."""
     try:
-        bundle = load_model(spec, device=args.device)
+        bundle = load_model(spec, device=device)
     except ClearglassError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise ClearglassError(f"model {spec!r} could not be loaded: {e}") from None
-    return ModelEncoder(bundle, batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir)
+    if bundle.untrained:
+        print(f"warning: model {spec!r} is untrained (random weights): its scores are chance level; "
+              f"{DEFAULT_MODEL!r} is the pretrained default", file=sys.stderr)
+    return bundle
+
+
+def _encoder(spec: str, args: argparse.Namespace) -> ModelEncoder:
+    return ModelEncoder(_load(spec, args.device), batch_size=args.batch_size, device=args.device,
+                        cache_dir=args.cache_dir)
+
+
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _add_device_option(p)
     p.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache embeddings here, keyed by model weights and data")
 
@@ -136,13 +149,12 @@ def run_concepts(args: argparse.Namespace) -> int:
         for name, labels in label_sets.items():
             if not labels:
                 raise ClearglassError(f"{args.data}: no test image has a {name} value to use as a label")
-    encoder = _encoder(args.model, args)
+    bundle = _load(args.model, args.device)
     out: dict[str, dict[str, list]] = {str(p): {} for p in args.images}
     for name, labels in label_sets.items():
-        scores = rank_labels(encoder, list(args.images), labels, args.template)  # (n images, L labels)
-        for path, row in zip(args.images, scores):
-            order = row.argsort()[::-1][:args.top]
-            out[str(path)][name] = [{"label": labels[j], "score": float(row[j])} for j in order]
+        for path in args.images:
+            ranked = score_concepts(bundle, path, labels, args.template)[:args.top]
+            out[str(path)][name] = [{"label": label, "score": score} for label, score in ranked]
     if args.json:
         print(json.dumps(out, indent=1, ensure_ascii=False))
         return 0
@@ -161,7 +173,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "level, caption retrieval (and HierarCaps metrics), each with a bootstrap interval.",
         epilog="example: clearglass eval --model runs/cg/checkpoints/step_000500.pt --data data/emoji/magic.json "
                "--out results.json")
-    p.add_argument("--model", required=True, help="model spec: default, a checkpoint, open_clip:NAME:TAG, hf:DIR")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model spec: a pretrained tag, clearglass:scratch (untrained), a checkpoint, "
+                        f"open_clip:NAME:TAG, hf:DIR (default {DEFAULT_MODEL}, the pretrained base)")
     p.add_argument("--out", required=True, type=Path, help="results JSON to write")
     _add_eval_options(p)
     p.set_defaults(func=run_eval)
@@ -184,12 +198,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "or your own list (--labels, one a line).",
         epilog="example: clearglass concepts photo.jpg --labels labels.txt --model runs/cg/checkpoints/step_000500.pt")
     p.add_argument("images", nargs="+", type=Path, help="image files")
-    p.add_argument("--model", default="default", help="model spec (default: default)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL}, the pretrained base)")
     p.add_argument("--data", type=Path, default=None, help="MAGIC JSON whose test images' level values are the labels")
     p.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4], help="levels to rank with --data")
     p.add_argument("--labels", type=Path, default=None, help="text file, one label a line")
     _add_template_option(p)
     p.add_argument("--top", type=int, default=5, help="labels shown per image and level (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    _add_model_options(p)
+    _add_device_option(p)
     p.set_defaults(func=run_concepts)

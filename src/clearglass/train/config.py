@@ -106,7 +106,7 @@ class TrainConfig(Config):
 
     data: str = ""
     images: str | None = None
-    model: str = "default"
+    model: str = "clearglass-mini"
     lock: LockConfig = field(default_factory=LockConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     caption_field: Literal["new_captions", "old_captions"] = "new_captions"

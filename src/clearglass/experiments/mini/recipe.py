@@ -1,8 +1,8 @@
 """The clearglass-mini recipe, ``clearglass pretrain``: build the offline corpus (`corpus`) with nothing of the
-demo's held-out concepts in it, pretrain the default model on it with the CLIP loss until held-out retrieval stops
-improving, and write the pretrained tag: weights (image tower and projections; the frozen MiniLM comes from its
-package), a model card, the validation curve and a small shipped slice of the held-out item names on which the card's
-figures are measured (the demo's retention sets).
+demo's held-out concepts in it, pretrain the default architecture (``clearglass:scratch``) on it with the CLIP
+loss until held-out retrieval stops improving, and write the pretrained tag: weights (image tower and projections;
+the frozen MiniLM comes from its package), a model card, the validation curve and a small shipped slice of the
+held-out item names on which the card's figures are measured (the demo's retention sets).
 
 Leak rules (counted in the corpus stats): no caption names a level-1 or level-2 concept word of the demo's dataset;
 no emoji of the demo concepts `corpus_held_out` picks appears in any source; no emoji of the demo is drawn by a

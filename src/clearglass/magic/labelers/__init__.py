@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from clearglass.errors import ClearglassError
+from clearglass.magic.leak import strip_words
 from clearglass.magic.sources import SourceItem
 
 Levels = tuple[str | None, str | None, str | None, str | None]
@@ -23,6 +24,15 @@ class ConceptLabel:
     levels: Levels
     new_captions: list[str] = field(default_factory=list)  # captions that never name a level word
     hard_negatives: list[str] = field(default_factory=list)  # hard-negative level1 concepts, if the labeler makes them
+
+
+def concept_level_captions(item: SourceItem, levels: Levels) -> list[str]:
+    """The item's captions with every word of ``levels`` removed (empty ones dropped); captions written from the
+    concept itself (``item.names_concept``, a caption template) keep their words, and the build counts them as leaks:
+    without the concept word they would be the bare template, the same text for every concept."""
+    if item.names_concept:
+        return list(item.captions)
+    return [c for c in (strip_words(c, levels) for c in item.captions) if c]
 
 
 @dataclass

@@ -35,8 +35,8 @@ from pathlib import Path
 from clearglass.errors import ClearglassError
 from clearglass.io import write_bytes_atomic, write_text_atomic
 from clearglass.magic import cache_root
-from clearglass.magic.labelers import ConceptLabel, LabelFailure
-from clearglass.magic.leak import FUNCTION_WORDS, strip_words
+from clearglass.magic.labelers import ConceptLabel, LabelFailure, concept_level_captions
+from clearglass.magic.leak import FUNCTION_WORDS
 from clearglass.magic.sources import SourceItem
 
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -182,7 +182,7 @@ class WordNetLabeler:
         if not chain:
             return LabelFailure(item.image, f"{head.name()} has no ancestor of depth >= {MIN_DEPTH}")
         levels = tuple(concept_name(s) for s in chain) + (None,) * (4 - len(chain))
-        captions = [c for c in (strip_words(c, levels) for c in item.captions) if c]
+        captions = concept_level_captions(item, levels)
         if not captions:
             return LabelFailure(item.image, "every caption consists only of concept words")
         return ConceptLabel(levels=levels, new_captions=captions, hard_negatives=self.negatives(chain[0]))

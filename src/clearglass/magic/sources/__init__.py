@@ -20,3 +20,4 @@ class SourceItem:
     captions: list[str]
     hierarchy: tuple[str, ...] | None = None  # specific -> general, e.g. ("fruit", "food and drink")
     origin: str = ""  # where the source read it, for error messages, e.g. "captions.csv:12"
+    names_concept: bool = False  # its captions were written from its concept (a caption template): keep the words

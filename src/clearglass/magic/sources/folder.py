@@ -8,6 +8,9 @@ image) and from a ``.txt`` file beside an image with the same stem (one caption 
 gets both. An image without a caption is an error unless ``caption_template`` (e.g. "a picture of a {}", the
 level1 concept filling ``{}``) writes one. Such a caption names the concept, which the leak check exists to
 prevent, so a template is refused unless ``allow_concept_captions``; the stats report it and count its captions.
+A labeler keeps a template caption whole (its item ``names_concept``): cut out, the concept word would leave the
+bare template, the same text for every concept. So the build trains on the caption that names the concept and
+counts each one as a leak (``--filter-leaks`` drops them).
 
 Image ids are paths relative to ROOT, which is the built dataset's image root. A file directly in ROOT (other
 than captions.csv) or an image at another depth than the layout's is an error. Hidden files and folders, files
@@ -142,13 +145,15 @@ class FolderSource:
             folders = Path(image).parts[:-1]
             hierarchy = tuple(concept_name(f) for f in reversed(folders))  # level1 first
             own = captions[image]
-            if not own:
+            from_template = not own
+            if from_template:
                 if self.caption_template is None:
                     raise ClearglassError(f"{path}: no caption (no row in {SIDECAR}, no {path.stem}.txt beside it); "
                                           "add one, or pass --caption-template with --allow-concept-captions")
                 own = [self.caption_template.format(hierarchy[0])]
                 templated += 1
-            items.append(SourceItem(image=image, path=Path(os.path.abspath(path)), captions=own, hierarchy=hierarchy))
+            items.append(SourceItem(image=image, path=Path(os.path.abspath(path)), captions=own, hierarchy=hierarchy,
+                                    names_concept=from_template))
         self.stats["template_captions"] = templated
         self.stats["ignored_files"] = {"count": len(ignored), "examples": ignored[:MAX_EXAMPLES]}
         yield from items
