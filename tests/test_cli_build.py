@@ -9,7 +9,7 @@ from PIL import Image
 
 from clearglass.cli import main
 from clearglass.magic.builder import build_emoji_dataset, embed_names, minilm_embed
-from clearglass.magic.schema import load_concepts
+from clearglass.magic.schema import dataset_image_root, load_concepts
 from clearglass.magic.validate import validate
 
 
@@ -70,10 +70,13 @@ def test_coco_wordnet_build(tmp_path, capsys):
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "tiny-csv"  # the README's example
 
 
-def test_csv_build_train_eval(tmp_path, capsys, one_thread):
-    """The README example: the tiny CSV with its concept columns -> build (truth) -> train 2 steps -> eval."""
+def test_csv_build_train_eval(tmp_path, capsys, one_thread, monkeypatch):
+    """The README example: the tiny CSV with its concept columns -> build (truth) -> train 2 steps -> eval, from
+    another folder and without naming the images again: the dataset remembers its image root."""
     from tiny_magic import write_tiny_model
 
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     out = tmp_path / "tiny" / "magic.json"
     assert main(["build", "--source", "csv", "--csv", str(EXAMPLE / "captions.csv"), "--csv-level-keys", "concept",
                  "parent", "--labeler", "truth", "--min-group-size", "3", "--out", str(out), "--no-progress"]) == 0
@@ -83,24 +86,32 @@ def test_csv_build_train_eval(tmp_path, capsys, one_thread):
     wedding = concepts["wedding"].train_images + concepts["wedding"].test_images
     assert sorted(im.image for im in wedding) == [f"images/wedding-{j}.png" for j in range(3)]
     assert all(im.level2 == "celebration" and len(im.old_captions) == 2 for im in wedding)
-    assert validate(out, EXAMPLE) == []
+    assert validate(out) == [] and dataset_image_root(out).resolve() == EXAMPLE.resolve()
     stats = json.loads((tmp_path / "tiny" / "magic.stats.json").read_text())
+    assert (out.parent / stats["image_root_relative"]).resolve() == EXAMPLE.resolve()
     assert stats["build"]["source_stats"]["rows"] == 36 and stats["build"]["source_stats"]["images"] == 18
 
     model = write_tiny_model(tmp_path / "tiny-model.pt")
-    overrides = [f"data={json.dumps(str(out))}", f"images={json.dumps(str(EXAMPLE))}",
-                 f"out={json.dumps(str(tmp_path / 'run'))}", f"model={json.dumps(str(model))}", "groups_per_batch=4",
+    overrides = [f"data={json.dumps(str(out))}", f"out={json.dumps(str(tmp_path / 'run'))}", f"model={json.dumps(str(model))}", "groups_per_batch=4",
                  "pairs_per_group=2", "steps=2", "warmup=1", "log_every=1", "checkpoint_every=100",
                  'device="cpu"', "deterministic=true", "lr=0.001"]
     assert main(["train", "--config", "default-grouped", *overrides]) == 0
     checkpoint = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["checkpoint"]
     assert Path(checkpoint).is_file()
     results = tmp_path / "results.json"
-    assert main(["eval", "--model", checkpoint, "--data", str(out), "--images", str(EXAMPLE), "--k", "3",
+    assert main(["eval", "--model", checkpoint, "--data", str(out), "--k", "3",
                  "--n-boot", "20", "--batch-size", "8", "--out", str(results)]) == 0
     metrics = {(r["task"], r["subset"], r["metric"]): r for r in json.loads(results.read_text())["metrics"]}
     assert ("recognition", "concept_level1", "i2t_R@1") in metrics and ("zero_shot", "level2", "top1") in metrics
     assert all(r["n"] >= 1 and 0 <= r["value"] <= 1 for r in metrics.values())
+    moved = tmp_path / "moved" / "magic.json"  # the dataset alone, its images and stats left behind
+    moved.parent.mkdir()
+    moved.write_bytes(out.read_bytes())
+    assert main(["train", "--config", "default-grouped", f"data={json.dumps(str(moved))}",
+                 *overrides[1:]]) == 2
+    assert f"image root {moved.parent}, set by images=DIR" in capsys.readouterr().err
+    assert main(["eval", "--model", checkpoint, "--data", str(moved), "--out", str(tmp_path / "r2.json")]) == 2
+    assert f"under the image root {moved.parent} (first: 'images/" in capsys.readouterr().err
 
 
 def test_folder_build_with_sidecar_and_txt_captions(tmp_path, capsys):

@@ -342,7 +342,7 @@ class PairDataset(torch.utils.data.Dataset):
     def _what(self, group: int, image: int) -> str:
         record = self.index.groups[group].images[image]
         return (f"concept {self.index.groups[group].concept!r}, train image {record.image!r}; image root "
-                f"{self.image_root.folder}")
+                f"{self.image_root.folder}, set by images=DIR")
 
     def _resolve(self, group: int, image: int) -> Path:
         try:

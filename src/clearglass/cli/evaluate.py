@@ -12,7 +12,7 @@ from clearglass.evaluate import CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, Mode
 from clearglass.formats import FORMATS, load_test_set
 from clearglass.inference import score_concepts
 from clearglass.io import check_writable, read_text, write_json_atomic
-from clearglass.magic.schema import ImageRoot, load_concepts
+from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts, resolve_image_path
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
 from clearglass.report import compare, headline_sections, write_report
@@ -53,7 +53,7 @@ DEFAULTS = EvalConfig()  # the option defaults are the config's
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, type=Path, help="test set file(s)")
     p.add_argument("--format", default="magic", choices=FORMATS, help="test set layout (default magic)")
-    p.add_argument("--images", type=Path, default=None, help="image root (default: the data file's folder)")
+    p.add_argument("--images", type=Path, default=None, help="image root (default: the one `build` recorded beside the data file, else its folder)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept image ids that are absolute paths or lead out of the image root")
     p.add_argument("--k", type=int, default=DEFAULTS.k, help=f"candidates per recognition item (default {DEFAULTS.k})")
@@ -84,7 +84,13 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 def _test_set(args: argparse.Namespace) -> tuple[list, ImageRoot]:
     concepts = load_test_set(args.data, args.format)
-    return concepts, ImageRoot(args.images if args.images is not None else args.data[0].parent, args.allow_outside_root)
+    root = ImageRoot(args.images if args.images is not None else dataset_image_root(args.data[0]),
+                     args.allow_outside_root)
+    missing = [im.image for c in concepts for im in c.test_images if not resolve_image_path(root, im.image).is_file()]
+    if missing:
+        raise ClearglassError(f"{args.data[0]}: {len(missing)} test images not found under the image root "
+                              f"{root.folder} (first: {missing[0]!r}); name the folder they are in with --images DIR")
+    return concepts, root
 
 
 def _evaluate(spec: str, args: argparse.Namespace, encoder: ModelEncoder, test_set: tuple[list, ImageRoot]) -> dict:

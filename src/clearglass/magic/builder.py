@@ -38,7 +38,7 @@ from clearglass.io import load_image, load_torch, save_torch_atomic, write_json_
 from clearglass.magic import cache_root
 from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
+from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, stats_path
 from clearglass.magic.sources import SourceItem
 from clearglass.magic.stats import dataset_stats, format_stats
 
@@ -355,17 +355,12 @@ def build_dataset(items: Iterable[SourceItem], labeler: Labeler, out: str | os.P
         write_json_atomic({"image_root": str(root), "error": str(e), "build": e.build}, stats_path(out))
         raise ClearglassError(f"{e} (build stats: {stats_path(out)})") from None
     stats = dataset_stats(records)
-    stats["image_root"] = str(root)
+    stats["image_root"] = str(Path(root).resolve())
+    stats["image_root_relative"] = os.path.relpath(Path(root).resolve(), Path(out).resolve().parent)
     stats["build"] = build
     save_concepts(records, out)
     write_json_atomic(stats, stats_path(out))
     return stats
-
-
-def stats_path(out: str | os.PathLike) -> Path:
-    """The stats file beside a dataset: magic.json -> magic.stats.json."""
-    out = Path(out)
-    return out.with_name(out.stem + ".stats.json")
 
 
 def build_emoji_dataset(out_dir: str | os.PathLike, subgroups: list[str] | None = None,

@@ -154,6 +154,27 @@ def concepts_to_json(concepts: list[ConceptRecord]) -> list[dict]:
     return [asdict(c) for c in concepts]
 
 
+def stats_path(dataset: str | os.PathLike) -> Path:
+    """The stats file beside a dataset: magic.json -> magic.stats.json (``build`` writes it, with the image root)."""
+    dataset = Path(dataset)
+    return dataset.with_name(dataset.stem + ".stats.json")
+
+
+def dataset_image_root(dataset: str | os.PathLike) -> Path:
+    """The folder a dataset's image ids are relative to: the one ``build`` recorded in the stats file beside it
+    (``image_root_relative`` to the dataset's folder, so the two move together, else the absolute ``image_root``),
+    else the dataset file's folder. An explicit ``--images`` / ``images=`` wins over this."""
+    dataset = Path(dataset)
+    stats = stats_path(dataset)
+    if not stats.is_file():
+        return dataset.parent
+    raw = read_json(stats, "dataset stats file", dict)
+    relative = raw.get("image_root_relative")
+    candidates = ([dataset.parent / relative] if isinstance(relative, str) else []) + \
+        ([Path(raw["image_root"])] if isinstance(raw.get("image_root"), str) else [])
+    return next((c for c in candidates if c.is_dir()), candidates[0] if candidates else dataset.parent)
+
+
 def load_concepts(path: str | os.PathLike) -> list[ConceptRecord]:
     """Read a MAGIC JSON file."""
     return concepts_from_json(read_json(path, "dataset file"), str(path))

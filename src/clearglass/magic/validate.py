@@ -9,7 +9,8 @@ from pathlib import Path
 
 from clearglass.errors import ClearglassError
 from clearglass.io import DEFAULT_MAX_PIXELS, check_image
-from clearglass.magic.schema import LEVELS, SPLITS, ConceptRecord, ImageRoot, load_concepts, resolve_image_path
+from clearglass.magic.schema import (LEVELS, SPLITS, ConceptRecord, ImageRoot, dataset_image_root, load_concepts,
+                                     resolve_image_path)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def validate(path: str | os.PathLike, image_root: str | os.PathLike | None = Non
     which must be a folder when ``check_images``; ``allow_outside_root`` lets them leave it."""
     path = Path(path)
     concepts = load_concepts(path)
-    root = path.parent if image_root is None else Path(image_root)
+    root = dataset_image_root(path) if image_root is None else Path(image_root)
     if check_images and not root.is_dir():
         raise ClearglassError(f"image root {root}: {'not a folder' if root.exists() else 'not found'}; expected the "
                               f"folder the image ids of {path} are relative to (--images DIR)")

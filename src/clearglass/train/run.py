@@ -42,7 +42,7 @@ from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
 from clearglass.io import file_sha256, remove_orphan_temps, resolve_device, write_json_atomic
 from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, add_self_regularisation, make_loss
-from clearglass.magic.schema import ImageRoot, load_concepts
+from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts
 from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_model, lock_towers, trim_padding
 from clearglass.train.config import TrainConfig
 from clearglass.train.reporting import Reporters
@@ -156,7 +156,8 @@ class Run:
         if c.synthetic_negatives.concepts:
             concepts, self.filled = fill_hard_negatives(concepts, c.synthetic_negatives.concepts_per_group)
         self.concepts = concepts
-        self.image_root = ImageRoot(Path(c.images) if c.images else self.data_path.parent, c.allow_outside_root)
+        self.image_root = ImageRoot(Path(c.images) if c.images else dataset_image_root(self.data_path),
+                                    c.allow_outside_root)
         self.index = cg_data.GroupIndex(concepts, c.caption_field, c.pairs_per_group, c.short_groups)
         s = c.synthetic_negatives
         self.negative_captions = CaptionNegatives(self.index, concepts, s.source, s.per_caption, c.seed,
@@ -467,7 +468,8 @@ class _Validation:
         self.run = run
         self.data = Path(c.eval_data)
         self.concepts = load_concepts(self.data)
-        self.root = ImageRoot(Path(c.eval_images) if c.eval_images else self.data.parent, c.allow_outside_root)
+        self.root = ImageRoot(Path(c.eval_images) if c.eval_images else dataset_image_root(self.data),
+                              c.allow_outside_root)
         tasks = list(dict.fromkeys(m.split("/")[0] for m in c.eval_metrics))
         subsets = [m.split("/") for m in c.eval_metrics]
         bad = [m for m, parts in zip(c.eval_metrics, subsets) if len(parts) != 3 or parts[0] not in
