@@ -171,6 +171,13 @@ case("train: out= below a file")(lambda w, t, s: (["train", "--config", str(w.co
 case("demo: --out a regular file")(lambda w, t, s: (["demo", "--quick", "--out", str(w.root / "file")], "file"))
 case("eval: --out a folder")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
                                                "--out", str(w.root / "folder")], "folder"))
+case("eval: --out is its --data")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
+                                                  "--out", str(w.test_set)], "is the --data file"))
+case("build: --out is its --csv")(lambda w, t, s: (["build", "--source", "csv", "--csv", str(w.root / "file"),
+                                                   "--labeler", "truth", "--csv-level-keys", "a", "--out", str(w.root / "file")], "is the --csv file"))
+case("interpolate: --out is its --fine-tuned")(lambda w, t, s: (
+    ["interpolate", "--base", str(w.model), "--fine-tuned", str(w.model), "--w", "0.5", "--out", str(w.model)],
+    "is the --fine-tuned checkpoint"))
 case("eval: --out below a file")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
                                                    "--out", str(w.root / "file" / "r.json")], "file"))
 case("compare: --out a regular file")(lambda w, t, s: (["compare", "--models", "clearglass:scratch", str(w.model),

@@ -283,6 +283,16 @@ def check_writable(path: str | os.PathLike, what: str, folder: bool = False) -> 
     return path
 
 
+def refuse_overwriting(out: str | os.PathLike, inputs: dict[str, str | os.PathLike], flag: str = "--out") -> None:
+    """An error when ``out`` is (or is a link to) one of the ``inputs`` (flag name -> path) that the command reads:
+    writing it would replace the input."""
+    target = os.path.realpath(out)
+    for name, path in inputs.items():
+        if os.path.realpath(path) == target:
+            raise ClearglassError(f"{flag} {out}: is the {name} this command reads; writing it would replace the "
+                                  f"input: choose another {flag}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # devices and hashes
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
+from clearglass.io import refuse_overwriting
 from clearglass.magic.builder import BuildOptions, build_dataset, stats_path
 from clearglass.magic.labelers import make_labeler
 from clearglass.magic.sources import SourceItem
@@ -122,6 +123,8 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[SourceItem], Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset, write it and its stats, print the stats."""
+    refuse_overwriting(args.out, {f"--{key.replace('_', '-')} file": value for key, value in vars(args).items()
+                                  if key in ("csv", "llm_cache") and value})
     source, image_root = _source(args)
     options = BuildOptions(min_group_size=args.min_group_size, test_fraction=args.test_fraction,
                            holdout_concepts=args.holdout_concepts, seed=args.seed, n_hard_negatives=args.hard_negatives,

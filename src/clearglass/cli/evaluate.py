@@ -11,7 +11,7 @@ from clearglass.errors import ClearglassError
 from clearglass.evaluate import CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels
 from clearglass.formats import FORMATS, load_test_set
 from clearglass.inference import score_concepts
-from clearglass.io import check_writable, read_text, write_json_atomic
+from clearglass.io import check_writable, read_text, refuse_overwriting, write_json_atomic
 from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts, resolve_image_path
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
@@ -102,6 +102,7 @@ def _evaluate(spec: str, args: argparse.Namespace, encoder: ModelEncoder, test_s
 def run_eval(args: argparse.Namespace) -> int:
     """`clearglass eval`: one model's results JSON."""
     check_writable(args.out, "results JSON")
+    refuse_overwriting(args.out, {f"--data file {p}": p for p in args.data} | {"--model checkpoint": args.model})
     results = _evaluate(args.model, args, _encoder(args.model, args), _test_set(args))
     write_json_atomic(results, args.out)
     for what, why in results["skipped"].items():

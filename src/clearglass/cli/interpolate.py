@@ -23,15 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load both, interpolate, save, print the path."""
-    from clearglass.checkpoints import save_checkpoint
+    from clearglass.checkpoints import extra_state_path, metadata_path, save_checkpoint
     from clearglass.errors import ClearglassError
     from clearglass.interpolate import interpolate
-    from clearglass.io import check_writable
+    from clearglass.io import check_writable, refuse_overwriting
     from clearglass.models import load_model
 
     if args.out.suffix not in (".pt", ".pth"):
         raise ClearglassError(f"--out {args.out}: expected a .pt or .pth file name")
     check_writable(args.out, "checkpoint")
+    refuse_overwriting(args.out, {f"{flag} checkpoint{part}": where(path)
+                                  for flag, path in (("--fine-tuned", args.fine_tuned), ("--base", args.base))
+                                  if Path(path).suffix in (".pt", ".pth")
+                                  for part, where in (("", Path), (" metadata", metadata_path),
+                                                      (" resume state", extra_state_path))})
     bundle = interpolate(load_model(args.base), load_model(args.fine_tuned), args.w)
     path = save_checkpoint(bundle, args.out, train_config={"wise_ft": {"base": args.base,
                                                                        "fine_tuned": args.fine_tuned, "w": args.w}},
