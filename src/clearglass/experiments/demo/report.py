@@ -36,6 +36,8 @@ HEADLINE = [
     ("test_seen", "image_clustering", "level1", "centroid_acc", "image-only nearest concept centroid, level 1"),
 ]
 RECOGNITION = [h for h in HEADLINE if h[1] == "recognition"]
+SPLIT_NAMES = {"test_seen": "base concepts, test", "test_novel": "novel concepts, test",
+               "test_held_out": "novel concepts of unseen objects, test"}
 
 
 def measures(comparisons: dict) -> list[tuple[tuple[str, str, str, str], str]]:
@@ -115,32 +117,33 @@ def headline_table(comparisons: dict, models: list[str], baseline: str, method: 
     return "\n".join(lines) + "\n"
 
 
-def loss_plot(runs: dict[str, Path], path: Path) -> Path:
-    """Training loss per step of each model (its own loss, so levels differ between losses), with the validation
-    score where the run logged one."""
+def loss_plot(runs: dict[str, Path], families: dict[str, str], path: Path) -> Path:
+    """Training loss per step, one panel per loss family (the CLIP loss and the grouped loss are on different
+    scales), and the validation score of every model that logged one in a panel of its own (seed 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    val_ax = None
-    for name, metrics in runs.items():
-        rows = [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
-        train = [r for r in rows if "loss" in r]
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=name)
-        val = [r for r in rows if "val/score" in r]
-        if val:
-            val_ax = val_ax or ax.twinx()
-            val_ax.plot([r["step"] for r in val], [100 * r["val/score"] for r in val], "--", marker="o", ms=3,
-                        label=f"{name} (validation)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    if val_ax is not None:
-        val_ax.set_ylabel("validation score, %")
-        val_ax.legend(fontsize=6, loc="center right")
-    ax.set_title("Training loss and validation (seed 0)")
-    ax.legend(fontsize=7, loc="upper right")
+    rows = {name: [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
+            for name, metrics in runs.items()}
+    panels = list(dict.fromkeys(families[name] for name in runs))
+    validated = [name for name in runs if any("val/score" in r for r in rows[name])]
+    count = len(panels) + bool(validated)
+    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.4), squeeze=False)
+    for ax, family in zip(axes[0], panels):
+        for name in (n for n in runs if families[n] == family):
+            train = [r for r in rows[name] if "loss" in r]
+            ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=name, linewidth=1)
+        ax.set(xlabel="step", ylabel="training loss", title=f"{family} loss (seed 0)")
+        ax.legend(fontsize=7)
+    if validated:
+        ax = axes[0][-1]
+        for name in validated:
+            val = [r for r in rows[name] if "val/score" in r]
+            ax.plot([r["step"] for r in val], [100 * r["val/score"] for r in val], marker="o", ms=3, label=name)
+        ax.set(xlabel="step", ylabel="%", title="validation: base-concept recognition")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -212,9 +215,9 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     models = comparisons["test_seen"]["models"]
     goals = targets(comparisons, baseline, method, models[0])
     plots = [p for subset in ("test_seen", "test_novel", "test_held_out") if subset in comparisons
-             for p in write_plots(comparisons[subset]["results"], out / "plots" / subset)]
+             for p in write_plots(comparisons[subset]["results"], out / "plots" / subset, SPLIT_NAMES[subset])]
     plots.append(loss_plot({m: Path(summary["training"][m][0]["metrics_path"]) for m in config["models"]},
-                           out / "plots" / "training_loss.png"))
+                           {m: o["family"] for m, o in summary["models"].items()}, out / "plots" / "training_loss.png"))
     table = headline_table(comparisons, models, baseline, method)
     sentence = verdict_sentences(comparisons, baseline, method, measures(comparisons),
                                  [(g["target"], g["met"]) for g in goals if g["measured"]])
