@@ -59,7 +59,7 @@ def test_shipped_configs_load_and_overrides_parse():
                                                   "pretrain.steps=3"])
     assert (config.loss.alpha, config.loss.inner, config.data, config.lr, config.pretrain.steps) == (0.5, None, "x.json",
                                                                                                       1.0, 3)
-    with pytest.raises(ClearglassError, match=r"unknown key\(s\) \['loss.alpah'\]"):
+    with pytest.raises(ClearglassError, match=r"unknown key 'loss.alpah'; did you mean 'loss.alpha'\?"):
         TrainConfig.load("default-grouped", ["loss.alpah=0.5"])
     with pytest.raises(ClearglassError, match="steps = 'many'"):
         TrainConfig.load("default-grouped", ["steps=many"])
