@@ -544,7 +544,7 @@ def test_a_dropped_unknown_hard_negative_is_counted_in_the_train_result(world, t
     raw = json.loads(world.data.read_text())
     raw[0]["hard_negative"] += ["no-such-concept", "nor-this"]
     (world.data.parent / "unknown.json").write_text(json.dumps(raw))
-    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1))
+    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1, warmup=0))
     assert result["unknown_hard_negatives"] == 2
 
 
@@ -553,7 +553,7 @@ def test_allow_outside_root_lets_train_and_validate_use_such_ids(world, tmp_path
     shutil.copy(world.data.parent / "images" / "concept0_0.png", outside)
     data = dataset_with(world, tmp_path, str(outside))
     assert main(["validate", str(data), "--allow-outside-root"]) == 0
-    result = train(tiny_config(world, tmp_path / "out", data=str(data), steps=1, allow_outside_root=True))
+    result = train(tiny_config(world, tmp_path / "out", data=str(data), steps=1, warmup=0, allow_outside_root=True))
     assert result["step"] == 1
 
 
