@@ -324,3 +324,8 @@ def test_cli_train_with_open_clip_flags_end_to_end(dataset, tmp_path, capsys):
         6, 4, 2, 1, 1e-3)
     assert saved["lock"]["lock_image"] and saved["lock"]["lock_image_unlocked_layers"] == 1
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+
+
+def test_epochs_check_the_warmup_against_their_own_steps(dataset):
+    c = _train_args("--train-data", str(dataset), "--batch-size", "4x2", "--epochs", "100", "--warmup", "550")
+    assert (c.steps, c.warmup) == (600, 550)  # the config file's 500 steps are not what warmup is checked against

@@ -18,9 +18,12 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clearglass.errors import ClearglassError
+
+if TYPE_CHECKING:
+    from clearglass.train import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -115,7 +118,7 @@ def _claimed(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     return items, claims
 
 
-def training_config(args: argparse.Namespace) -> Any:
+def training_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of the command line: config file, key=value overrides, flags; --batch-size read for the
     config's loss and --epochs turned into steps from the dataset, each error naming its flag."""
     from clearglass.losses import LOSSES
@@ -124,6 +127,8 @@ def training_config(args: argparse.Namespace) -> Any:
 
     items, claims = _claimed(args)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; the batch splits over the ranks
+    # --epochs sets steps once the data is read: until then the file's steps must not fail the warmup check
+    items += [f"steps={sys.maxsize}"] if args.epochs is not None else []
     config = TrainConfig.load(args.config, [*args.overrides, *items])
     if args.batch_size is not None:
         (m, n), typed = args.batch_size, claims[BATCH_KEYS[0]]
