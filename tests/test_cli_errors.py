@@ -163,6 +163,21 @@ for bad in ("folder", "latin1.json"):
         ["concepts", str(w.data.parent / "images/concept0_0.png"), "--model", str(w.model), "--labels",
          str(w.root / b)], b))
 case("train: unknown config key")(lambda w, t, s: (["train", "--config", str(w.config), "loss.alpah=1"], "loss.alpah"))
+case("train: a typo in a key")(lambda w, t, s: (["train", "--config", str(w.config), "stpes=10"],
+                                                "unknown key 'stpes'; did you mean 'steps'?"))
+case("train: warmup >= steps")(lambda w, t, s: (["train", "--config", str(w.config), "--steps", "3", "--warmup", "3"],
+                                                "warmup = 3 >= steps = 3"))
+case("train: a batch larger than the data")(lambda w, t, s: (
+    ["train", "--config", str(w.config), "--batch-size", "9x2"], "--batch-size 9x2: the dataset has 6 train groups"))
+case("compare: --pairs naming no model")(lambda w, t, s: (
+    ["compare", "--models", f"a={w.model}", f"b={w.model}", "--pairs", "a-c", "--data", str(w.test_set), "--out",
+     str(t / "cmp")], "--pairs a-c: names no two different models"))
+case("compare: --baseline naming no model")(lambda w, t, s: (
+    ["compare", "--models", f"a={w.model}", "--baseline", "c", "--data", str(w.test_set), "--out", str(t / "cmp")],
+    "--baseline c: not a name of --models"))
+case("compare: two models of one name")(lambda w, t, s: (
+    ["compare", "--models", f"a={w.model}", f"a={w.data}", "--data", str(w.test_set), "--out", str(t / "cmp")],
+    "--models names 'a' twice"))
 case("train: lr=-1")(lambda w, t, s: (["train", "--config", str(w.config), "lr=-1"], "train.json: lr = -1.0"))
 case("train: lr=NaN")(lambda w, t, s: (["train", "--config", str(w.config), "lr=NaN"], "train.json: lr = nan"))
 case("train: steps=1.5")(lambda w, t, s: (["train", "--config", str(w.config), "steps=1.5"], "steps = 1.5"))
@@ -552,7 +567,7 @@ def test_a_dropped_unknown_hard_negative_is_counted_in_the_train_result(world, t
     raw = json.loads(world.data.read_text())
     raw[0]["hard_negative"] += ["no-such-concept", "nor-this"]
     (world.data.parent / "unknown.json").write_text(json.dumps(raw))
-    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1))
+    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1, warmup=0))
     assert result["unknown_hard_negatives"] == 2
 
 
@@ -561,8 +576,38 @@ def test_allow_outside_root_lets_train_and_validate_use_such_ids(world, tmp_path
     shutil.copy(world.data.parent / "images" / "concept0_0.png", outside)
     data = dataset_with(world, tmp_path, str(outside))
     assert main(["validate", str(data), "--allow-outside-root"]) == 0
-    result = train(tiny_config(world, tmp_path / "out", data=str(data), steps=1, allow_outside_root=True))
+    result = train(tiny_config(world, tmp_path / "out", data=str(data), steps=1, warmup=0, allow_outside_root=True))
     assert result["step"] == 1
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "--model", "clearglass-mini", "--data", "{data}", "--out", "{tmp}/r.json"],
+    ["compare", "--models", "clearglass-mini", "default", "--data", "{data}", "--out", "{tmp}/cmp"],
+    ["concepts", "{image}", "--labels", "{labels}", "--model", "clearglass-mini"],
+    ["train", "--train-data", "{data}", "--steps", "5", "--warmup", "1", "--out", "{tmp}/run"],
+])
+def test_cuda_without_a_gpu_names_the_device_not_a_model(tmp_path, capsys, monkeypatch, command):
+    """clearglass-mini's base is another spec: a model moved to a missing GPU used to blame that base's spec."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_tiny_magic(tmp_path / "data", concepts=4, images_per_concept=2, held_out=0)
+    (tmp_path / "labels.txt").write_text("red\nblue\n")
+    values = {"data": tmp_path / "data" / "magic.json", "tmp": tmp_path, "labels": tmp_path / "labels.txt",
+              "image": tmp_path / "data" / "images" / "concept0_0.png"}
+    assert main([part.format(**values) for part in command] + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert f"clearglass {command[0]}: error: device 'cuda': " in err and "model spec" not in err
+    assert "use --device auto or cpu" in err
+
+
+def test_every_command_defaults_to_the_auto_device():
+    from clearglass.cli import build_parser
+    from clearglass.cli.train import training_config
+
+    parser = build_parser()
+    for argv in (["eval", "--model", "m", "--data", "d.json", "--out", "r.json"],
+                 ["compare", "--models", "m", "--data", "d.json", "--out", "o"], ["concepts", "x.png"]):
+        assert parser.parse_args(argv).device == "auto"
+    assert training_config(parser.parse_args(["train"])).device == "auto"
 
 
 def test_version_and_help(capsys):
@@ -579,7 +624,7 @@ def test_version_and_help(capsys):
     for command in ("validate", "stats", "eval", "compare", "concepts"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        assert f"example: clearglass {command} " in capsys.readouterr().out, command
+        assert re.search(rf"examples?:\s+clearglass {command} ", capsys.readouterr().out), command
 
 
 def hostile_rerun() -> Counter:

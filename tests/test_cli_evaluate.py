@@ -207,3 +207,82 @@ def test_the_console_stays_quiet_while_models_load(tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.splitlines()[0] == str(tmp_path / "red.png")
+
+
+TINY = ["--fields", "concept_level1", "--levels", "1", "2", "--tasks", "recognition", "zero_shot", "--device", "cpu",
+        *COMMON]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    """Two tiny open_clip checkpoints of different weights."""
+    from tiny_magic import write_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    return write_tiny_model(root / "a.pt", seed=0), write_tiny_model(root / "b.pt", seed=1)
+
+
+def test_compare_names_models_and_differences_against_a_baseline_or_pairs(tmp_path, tiny_models):
+    data = write_test_set(tmp_path)
+    a, b = (str(p) for p in tiny_models)
+    out = tmp_path / "baseline"
+    assert main(["compare", "--models", f"base={a}", f"other={b}", a, "--baseline", "other", "--data", str(data),
+                 "--out", str(out), *TINY]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["models"] == ["base", "other", a] and saved["results"]["other"]["model"] == b
+    assert {(d["model"], d["baseline"]) for d in saved["differences"]} == {("base", "other"), (a, "other")}
+    md = (out / "report.md").read_text()
+    assert f"| base | other | {a} |" in md and f"Models: base = `{a}`; other = `{b}`." in md
+    assert "## base vs other" in md and "## Paired differences vs other" in md
+    assert "other" in (out / "report.html").read_text()
+    out = tmp_path / "pairs"
+    assert main(["compare", "--models", f"base={a}", f"base-2={b}", f"x={a}", "--pairs", "base-2-base", "x-base-2",
+                 "--data", str(data), "--out", str(out), *TINY]) == 0
+    pairs = [(d["model"], d["baseline"]) for d in json.loads((out / "results.json").read_text())["differences"]]
+    assert list(dict.fromkeys(pairs)) == [("base-2", "base"), ("x", "base-2")]  # split at the '-' that names two
+
+
+def test_compare_at_paper_scores_each_open_clip_baseline_in_turn(tmp_path, monkeypatch):
+    """`--models @paper` loads each preset through open_clip (its download mocked: a tiny model of the preset's
+    name), evaluates it and frees it before the next loads; the report names every preset."""
+    import gc
+    import weakref
+
+    import open_clip
+
+    from clearglass.model_sets import ModelSet
+    from clearglass.models import register_open_clip_config
+    from tiny_magic import TINY_MODEL_CONFIG
+
+    tiny = register_open_clip_config("clearglass-test-tiny", TINY_MODEL_CONFIG)
+    create_model, get_tokenizer = open_clip.create_model, open_clip.get_tokenizer
+    loaded, alive = [], []
+
+    def create_model_and_transforms(name, pretrained=None, device="cpu", **kwargs):
+        gc.collect()
+        assert not any(ref() is not None for ref in alive), "the previous model is still in memory"
+        loaded.append((name, pretrained))
+        model = create_model(tiny, device=device)
+        alive.append(weakref.ref(model))
+        return model, *(open_clip.image_transform(32, is_train) for is_train in (True, False))
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create_model_and_transforms)
+    monkeypatch.setattr(open_clip, "get_tokenizer", lambda name, **kwargs: get_tokenizer(tiny))
+    data = write_test_set(tmp_path)
+    out = tmp_path / "paper"
+    assert main(["compare", "--models", "@paper", "--data", str(data), "--out", str(out), *TINY]) == 0
+    presets = ModelSet.load("paper").models
+    assert loaded == [tuple(spec.split(":")[1:]) for spec in presets.values()] and len(presets) == 6
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["models"] == list(presets) and {r["model"] for r in saved["results"].values()} == set(
+        presets.values())
+    md = (out / "report.md").read_text()
+    assert "| " + " | ".join(presets) + " |" in md and "open_clip:ViT-B-32:openai" in md
+
+
+def test_compare_help_names_the_model_sets_and_what_open_clip_lacks(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = capsys.readouterr().out
+    assert "@paper" in text and "clip_b32 = open_clip:ViT-B-32:openai" in text
+    assert "not included: NegCLIP" in text and "not included: CE-CLIP" in text

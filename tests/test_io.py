@@ -16,7 +16,7 @@ from PIL import Image
 
 from clearglass.errors import ClearglassError
 from clearglass.io import (check_image, check_writable, load_image, load_torch, read_json, read_text,
-                           remove_orphan_temps, save_torch_atomic, write_json_atomic)
+                           remove_orphan_temps, resolve_device, save_torch_atomic, write_json_atomic)
 
 RGB = np.random.default_rng(0).integers(0, 256, (6, 7, 3)).astype(np.uint8)  # the 8-bit originals
 RGB[0, 0], RGB[0, 1] = 0, 255  # full range
@@ -261,3 +261,17 @@ def test_exif_orientation_turns_the_image_upright(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     image.save(tmp_path / "photo.jpg", exif=exif)
     assert load_image(tmp_path / "photo.jpg").size == (2, 6)
+
+
+def test_resolve_device_refuses_a_cuda_device_torch_cannot_use(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ClearglassError, match="device 'cuda': .*; use --device auto or cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert (resolve_device("auto"), resolve_device("cuda:0")) == (torch.device("cuda"), torch.device("cuda:0"))
+    with pytest.raises(ClearglassError, match=r"device 'cuda:1': torch sees 1 CUDA GPU\(s\), numbered from 0"):
+        resolve_device("cuda:1")
+    with pytest.raises(ClearglassError, match="device 'gpu'"):
+        resolve_device("gpu")

@@ -13,6 +13,7 @@ from clearglass.errors import ClearglassError
 from clearglass.evaluate import EvalConfig, bootstrap, evaluate_model
 from clearglass.report import (
     compare,
+    compared_pairs,
     default_measures,
     fmt_pct,
     headline_table,
@@ -180,6 +181,26 @@ def test_report_of_several_models_has_a_table_per_method(results, tmp_path):
     md = write_report(three, tmp_path)["markdown"].read_text()
     assert md.index("## random vs onehot") < md.index("## again vs onehot") < md.index("## Results")
     assert md.count("| measure |") == 2
+
+
+def test_explicit_pairs_are_their_own_two_model_comparisons(results, tmp_path):
+    three = {"onehot": results["onehot"], "random": results["random"], "again": results["random"]}
+    pairs = [("onehot", "random"), ("again", "onehot")]
+    out = compare(three, pairs=pairs)
+    assert compared_pairs(out) == pairs and out["models"] == list(three)
+    for model, baseline in pairs:  # each pair as compare() of the baseline then the model (the default pairing)
+        alone = compare({baseline: three[baseline], model: three[model]})["differences"]
+        assert [d for d in out["differences"] if (d["model"], d["baseline"]) == (model, baseline)] == alone
+    assert compare(three) == compare(three, pairs=[("random", "onehot"), ("again", "onehot")])
+    md = write_report(out, tmp_path / "two")["markdown"].read_text()
+    assert md.index("## onehot vs random") < md.index("## again vs onehot") < md.index("## Paired differences\n")
+    one_baseline = compare(three, pairs=[("onehot", "random"), ("again", "random")])
+    assert "## Paired differences vs random\n" in write_report(one_baseline, tmp_path / "one")["markdown"].read_text()
+    for bad, message in [([("onehot", "onehot")], "expected two different models"),
+                         ([("onehot", "nobody")], "'onehot' - 'nobody'"),
+                         ([("again", "random"), ("again", "random")], "a pair is listed twice")]:
+        with pytest.raises(ClearglassError, match=message):
+            compare(three, pairs=bad)
 
 
 def test_markdown_table_marks_missing_metrics(results):

@@ -59,7 +59,7 @@ def test_shipped_configs_load_and_overrides_parse():
                                                   "pretrain.steps=3"])
     assert (config.loss.alpha, config.loss.inner, config.data, config.lr, config.pretrain.steps) == (0.5, None, "x.json",
                                                                                                       1.0, 3)
-    with pytest.raises(ClearglassError, match=r"unknown key\(s\) \['loss.alpah'\]"):
+    with pytest.raises(ClearglassError, match=r"unknown key 'loss.alpah'; did you mean 'loss.alpha'\?"):
         TrainConfig.load("default-grouped", ["loss.alpah=0.5"])
     with pytest.raises(ClearglassError, match="steps = 'many'"):
         TrainConfig.load("default-grouped", ["steps=many"])
@@ -156,7 +156,7 @@ def test_non_finite_loss_stops_with_the_step_and_terms_and_writes_no_nan_checkpo
 def test_clip_baseline_and_caption_pretraining_stage(dataset, tmp_path):
     result = train(tiny_config(dataset, tmp_path / "clip", steps=2, **{"loss.kind": "clip"}))
     assert result["step"] == 2 and "inner_loss" not in result["metrics"]
-    config = tiny_config(dataset, tmp_path / "pre", steps=1, **{"pretrain.steps": 2, "pretrain.batch_size": 8,
+    config = tiny_config(dataset, tmp_path / "pre", steps=1, warmup=0, **{"pretrain.steps": 2, "pretrain.batch_size": 8,
                                                                       "lock.lock_text": False})
     records = [json.loads(ln) for ln in Path(train(config)["metrics_path"]).read_text().splitlines()]
     assert [r["stage"] for r in records] == ["pretrain", "pretrain", "main"]
@@ -279,7 +279,7 @@ def test_self_regularisation_copy_is_made_only_when_on_and_shares_frozen_weights
     assert any(p.requires_grad for p in live.values()) and any(not p.requires_grad for p in live.values())
     with pytest.raises(ClearglassError, match=r"self_reg_features='text' regularises the text features, but no "
                                               r"parameter behind them is trainable"):
-        train(tiny_config(dataset, tmp_path / "locked", steps=1, **{"loss.self_reg": 0.1,
+        train(tiny_config(dataset, tmp_path / "locked", steps=1, warmup=0, **{"loss.self_reg": 0.1,
                                                                       "loss.self_reg_features": "text"}))
     with pytest.raises(ClearglassError, match=r"self_reg = -1.0: expected a weight >= 0"):
         tiny_config(dataset, tmp_path / "x", **{"loss.self_reg": -1.0})
@@ -291,7 +291,7 @@ def test_self_regularisation_of_cached_text_features_reuses_the_cache(dataset, t
     """With the frozen MiniLM's outputs cached, the base reads the same store: its text features cost a projection.
     The default model's ResNet has batch norm: the base uses the batch's statistics as the model does (0 at the
     first step) and its own state, running statistics included, never changes."""
-    config = tiny_config(dataset, tmp_path / "cached", steps=2, model="default",
+    config = tiny_config(dataset, tmp_path / "cached", steps=2, model="clearglass:scratch",
                          **{"lock.lock_text": True, "cache_text_features": True, "loss.self_reg": 1.0,
                             "loss.self_reg_features": "both"})
     run = Run(config)
@@ -300,3 +300,104 @@ def test_self_regularisation_of_cached_text_features_reuses_the_cache(dataset, t
     rows = [run.step(run.next_batch()) for _ in range(2)]
     assert rows[0]["self_reg_loss"] == pytest.approx(0.0, abs=1e-6) and rows[1]["self_reg_loss"] > 1e-6
     assert_same_weights(before, run.base.features.model.state_dict())
+
+
+def test_warmup_ends_before_its_stage_does():
+    assert TrainConfig(data="x", steps=10, warmup=9).warmup == 9
+    with pytest.raises(ClearglassError, match="warmup = 10 >= steps = 10"):
+        TrainConfig(data="x", steps=10, warmup=10)
+    with pytest.raises(ClearglassError, match="warmup = 3 >= steps = 3"):
+        TrainConfig.from_dict({"data": "x", "pretrain": {"steps": 3, "warmup": 3}})
+    assert TrainConfig.from_dict({"pretrain": {"steps": 0, "warmup": 0}}).pretrain.steps == 0
+
+
+def _train_args(*argv: str):
+    from clearglass.cli.train import training_config
+
+    return training_config(cli.build_parser().parse_args(["train", *argv]))
+
+
+def test_open_clip_style_flags_set_the_config_keys(dataset, tmp_path):
+    c = _train_args("--train-data", str(dataset), "--model", "m.pt", "--lr", "1e-3", "--steps", "20", "--warmup",
+                    "2", "--batch-size", "4x2", "--report-to", "tensorboard", "wandb", "--lock-image-unlocked-groups",
+                    "2", "--precision", "bf16", "--device", "cpu", "--seed", "7", "--out", str(tmp_path / "r"),
+                    "loss.alpha=0.5", "caption_field=old_captions")
+    assert (c.data, c.model, c.lr, c.steps, c.warmup, c.groups_per_batch, c.pairs_per_group) == (
+        str(dataset), "m.pt", 1e-3, 20, 2, 4, 2)
+    assert (c.report_to, c.lock.lock_image, c.lock.lock_image_unlocked_layers, c.precision, c.device, c.seed) == (
+        ["tensorboard", "wandb"], True, 2, "bf16", "cpu", 7)
+    assert (c.out, c.loss.alpha, c.caption_field) == (str(tmp_path / "r"), 0.5, "old_captions")
+    assert _train_args("--dataset", "d.json", "report_to=tensorboard").report_to == ["tensorboard"]
+    assert _train_args("--dataset", "d.json", "--lock-image").lock.lock_image
+    defaults = TrainConfig.load("default-grouped")
+    assert _train_args().to_dict() == defaults.to_dict()  # no flag: the default config as it is
+
+
+def test_epochs_are_steps_of_the_datasets_batches(dataset):
+    # 6 train groups, one anchor a batch: 6 grouped batches an epoch; 18 train images: 3 CLIP batches of 5
+    c = _train_args("--train-data", str(dataset), "--batch-size", "4x2", "--epochs", "2", "--warmup", "1")
+    assert (c.steps, c.groups_per_batch, c.pairs_per_group) == (12, 4, 2)
+    c = _train_args("--config", "default-clip", "--train-data", str(dataset), "--batch-size", "5", "--epochs", "1",
+                    "--warmup", "1")
+    assert (c.steps, c.groups_per_batch, c.pairs_per_group) == (3, 5, 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "7x2", "--steps", "5", "--warmup", "1"],
+     "--batch-size 7x2: the dataset has 6 train groups; a batch needs groups_per_batch = 7"),
+    (["--config", "default-clip", "--batch-size", "19"], "--batch-size 19: the dataset has 18 train images"),
+    (["--batch-size", "8"], "--batch-size 8: loss.kind 'grouped' trains on M groups x N pairs"),
+    (["--config", "default-clip", "--batch-size", "4x2"], "--batch-size 4x2: loss.kind 'clip' trains on random pairs"),
+    (["--epochs", "1", "--steps", "3"], "--epochs 1 and --steps 3 both set the run's length"),
+    (["--lr", "0.1", "lr=0.2"], "lr is set twice: by --lr 0.1 and by 'lr=0.2'"),
+    (["--batch-size", "4x2", "pairs_per_group=3"], "pairs_per_group is set twice: by --batch-size 4x2"),
+    (["--steps", "10"], "warmup = 50 >= steps = 10"),
+    (["--batch-size", "4x2", "--epochs", "1"], "--epochs 1 (= 6 steps, 6 batches an epoch): "),
+    (["--batch-size", "4x2", "--epochs", "1"], "default-grouped.json: warmup = 50 >= steps = 6"),
+    (["stpes=10"], "unknown key 'stpes'; did you mean 'steps'?"),
+])
+def test_contradicting_flags_exit_2_before_a_model_loads(dataset, capsys, monkeypatch, argv, message):
+    import clearglass.train.run as run_module
+
+    monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert cli.main(["train", "--train-data", str(dataset), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_batch_the_data_cannot_fill_fails_before_the_model_loads(dataset, tmp_path, monkeypatch):
+    import clearglass.train.run as run_module
+
+    monkeypatch.setattr(run_module, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(ClearglassError, match="a batch needs groups_per_batch = 7"):
+        train(tiny_config(dataset, tmp_path / "big", groups_per_batch=7))
+
+
+def test_train_help_lists_every_config_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert e.value.code == 0 and "--batch-size" in text and "--lock-image-unlocked-groups" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if " = " in line and line.startswith("  ")}
+    for key, _, default in TrainConfig.key_defaults():
+        assert f" = {json.dumps(default)}  (" in lines[key]
+
+
+def test_cli_train_with_open_clip_flags_end_to_end(dataset, tmp_path, capsys):
+    out = tmp_path / "flags"
+    assert cli.main(["train", "--dataset", str(dataset), "--model", str(dataset.parent / "tiny-model.pt"),
+                     "--batch-size", "4x2", "--epochs", "1", "--warmup", "1", "--lr", "1e-3", "--seed", "1",
+                     "--device", "cpu", "--lock-image-unlocked-groups", "1", "--out", str(out), "log_every=2",
+                     "checkpoint_every=100"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["step"] == 6 and Path(result["checkpoint"]) == out / "checkpoints/step_000006.pt"
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["steps"], saved["groups_per_batch"], saved["pairs_per_group"], saved["seed"], saved["lr"]) == (
+        6, 4, 2, 1, 1e-3)
+    assert saved["lock"]["lock_image"] and saved["lock"]["lock_image_unlocked_layers"] == 1
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+
+
+def test_epochs_check_the_warmup_against_their_own_steps(dataset):
+    c = _train_args("--train-data", str(dataset), "--batch-size", "4x2", "--epochs", "100", "--warmup", "550")
+    assert (c.steps, c.warmup) == (600, 550)  # the config file's 500 steps are not what warmup is checked against

@@ -2,8 +2,11 @@
 
 * Types come from ``typing.get_type_hints``: bool, int, float (an int is accepted), str, ``Literal[...]``,
   ``X | None``, ``list[X]``, ``dict[str, X]``, ``Any`` and nested config dataclasses.
-* Unknown keys and wrong types are a ``ClearglassError`` naming the file and the dotted key.
-* Files hold nested JSON; dotted ``key=value`` items are command-line overrides only (:func:`apply_override`).
+* Unknown keys and wrong types are a ``ClearglassError`` naming the file and the dotted key, with the closest known
+  key ("did you mean").
+* Files hold nested JSON; dotted ``key=value`` items are command-line overrides only (:func:`apply_override`), read
+  against the field's type: a plain string needs no JSON quotes, and a scalar given for a list key is that list of
+  one.
 * Each config validates itself in one place, its ``validate()`` method, which runs whenever one is made (also
   in code, through ``__post_init__``); the loader prefixes its message with the file.
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -55,23 +59,105 @@ class Config:
                 raise ClearglassError(f"config {str(path)!r}: no such file, and not one of {known}")
         raw = read_json(path, f"{cls.__name__} file", dict)
         for item in overrides or []:
-            apply_override(raw, item)
+            apply_override(raw, item, cls)
         return cls.from_dict(raw, str(path))
 
     def to_dict(self) -> dict:
         """Nested JSON data."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
+    @classmethod
+    def key_defaults(cls) -> list[tuple[str, str, Any]]:
+        """Every dotted key of a default-constructible config with its type (as text) and default value."""
+        return _key_defaults(cls(), "")
 
-def apply_override(raw: dict, item: str) -> None:
-    """Set ``a.b=value`` in nested dict ``raw``; value is a JSON literal, or a plain string when it is not one."""
+
+def _key_defaults(config: Any, prefix: str) -> list[tuple[str, str, Any]]:
+    hints = typing.get_type_hints(type(config))
+    out = []
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _key_defaults(value, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, _describe(hints[f.name]), value))
+    return out
+
+
+def _suggestion(key: str, known: list[str]) -> str:
+    """"did you mean 'steps'?" for dotted ``key`` (difflib's closest of the ``known`` keys of its section), else
+    the known keys."""
+    *parents, last = key.split(".")
+    close = difflib.get_close_matches(last, known, n=1)
+    return f"did you mean {'.'.join([*parents, close[0]])!r}?" if close else f"expected one of {known}"
+
+
+def _options(annotation: Any) -> tuple:
+    """The members of a union annotation, or the annotation alone."""
+    return typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+
+
+def _dataclass_of(annotation: Any) -> type | None:
+    """The config dataclass an annotation holds (``X`` or ``X | None``), else None."""
+    return next((a for a in _options(annotation) if dataclasses.is_dataclass(a)), None)
+
+
+def _key_annotation(cls: type, key: str, item: str) -> Any:
+    """The annotation of dotted ``key`` in config class ``cls`` (``Any`` below a dict or ``Any`` field); an unknown
+    key is an error naming the closest known key."""
+    annotation: Any = cls
+    parts = key.split(".")
+    i = 0
+    while i < len(parts):
+        section = _dataclass_of(annotation)
+        if section is None:
+            if annotation is Any:
+                return Any
+            if typing.get_origin(annotation) is dict:  # the part is a free key of the dict, then its value type
+                annotation, i = typing.get_args(annotation)[1], i + 1
+                continue
+            raise ClearglassError(f"override {item!r}: {'.'.join(parts[:i])!r} is a value, not a section")
+        names = [f.name for f in dataclasses.fields(section) if f.init]
+        if parts[i] not in names:
+            key_so_far = ".".join(parts[:i + 1])
+            raise ClearglassError(f"override {item!r}: unknown key {key_so_far!r}; {_suggestion(key_so_far, names)}")
+        annotation, i = typing.get_type_hints(section)[parts[i]], i + 1
+    return annotation
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    try:
+        _coerce(value, annotation, "", "")
+    except ClearglassError:
+        return False
+    return True
+
+
+def _override_value(text: str, annotation: Any) -> Any:
+    """The value of an override's text for a field of type ``annotation``: its JSON literal, else the text itself;
+    a scalar for a list field becomes a list of one; what fits no reading stays the JSON literal (in a list for a
+    list field), whose type error the loader names."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = text
+    readings, fallback = [parsed, text], parsed
+    if any(typing.get_origin(a) is list for a in _options(annotation)) and parsed is not None \
+            and not isinstance(parsed, (list, dict)):
+        readings, fallback = [*readings, [parsed], [text]], [parsed]
+    return next((v for v in readings if _fits(v, annotation)), fallback)
+
+
+def apply_override(raw: dict, item: str, cls: type) -> None:
+    """Set ``a.b=value`` in nested dict ``raw`` of config class ``cls``, the value read for the key's type
+    (:func:`_override_value`); an unknown key names the closest known one."""
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ClearglassError(f"override {item!r}: expected key=value, e.g. loss.alpha=0.5")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
+    value = _override_value(text, _key_annotation(cls, key, item))
     *parents, last = key.split(".")
     node = raw
     for p in parents:
@@ -98,7 +184,8 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(raw) - set(names))
     if unknown:
-        raise ClearglassError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}: expected some of {names}")
+        raise ClearglassError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}; "
+                              f"{_suggestion(prefix + unknown[0], names)}")
     kwargs = {name: _coerce(raw[name], hints[name], source, f"{prefix}{name}") for name in names if name in raw}
     try:
         return cls(**kwargs)

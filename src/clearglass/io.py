@@ -298,15 +298,24 @@ def refuse_overwriting(out: str | os.PathLike, inputs: dict[str, str | os.PathLi
 
 
 def resolve_device(device: str) -> torch.device:
-    """A torch device; ``auto`` is CUDA when available, else the CPU."""
+    """A torch device; ``auto`` is CUDA when available, else the CPU. A CUDA device torch cannot use is an error
+    naming the device (not the model that would have failed to move to it)."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as e:
         raise ClearglassError(f"device {device!r}: {e}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise ClearglassError(f"device {device!r}: {why}; use --device auto or cpu (device= in a train config)")
+        if resolved.index is not None and resolved.index >= count:
+            raise ClearglassError(f"device {device!r}: torch sees {count} CUDA GPU(s), numbered from 0")
+    return resolved
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -37,43 +37,57 @@ def _key(row: dict) -> tuple[str, str, str]:
     return (row["task"], row["subset"], row["metric"])
 
 
-def compare(results_by_model: dict[str, dict], n_boot: int | None = None, seed: int | None = None) -> dict:
-    """Side-by-side results, and per metric the paired difference of each model minus the first (same items
-    resampled for both) with its bootstrap interval."""
+def compare(results_by_model: dict[str, dict], n_boot: int | None = None, seed: int | None = None,
+            pairs: list[tuple[str, str]] | None = None) -> dict:
+    """Side-by-side results, and per metric the paired difference of each ``(model, baseline)`` pair, model minus
+    baseline (same items resampled for both), with its bootstrap interval. ``pairs`` default: each model against
+    the first."""
     if len(results_by_model) < 1:
         raise ClearglassError("compare needs at least one model's results")
     names = list(results_by_model)
-    base_name, base = names[0], results_by_model[names[0]]
-    n_boot = n_boot if n_boot is not None else base["config"]["n_boot"]
-    seed = seed if seed is not None else base["config"]["seed"]
-    level = base["config"]["ci_level"]
-    differences = []
-    for name in names[1:]:
-        other = results_by_model[name]
-        if other["test_set_hash"] != base["test_set_hash"]:
-            raise ClearglassError(f"model {name!r} was evaluated on test set {other['test_set_hash']}, "
-                                  f"{base_name!r} on {base['test_set_hash']}: compare needs the same test set")
-        theirs = {_key(r): r for r in other["metrics"]}
-        for row in base["metrics"]:
-            if _key(row) not in theirs:
-                continue
-            group = f"{row['task']}/{row['subset']}"
-            a_items, b_items = base["per_item"][group], other["per_item"][group]
-            if a_items["items_hash"] != b_items["items_hash"]:
-                raise ClearglassError(f"{group}: model {name!r} saw different items than {base_name!r} "
-                                      "(different k, seed, template or data); cannot pair them")
-            stat_a = metric_stat(row["stat"], {k: np.asarray(v) for k, v in a_items["arrays"].items()})
-            stat_b = metric_stat(row["stat"], {k: np.asarray(v) for k, v in b_items["arrays"].items()})
-
-            def diff(idx: np.ndarray, stat_a=stat_a, stat_b=stat_b) -> np.ndarray:
-                return stat_b(idx) - stat_a(idx)
-
-            value = theirs[_key(row)]["value"] - row["value"]
-            low, high = bootstrap(diff, row["n"], n_boot, seed, level)
-            differences.append({"model": name, "baseline": base_name, "task": row["task"], "subset": row["subset"],
-                                "metric": row["metric"], "value": value, "ci_low": low, "ci_high": high,
-                                "n": row["n"]})
+    pairs = [(name, names[0]) for name in names[1:]] if pairs is None else [(a, b) for a, b in pairs]
+    for model, baseline in pairs:
+        if model not in results_by_model or baseline not in results_by_model or model == baseline:
+            raise ClearglassError(f"pair {model!r} - {baseline!r}: expected two different models of {names}")
+    if len(set(pairs)) != len(pairs):
+        raise ClearglassError(f"pairs {pairs}: a pair is listed twice")
+    config = results_by_model[names[0]]["config"]
+    n_boot = n_boot if n_boot is not None else config["n_boot"]
+    seed = seed if seed is not None else config["seed"]
+    differences = [d for model, baseline in pairs
+                   for d in _differences(results_by_model, model, baseline, n_boot, seed, config["ci_level"])]
     return {"models": names, "results": results_by_model, "differences": differences}
+
+
+def _differences(results_by_model: dict[str, dict], name: str, base_name: str, n_boot: int, seed: int,
+                 level: float) -> list[dict]:
+    """Per metric both models have: model ``name`` minus ``base_name`` with its paired bootstrap interval."""
+    base, other = results_by_model[base_name], results_by_model[name]
+    if other["test_set_hash"] != base["test_set_hash"]:
+        raise ClearglassError(f"model {name!r} was evaluated on test set {other['test_set_hash']}, "
+                              f"{base_name!r} on {base['test_set_hash']}: compare needs the same test set")
+    theirs = {_key(r): r for r in other["metrics"]}
+    differences = []
+    for row in base["metrics"]:
+        if _key(row) not in theirs:
+            continue
+        group = f"{row['task']}/{row['subset']}"
+        a_items, b_items = base["per_item"][group], other["per_item"][group]
+        if a_items["items_hash"] != b_items["items_hash"]:
+            raise ClearglassError(f"{group}: model {name!r} saw different items than {base_name!r} "
+                                  "(different k, seed, template or data); cannot pair them")
+        stat_a = metric_stat(row["stat"], {k: np.asarray(v) for k, v in a_items["arrays"].items()})
+        stat_b = metric_stat(row["stat"], {k: np.asarray(v) for k, v in b_items["arrays"].items()})
+
+        def diff(idx: np.ndarray, stat_a=stat_a, stat_b=stat_b) -> np.ndarray:
+            return stat_b(idx) - stat_a(idx)
+
+        value = theirs[_key(row)]["value"] - row["value"]
+        low, high = bootstrap(diff, row["n"], n_boot, seed, level)
+        differences.append({"model": name, "baseline": base_name, "task": row["task"], "subset": row["subset"],
+                            "metric": row["metric"], "value": value, "ci_low": low, "ci_high": high,
+                            "n": row["n"]})
+    return differences
 
 
 def markdown_table(results_by_model: dict[str, dict]) -> str:
@@ -285,31 +299,31 @@ def _shown_path(path: str, out_dir: Path) -> str:
         return path
 
 
-def baseline_and_methods(comparison: dict) -> tuple[str, list[str]]:
-    """The baseline of a ``compare`` output and the models compared with it, in order."""
-    differences = comparison["differences"]
-    baseline = differences[0]["baseline"] if differences else next(iter(comparison["results"]))
-    return baseline, list(dict.fromkeys(d["model"] for d in differences))
+def compared_pairs(comparison: dict) -> list[tuple[str, str]]:
+    """The ``(model, baseline)`` pairs of a ``compare`` output, in order."""
+    return list(dict.fromkeys((d["model"], d["baseline"]) for d in comparison["differences"]))
 
 
 def headline_sections(comparison: dict, measures: list[Measure] | None = None) -> list[dict]:
-    """What report.md and report.html open with: per compared model a ``heading`` (empty when there is one),
-    the headline ``table`` (``headline_cells``) and the ``verdict`` sentences; the baseline's table alone when
-    nothing is compared. ``measures`` default to ``default_measures`` of the baseline."""
-    baseline, methods = baseline_and_methods(comparison)
-    measures = measures or default_measures(comparison["results"][baseline])
-    if not methods:
-        return [{"heading": "", "table": headline_cells(comparison, baseline, None, measures), "verdict": ""}]
-    return [{"heading": f"{method} vs {baseline}" if len(methods) > 1 else "",
+    """What report.md and report.html open with: per compared pair a ``heading`` (empty when there is one pair),
+    the headline ``table`` (``headline_cells``) and the ``verdict`` sentences; the first model's table alone when
+    nothing is compared. ``measures`` default to ``default_measures`` of the (first) baseline."""
+    pairs = compared_pairs(comparison)
+    if not pairs:
+        first = next(iter(comparison["results"]))
+        measures = measures or default_measures(comparison["results"][first])
+        return [{"heading": "", "table": headline_cells(comparison, first, None, measures), "verdict": ""}]
+    measures = measures or default_measures(comparison["results"][pairs[0][1]])
+    return [{"heading": f"{method} vs {baseline}" if len(pairs) > 1 else "",
              "table": headline_cells(comparison, baseline, method, measures),
-             "verdict": verdict_sentences(comparison, baseline, method, measures)} for method in methods]
+             "verdict": verdict_sentences(comparison, baseline, method, measures)} for method, baseline in pairs]
 
 
 def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearglass evaluation",
                  intro: str = "", measures: list[Measure] | None = None) -> dict[str, Path]:
-    """Write ``results.json``, ``report.md`` and the plots for one results dict, or for a ``compare`` output (its
-    baseline is the first model). The report leads with the headline table of ``measures`` (default:
-    ``default_measures``) and the verdict, then the long tables."""
+    """Write ``results.json``, ``report.md`` and the plots for one results dict, or for a ``compare`` output. The
+    report leads with the headline table of ``measures`` (default: ``default_measures``) and the verdict per
+    compared pair, then the long tables."""
     out_dir = Path(out_dir)
     comparison = results if "differences" in results else compare({results["model"] or "model": results})
     by_model = comparison["results"]
@@ -317,8 +331,8 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     write_json_atomic(comparison, json_path)
     plots = write_plots(by_model, out_dir)
     differences = comparison["differences"]
-    baseline, _ = baseline_and_methods(comparison)
-    first = by_model[baseline]
+    baselines = list(dict.fromkeys(baseline for _, baseline in compared_pairs(comparison)))
+    first = by_model[baselines[0] if baselines else next(iter(by_model))]
     cfg = first["config"]
     d_corr = " (d_corr, a rank correlation, times 100)" if any(
         r["metric"] == "d_corr" for res in by_model.values() for r in res["metrics"]) else ""
@@ -337,7 +351,8 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
         parts.append("Skipped: " + "; ".join(f"{what} ({why})" for what, why in skipped.items()) + ".\n")
     parts.append("## Results\n\n" + markdown_table(by_model))
     if differences:
-        parts.append(f"## Paired differences vs {baseline}\n\n" + differences_table(differences, cfg["ci_level"]))
+        against = f" vs {baselines[0]}" if len(baselines) == 1 else ""
+        parts.append(f"## Paired differences{against}\n\n" + differences_table(differences, cfg["ci_level"]))
     if plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     md_path = out_dir / "report.md"

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels
 from clearglass.formats import FORMATS, load_test_set
 from clearglass.inference import score_concepts
-from clearglass.io import check_writable, read_text, refuse_overwriting, write_json_atomic
+from clearglass.io import check_writable, read_text, refuse_overwriting, resolve_device, write_json_atomic
 from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts, resolve_image_path
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.model_sets import ModelSet, model_set_names
 from clearglass.report import compare, headline_sections, write_report
+
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # a report name: no '/', ':' or '=' (those belong to specs)
 
 
 def _load(spec: str, device: str) -> ModelBundle:
     """The model of a spec; an untrained one says so on stderr, since its scores are chance level."""
+    device = resolve_device(device)  # before loading: a missing GPU is named as such
     try:
         bundle = load_model(spec, device=device)
     except ClearglassError:
@@ -33,12 +40,12 @@ def _load(spec: str, device: str) -> ModelBundle:
 
 
 def _encoder(spec: str, args: argparse.Namespace) -> ModelEncoder:
-    return ModelEncoder(_load(spec, args.device), batch_size=args.batch_size, device=args.device,
+    return ModelEncoder(_load(spec, args.device), batch_size=args.batch_size, device=resolve_device(args.device),
                         cache_dir=args.cache_dir)
 
 
 def _add_device_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help="torch device (default auto: CUDA when available, else the CPU)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -113,28 +120,92 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_models(entries: list[str]) -> dict[str, str]:
+    """``--models`` entries as report name -> model spec: NAME=SPEC, a bare SPEC (named by itself) or @SET (the
+    models of a shipped model set, in its order)."""
+    models: dict[str, str] = {}
+    for entry in entries:
+        if entry.startswith("@"):
+            if entry[1:] not in model_set_names():
+                raise ClearglassError(f"--models {entry}: no such model set; expected one of "
+                                      f"{['@' + n for n in model_set_names()]}")
+            named = list(ModelSet.load(entry[1:]).models.items())
+        else:
+            name, sep, spec = entry.partition("=")
+            named = [(name, spec)] if sep and NAME.fullmatch(name) else [(entry, entry)]
+        for name, spec in named:
+            if not spec:
+                raise ClearglassError(f"--models {entry}: expected NAME=SPEC with a model spec after '='")
+            if name in models:
+                raise ClearglassError(f"--models names {name!r} twice: give each model its own name (NAME=SPEC)")
+            models[name] = spec
+    return models
+
+
+def _pair(text: str, names: list[str]) -> tuple[str, str]:
+    """'A-B' -> (A, B): model A minus baseline B, split at the one '-' that leaves two model names."""
+    splits = [(text[:i], text[i + 1:]) for i, c in enumerate(text) if c == "-"]
+    found = [(a, b) for a, b in splits if a in names and b in names and a != b]
+    if len(found) != 1:
+        why = "is ambiguous" if found else "names no two different models"
+        raise ClearglassError(f"--pairs {text}: {why}; expected MODEL-BASELINE of the names {names}")
+    return found[0]
+
+
+def _pairs_of(args: argparse.Namespace, names: list[str]) -> list[tuple[str, str]]:
+    """The (model, baseline) pairs to difference: --pairs, or each model against --baseline (default the first)."""
+    if args.pairs:
+        return [_pair(text, names) for text in args.pairs]
+    baseline = args.baseline if args.baseline is not None else names[0]
+    if baseline not in names:
+        raise ClearglassError(f"--baseline {baseline}: not a name of --models; expected one of {names}")
+    return [(name, baseline) for name in names if name != baseline]
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    """`clearglass compare`: several models side by side, paired differences vs the first, report and plots."""
-    if len(set(args.models)) != len(args.models):
-        raise ClearglassError(f"--models lists a model twice: {args.models}")
+    """`clearglass compare`: several models side by side, paired differences (against a baseline or in the pairs
+    given), report and plots; the models load one at a time."""
+    import torch
+
+    models = _named_models(args.models)
+    names = list(models)
+    pairs = _pairs_of(args, names)
     check_writable(args.out, "comparison report", folder=True)
     concepts, root = test_set = _test_set(args)
     items = sample_gallery_images({"test": concepts}, seed=args.seed)
     labels = {lv: found for lv in (1, 2) if (found := level_labels(concepts, lv))}
     results, predictions = {}, {}
-    for spec in args.models:  # one model in memory at a time
+    for name, spec in models.items():  # one model in memory at a time: load, evaluate, free
         encoder = _encoder(spec, args)
-        results[spec] = _evaluate(spec, args, encoder, test_set)
+        results[name] = _evaluate(spec, args, encoder, test_set)
         if items and labels:
-            predictions[spec] = gallery_predictions(encoder, items, root, labels, args.template)
-    comparison = compare(results)
-    paths = write_report(comparison, args.out, title=args.title)
+            predictions[name] = gallery_predictions(encoder, items, root, labels, args.template)
+        del encoder
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    comparison = compare(results, pairs=pairs)
+    renamed = {name: spec for name, spec in models.items() if name != spec}
+    intro = "Models: " + "; ".join(f"{name} = `{spec}`" for name, spec in renamed.items()) + "." if renamed else ""
+    paths = write_report(comparison, args.out, title=args.title, intro=intro)
     if predictions:
         paths["gallery"] = write_gallery(args.out / "report.html", args.title, headline_sections(comparison), items,
                                          predictions, root)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
+
+
+def _model_sets_help() -> str:
+    """The shipped model sets for --help: names, specs and what each set lacks."""
+    lines = []
+    for set_name in model_set_names():
+        model_set = ModelSet.load(set_name)
+        lines.append(f"  @{set_name}: {model_set.description}:")
+        lines += [f"    {name} = {spec}" for name, spec in model_set.models.items()]
+        lines += [f"    not included: {name} ({why})" for name, why in model_set.unavailable.items()]
+    return "model sets (--models @NAME; each model loads through open_clip's own download, one at a time):\n" + \
+        "\n".join(lines)
 
 
 def _read_labels(path: Path) -> list[str]:
@@ -189,11 +260,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "compare", help="evaluate several models on one test set; write JSON, report.md, plots",
-        description="Score several models on the very same test items and report paired differences against the "
-                    "first: results.json, report.md and plots in the output folder.",
-        epilog="example: clearglass compare --models default runs/cg/checkpoints/step_000500.pt "
-               "--data data/emoji/magic.json --out reports/cg")
-    p.add_argument("--models", nargs="+", required=True, help="model specs; differences are against the first")
+        description=textwrap.fill("Score several models on the very same test items and report paired differences "
+                                  "against a baseline (default the first model) or in the pairs given: results.json, "
+                                  "report.md and plots in the output folder. Models are named NAME=SPEC; the names "
+                                  "label the report's columns.", 100),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  clearglass compare --models base=clearglass-mini cg=runs/cg/checkpoints/step_000500.pt "
+               "--data data/emoji/magic.json --out reports/cg\n  clearglass compare --models "
+               "cg=runs/cg/checkpoints/step_000500.pt @paper --baseline clip_b32 --data data/emoji/magic.json "
+               "--out reports/paper\n\n" + _model_sets_help())
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME=SPEC|SPEC|@SET",
+                   help="models to score: NAME=SPEC, a bare SPEC (named by itself), or @SET (see below)")
+    against = p.add_mutually_exclusive_group()
+    against.add_argument("--baseline", default=None, metavar="NAME",
+                         help="the model every other is differenced against (default: the first)")
+    against.add_argument("--pairs", nargs="+", default=None, metavar="MODEL-BASELINE",
+                         help="the paired differences to report instead, e.g. cg-base cg-clip_b32")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--title", default="clearglass model comparison", help="report title")
     _add_eval_options(p)

@@ -81,9 +81,12 @@ class PretrainConfig(Config):
     warmup: int = 0
 
     def validate(self) -> None:
-        """steps, warmup >= 0; batch_size >= 2; lr > 0."""
+        """steps, warmup >= 0; batch_size >= 2; lr > 0; a stage of steps ends after its warmup."""
         if self.steps < 0 or self.warmup < 0 or self.batch_size < 2 or self.lr <= 0:
             raise ClearglassError(f"expected steps >= 0, warmup >= 0, batch_size >= 2 and lr > 0, got {self}")
+        if self.steps and self.warmup >= self.steps:
+            raise ClearglassError(f"warmup = {self.warmup} >= steps = {self.steps}: the stage would end still warming "
+                                  "up; expected warmup < steps")
 
 
 @dataclass
@@ -159,6 +162,9 @@ class TrainConfig(Config):
         for name in ("warmup", "num_workers", "eval_every", "early_stop_patience"):
             if getattr(self, name) < 0:
                 raise ClearglassError(f"{name} = {getattr(self, name)}: expected >= 0")
+        if self.warmup >= self.steps:
+            raise ClearglassError(f"warmup = {self.warmup} >= steps = {self.steps}: training would end still warming "
+                                  "up; expected warmup < steps (set warmup, or more steps)")
         if self.anchors_per_batch is not None and self.anchors_per_batch < 1:
             raise ClearglassError(f"anchors_per_batch = {self.anchors_per_batch}: expected >= 1 or null")
         if self.synthetic_negatives.caption and self.loss.kind != "clip" and self.loss.outer == "centroid":

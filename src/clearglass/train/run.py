@@ -102,6 +102,28 @@ class Features(nn.Module):
         return image, text, negative
 
 
+def make_sampler(config: TrainConfig, index: cg_data.GroupIndex, rank: int = 0,
+                 world_size: int = 1) -> cg_data._EpochSampler:
+    """The main stage's batch sampler over ``index``: M x N groups for a grouped loss, M*N random pairs for the CLIP
+    loss; a dataset too small for one batch is an error naming the setting."""
+    c = config
+    if LOSSES[c.loss.kind].batches == "groups":
+        return cg_data.GroupBatchSampler(index, c.groups_per_batch, c.pairs_per_group, c.seed,
+                                         c.anchors_per_batch or world_size, rank, world_size)
+    return cg_data.RandomPairSampler(index, c.groups_per_batch * c.pairs_per_group, c.seed, rank, world_size)
+
+
+def batches_per_epoch(config: TrainConfig, world_size: int = 1) -> int:
+    """Global batches in one pass of the main stage's sampler over the train data of ``config.data`` (the unit of
+    an epoch); an error when the data cannot fill one batch."""
+    return len(make_sampler(config, _group_index(config, load_concepts(Path(config.data))), 0, world_size))
+
+
+def _group_index(config: TrainConfig, concepts: list) -> cg_data.GroupIndex:
+    """The train groups of ``concepts`` as the config reads them (caption field, N pairs, short-group policy)."""
+    return cg_data.GroupIndex(concepts, config.caption_field, config.pairs_per_group, config.short_groups)
+
+
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world_size, device); initialises the process group under torchrun (WORLD_SIZE > 1)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -158,7 +180,8 @@ class Run:
         self.concepts = concepts
         self.image_root = ImageRoot(Path(c.images) if c.images else dataset_image_root(self.data_path),
                                     c.allow_outside_root)
-        self.index = cg_data.GroupIndex(concepts, c.caption_field, c.pairs_per_group, c.short_groups)
+        self.index = _group_index(c, concepts)
+        self.sampler = make_sampler(c, self.index, self.rank, self.world_size)  # data too small: fails before loading
         s = c.synthetic_negatives
         self.negative_captions = CaptionNegatives(self.index, concepts, s.source, s.per_caption, c.seed,
                                                   s.specificity) if s.caption else None
@@ -183,17 +206,9 @@ class Run:
         c, bundle, pin = self.config, self.bundle, self.device.type == "cuda"
         dataset = cg_data.PairDataset(self.index, self.image_root, bundle.preprocess_train, bundle.tokenizer,
                                       c.cache_images, c.max_image_pixels)
-        if self.named_loss.batches == "groups":
-            anchors = c.anchors_per_batch or self.world_size
-            sampler: cg_data._EpochSampler = cg_data.GroupBatchSampler(
-                self.index, c.groups_per_batch, c.pairs_per_group, c.seed, anchors, self.rank, self.world_size)
-            n = c.pairs_per_group
-        else:
-            sampler = cg_data.RandomPairSampler(self.index, c.groups_per_batch * c.pairs_per_group, c.seed,
-                                                self.rank, self.world_size)
-            n = 1
+        n = c.pairs_per_group if self.named_loss.batches == "groups" else 1
         collate = cg_data.GroupCollate(n, self.index.level2_ids())
-        self.main = Source(cg_data.make_loader(dataset, sampler, collate, c.num_workers, pin), sampler,
+        self.main = Source(cg_data.make_loader(dataset, self.sampler, collate, c.num_workers, pin), self.sampler,
                            self._add_negatives if self.negative_captions is not None else None)
         self.pre = None
         if c.pretrain.steps:
