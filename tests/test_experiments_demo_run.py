@@ -218,3 +218,15 @@ def test_publish_copies_the_report_with_its_relative_links(quick_demo: tuple[Pat
     assert not (dest / "checkpoints").exists() and not (dest / "runs").exists()
     with pytest.raises(ClearglassError, match="publish copies a finished demo"):
         publish(tmp_path / "nothing", tmp_path / "x")
+
+
+def test_only_some_models_may_be_trained_but_never_without_the_baseline_and_method() -> None:
+    from clearglass.experiments.demo.run import chosen_models
+
+    config = DemoConfig.load("default")
+    assert chosen_models(config, None) == list(config.models)
+    assert chosen_models(config, ["clip", "clear_glass"]) == ["clip", "clear_glass"]
+    with pytest.raises(ClearglassError, match=r"must include the baseline and the method \['clear_glass'\]"):
+        chosen_models(config, ["clip"])
+    with pytest.raises(ClearglassError, match=r"no model \['nope'\]"):
+        chosen_models(config, ["clip", "clear_glass", "nope"])

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                       "'scratch' trains from scratch)")
     parser.add_argument("--search", default=None, metavar="GRID.json",
                         help="run this equal-effort grid on the validation split instead of the demo")
+    parser.add_argument("--only", nargs="+", default=None, metavar="MODEL",
+                        help="train and report only these models of the config (with its baseline and method)")
     parser.add_argument("--publish", default=None, metavar="PATH",
                         help="also copy the result: the demo's report, gallery, results JSON and plots into folder "
                              "PATH; a search's record to file PATH (the record the demo config names)")
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     config = "quick" if args.quick else args.config or "default"
     if args.steps is not None and not args.ablation:
         raise ClearglassError("--steps is only for --ablation (the demo's budget is in configs/demo/<config>.json)")
+    if args.only and (args.ablation or args.search):
+        raise ClearglassError("--only is for the demo, not --search or --ablation")
     if args.publish and args.ablation:
         raise ClearglassError("--publish is for the demo and the search, not --ablation")
     if args.ablation:
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from clearglass.experiments.demo.report import publish, status
     from clearglass.experiments.demo.run import run_demo
 
-    summary = run_demo(args.out, seeds=args.seeds, config_name=config)
+    summary = run_demo(args.out, seeds=args.seeds, config_name=config, only=args.only)
     print(summary["key_table"])
     for goal in summary["targets"]:
         print(f"{status(goal)}: {goal['target']}")

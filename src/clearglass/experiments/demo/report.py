@@ -216,7 +216,7 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     goals = targets(comparisons, baseline, method, models[0])
     plots = [p for subset in ("test_seen", "test_novel", "test_held_out") if subset in comparisons
              for p in write_plots(comparisons[subset]["results"], out / "plots" / subset, SPLIT_NAMES[subset])]
-    plots.append(loss_plot({m: Path(summary["training"][m][0]["metrics_path"]) for m in config["models"]},
+    plots.append(loss_plot({m: Path(runs[0]["metrics_path"]) for m, runs in summary["training"].items()},
                            {m: o["family"] for m, o in summary["models"].items()}, out / "plots" / "training_loss.png"))
     table = headline_table(comparisons, models, baseline, method)
     sentence = verdict_sentences(comparisons, baseline, method, measures(comparisons),

@@ -113,11 +113,27 @@ def harmonic_subset(base: dict, novel: dict, baseline: str, method: str) -> dict
             "differences": [d for d in hm["differences"] if d["baseline"] == baseline]}
 
 
-def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default", progress: bool = True) -> dict:
-    """Build, train, evaluate and report; returns the summary written to ``out/results.json``."""
+def chosen_models(config: DemoConfig, only: list[str] | None) -> list[str]:
+    """The models of the config to train: all, or ``only`` those (which must name the baseline and the method)."""
+    if only is None:
+        return list(config.models)
+    unknown = [m for m in only if m not in config.models]
+    missing = [m for m in (config.baseline, config.method) if m not in only]
+    if unknown or missing:
+        raise ClearglassError(f"--only {' '.join(only)}: " + (f"no model {unknown} in the config (it has "
+                              f"{list(config.models)})" if unknown else f"must include the baseline and the method "
+                                                                        f"{missing}"))
+    return list(dict.fromkeys(only))
+
+
+def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default", progress: bool = True,
+             only: list[str] | None = None) -> dict:
+    """Build, train, evaluate and report (every model of the config, or ``only`` those); returns the summary
+    written to ``out/results.json``."""
     if seeds < 1:
         raise ClearglassError(f"seeds = {seeds}: expected at least 1")
     config = DemoConfig.load(config_name)
+    names = chosen_models(config, only)
     record = read_search_record(config)
     out = Path(out)
     if out.is_file():
@@ -133,7 +149,7 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
     per_model[BASE].append(evaluator.evaluate(load_model(config.base), BASE))
     seed_list = list(range(config.train.get("seed", 0), config.train.get("seed", 0) + seeds))
     for seed in seed_list:
-        for name in config.models:
+        for name in names:
             result = train_model(config, name, record, paths["train"], out, seed)
             training[name].append({k: result[k] for k in ("step", "metrics", "seconds", "checkpoint", "metrics_path")})
             final = final_model(config, name, record, result["checkpoint"], out / "checkpoints" / f"{name}-seed{seed}.pt")
@@ -142,9 +158,11 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
     comparisons = compare_models(per_model, config.baseline, config.method, seeds)
     summary = {
         "command": f"clearglass demo --out {out} --seeds {seeds}" + (f" --config {config_name}"
-                                                                     if config_name != "default" else ""),
+                                                                     if config_name != "default" else "")
+                   + (f" --only {' '.join(names)}" if only else ""),
         "config_name": config_name, "config": config.to_dict(), "seeds": seed_list, "data": data_summary,
-        "models": effective_settings(config, record), "training": training, "checkpoints": finals, "search": record, "comparisons": comparisons,
+        "models": {m: o for m, o in effective_settings(config, record).items() if m in names}, "training": training,
+        "checkpoints": finals, "search": record, "comparisons": comparisons,
         "seconds": time.perf_counter() - start,
     }
     summary.update(write_demo_report(out, summary, evaluator))
