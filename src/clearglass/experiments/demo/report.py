@@ -191,6 +191,19 @@ def _search(record: dict | None) -> str:
     return "\n".join(lines) + f"\n\nChosen: {chosen}.\n"
 
 
+HOW_TO_READ = """## How to read this
+
+**Recognition** (the paper's protocol): for a test picture, the model ranks its true concept's name against the
+names of {k} - 1 hard-negative concepts (siblings in the hierarchy first); a hit is the true name ranked first. K =
+{k}, so chance is {chance}%. Level 1 is the specific concept (the emoji subgroup, e.g. "fruit"), level 2 its group
+(e.g. "food and drink"). **Base** concepts were fine-tuned (tested on new pictures); **novel** concepts were never
+fine-tuned, but the base saw their objects in pretraining; **novel concepts of unseen objects** were never fine-tuned
+and their objects were left out of pretraining. The **harmonic mean** 2·B·N / (B + N) of base (B) and novel (N)
+recognition is high only when both are. Intervals are 95% bootstrap intervals over test items; a difference is
+"better" or "worse" only when its paired interval excludes 0.
+"""
+
+
 def write_demo_gallery(out: Path, summary: dict, evaluator: DemoEvaluator, section: dict) -> Path:
     """report.html: a seeded sample of seen and held-out test images with the base's and both fine-tunes' (seed 0)
     top-3 concepts per level, the true one marked, under the headline table."""
@@ -222,17 +235,19 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     sentence = verdict_sentences(comparisons, baseline, method, measures(comparisons),
                                  [(g["target"], g["met"]) for g in goals if g["measured"]])
     seeds = len(summary["seeds"])
+    k = config["eval"]["k"]
     parts = [f"# clearglass demo: CLEAR GLASS vs the CLIP loss, fine-tuning `{config['base']}`\n",
              "**Targets** (test split; " + f"{seeds} seed{'s' if seeds > 1 else ''}):\n",
              "\n".join(f"- {status(g)}: {g['target']}" for g in goals) + "\n",
              f"## Headline measures (% [95% CI]; the last columns are {method} minus {baseline}, paired)\n", table,
-             sentence + "\n", _setup(summary), _search(summary["search"])]
+             sentence + "\n", HOW_TO_READ.format(k=k, chance=round(100 / k)), _setup(summary)]
     for subset, comp in comparisons.items():
         parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))
         ci_level = comp["results"][baseline]["config"]["ci_level"]
         parts.append(f"Paired differences on {subset}:\n\n" + differences_table(comp["differences"], ci_level))
     parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots) + "\n")
     parts.append("Pictures: [report.html](report.html), a gallery of test images with each model's top-3 concepts.\n")
+    parts.append("# Appendix: " + _search(summary["search"]).removeprefix("## "))
     report = write_text_atomic("\n".join(parts), out / "report.md")
     section = {"heading": "", "table": headline_cells(comparisons, baseline, method, measures(comparisons)),
                "verdict": sentence}
