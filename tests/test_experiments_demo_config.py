@@ -20,7 +20,7 @@ def test_shipped_demo_configs_load_and_merge_the_model_settings() -> None:
     config = DemoConfig.load("default")
     train = config.train_config("clear_glass", {"lr": 0.002, "lock": {"lock_image": True}}, "d.json", Path("o"), 3)
     assert train.model == "clearglass-mini" and train.seed == 3 and train.data == "d.json"
-    assert train.loss.kind == "grouped" and train.groups_per_batch == 20 and train.pairs_per_group == 2
+    assert train.loss.kind == "grouped" and train.groups_per_batch == 10 and train.pairs_per_group == 4
     assert train.lr == 0.002 and train.lock.lock_image and train.lock.lock_text  # the chosen setting merges last
     assert train.out == str(Path("o") / "runs" / "clear_glass-seed3")
     clip = config.train_config("clip_frozen_text", {}, "d.json", Path("o"), 0)
