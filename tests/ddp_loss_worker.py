@@ -7,6 +7,7 @@ ranks). Usage: torchrun --nproc_per_node=2 tests/ddp_loss_worker.py OUT_DIR -> O
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -76,7 +77,14 @@ def main(out_dir: Path) -> None:
         results[case] = {"loss": loss.detach(), "mean_loss": mean_loss / WORLD,
                          "grads": [p.grad for p in table.module.parameters()]}
     torch.save(results, out_dir / f"rank{rank}.pt")
+    # every rank done with its collectives before any tears down; skipping interpreter finalisation avoids gloo's
+    # rare SIGABRT ("terminate called without an active exception") while its threads still hold tensors
+    del table, images, texts, negatives, loss
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
