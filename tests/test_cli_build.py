@@ -160,3 +160,22 @@ def test_a_template_caption_is_built_whole_and_its_leaks_are_counted(tmp_path, c
     assert "leaks: 4 captions name a concept word" in capsys.readouterr().out
     captions = {im.image: im.new_captions for c in load_concepts(out) for im in c.train_images + c.test_images}
     assert captions == {f"{c}/{j}.png": [f"a picture of a {c}"] for c in ("dog", "cat") for j in range(2)}
+
+
+def test_validate_names_the_image_root_and_the_flag_when_images_are_missing(tmp_path, capsys):
+    """A dataset copied away from its pictures: every missing file is listed, then one line names the root and
+    --images; given the folder, validate passes."""
+    out = tmp_path / "tiny" / "magic.json"
+    assert main(["build", "--source", "csv", "--csv", str(EXAMPLE / "captions.csv"), "--csv-level-keys", "concept",
+                 "parent", "--labeler", "truth", "--min-group-size", "3", "--out", str(out), "--no-progress"]) == 0
+    moved = tmp_path / "moved" / "magic.json"
+    moved.parent.mkdir()
+    moved.write_bytes(out.read_bytes())
+    capsys.readouterr()
+    assert main(["validate", str(moved)]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sum(line.endswith(" is missing") for line in lines) == 18
+    assert lines[-1] == (f"{moved}: 18 image file(s) missing under the image root {moved.parent}; "
+                         "if the pictures are elsewhere, name their folder with --images DIR")
+    assert main(["validate", str(moved), "--images", str(EXAMPLE)]) == 0
+    assert "missing under" not in capsys.readouterr().out

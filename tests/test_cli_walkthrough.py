@@ -51,6 +51,7 @@ def test_a_new_users_walk_through(tmp_path: Path, capsys, one_thread) -> None:
     metrics = {f"{r['task']}/{r['subset']}/{r['metric']}": r["value"]
                for r in json.loads(results.read_text())["metrics"]}
     assert {"recognition/concept_level1/i2t_R@1", "retrieval/old_captions/i2t_R@1"} <= set(metrics)
+    assert metrics["retrieval/old_captions/i2t_R@1"] > 0  # "a simple drawing" is a right answer for every picture
     report = tmp_path / "compare"
     assert main(["compare", "--models", "base=clearglass-mini", f"ft={checkpoint}", "--baseline", "base",
                  "--data", str(data), "--k", "3", "--n-boot", "20", "--out", str(report)]) == 0

@@ -187,6 +187,10 @@ def test_the_set_up_quotes_the_settings_each_model_ran_with(quick_demo: tuple[Pa
     for name, settings in results["models"].items():
         assert f"`{name}` ({settings['family']}, WiSE-FT w {settings['wise_ft']:g}): {json.dumps(settings['train'])}" \
             in report
+    assert results["base_untrained"] is False and "(untrained" not in report
+    from clearglass.experiments.demo.report import _setup  # a scratch base is said to be untrained
+
+    assert "Base: `clearglass-mini` (untrained: random weights" in _setup({**results, "base_untrained": True})
 
 
 def test_choose_keeps_retention_when_any_row_does() -> None:

@@ -21,10 +21,14 @@ class Problem:
     record: int | None
     field: str
     message: str
+    missing_image: bool = False  # an image id whose file is not under the image root
 
     def __str__(self) -> str:
         where = f"concept record {self.record}: " if self.record is not None else ""
         return f"{self.file}: {where}{self.field}: {self.message}"
+
+
+MISSING = " is missing"
 
 
 def _image_problem(image_root: ImageRoot, image: str, check_files: bool, max_pixels: int) -> str | None:
@@ -33,7 +37,7 @@ def _image_problem(image_root: ImageRoot, image: str, check_files: bool, max_pix
     try:
         path = resolve_image_path(image_root, image)
         if check_files and not path.exists():
-            return f"image file {path} is missing"
+            return f"image file {path}{MISSING}"
         if check_files:
             check_image(path, max_pixels=max_pixels)
     except ClearglassError as e:
@@ -74,7 +78,7 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
                     first_image[im.image] = f"concept record {r} {where}"
                     why = None if root is None else _image_problem(root, im.image, check_files, max_pixels)
                     if why is not None:
-                        problems.append(Problem(file, r, f"{where}.image", why))
+                        problems.append(Problem(file, r, f"{where}.image", why, why.endswith(MISSING)))
                 for key in ("old_captions", "new_captions"):
                     captions = getattr(im, key)
                     if key == "new_captions" and not captions:

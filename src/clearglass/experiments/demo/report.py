@@ -156,7 +156,9 @@ def _setup(summary: dict) -> str:
     models = "; ".join(f"`{m}` ({o['family']}, WiSE-FT w {o['wise_ft']:g}): {json.dumps(o['train'])}"
                        for m, o in summary["models"].items())
     return ("## Set-up\n\n"
-            f"Base: `{config['base']}`, fine-tuned by every model with the same steps, optimiser, schedule, seeds and "
+            f"Base: `{config['base']}`"
+            + (" (untrained: random weights, so its own scores are chance level)" if summary.get("base_untrained") else "")
+            + ", fine-tuned by every model with the same steps, optimiser, schedule, seeds and "
             f"data order. Emoji MAGIC dataset built offline with the `truth` labeler (level1 = emoji subgroup, level2 = "
             f"emoji group; {len(data['level2_groups'])} groups); build leaks {data['build_leaks']}; training captions "
             f"naming a concept word removed: {data['concept_word_filter']['captions_removed']}. Concepts per split: "

@@ -8,6 +8,7 @@ base's own held-out item names (retention)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -146,7 +147,13 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
     per_model: dict[str, list[dict[str, dict]]] = defaultdict(list)
     training: dict[str, list[dict]] = defaultdict(list)
     finals: dict[str, list[str]] = defaultdict(list)
-    per_model[BASE].append(evaluator.evaluate(load_model(config.base), BASE))
+    base = load_model(config.base)
+    untrained = base.untrained
+    if untrained:
+        print(f"warning: the base {config.base!r} is untrained (random weights): its scores are chance level",
+              file=sys.stderr)
+    per_model[BASE].append(evaluator.evaluate(base, BASE))
+    del base
     seed_list = list(range(config.train.get("seed", 0), config.train.get("seed", 0) + seeds))
     for seed in seed_list:
         for name in names:
@@ -160,7 +167,7 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
         "command": f"clearglass demo --out {out} --seeds {seeds}" + (f" --config {config_name}"
                                                                      if config_name != "default" else "")
                    + (f" --only {' '.join(names)}" if only else ""),
-        "config_name": config_name, "config": config.to_dict(), "seeds": seed_list, "data": data_summary,
+        "config_name": config_name, "config": config.to_dict(), "base_untrained": untrained, "seeds": seed_list, "data": data_summary,
         "models": {m: o for m, o in effective_settings(config, record).items() if m in names}, "training": training,
         "checkpoints": finals, "search": record, "comparisons": comparisons,
         "seconds": time.perf_counter() - start,

@@ -88,8 +88,9 @@ def write_card(card: dict, path: Path) -> Path:
         "for the test. "
         f"Shipped test slice (`{card['shipped']['test']['file']}`, the figures a test re-checks):\n",
         _figures_table(card["figures"]["shipped_test"]) + "\n",
-        "Whole corpus test split (several renders per name, whose captions repeat; ranks are strict, so a caption "
-        "that another render of the same name shares counts as a miss and image->caption R@1 is low there):\n",
+        "Whole corpus test split (several renders per name, whose captions repeat; a caption string is one answer, "
+        "correct for every render that carries it)"
+        + (f", measured by `{card['figures_command']}`" if "figures_command" in card else "") + ":\n",
         _figures_table(card["figures"]["corpus_test"]) + "\n",
         "![validation curve](validation_curve.png)\n",
         "## Training config\n",

@@ -135,6 +135,27 @@ def train_seconds(rows: list[dict]) -> float:
     return total + last
 
 
+def remeasure_card(tag: Path, out: Path, recipe: PretrainRecipe, command: str, progress: bool = True) -> dict:
+    """Measure a written tag's figures again with today's evaluation, on its shipped slice and on the corpus test
+    split rebuilt in ``out/corpus`` (it must be the split the card names, by sha256), and rewrite its card."""
+    card = read_json(tag / "card.json", "model card", dict)
+    rules = leak_rules(DemoConfig.load(recipe.demo), out / "demo", progress)
+    corpus = out / "corpus"
+    build_corpus(corpus, recipe.corpus, rules["forbidden_words"], rules["excluded_chars"],
+                 rules["excluded_monochrome_chars"], progress)
+    found = file_sha256(corpus / "test.json")
+    if found != card["corpus"]["test_sha256"]:
+        raise ClearglassError(f"{corpus / 'test.json'}: sha256 {found}, but {tag / 'card.json'} was measured on "
+                              f"{card['corpus']['test_sha256']}: the recipe {recipe.tag!r} does not rebuild its test split")
+    encoder = ModelEncoder(load_model(str(tag / "model.pt")), batch_size=256, progress=False)
+    card["figures"] = {"shipped_test": card_figures(encoder, tag / card["shipped"]["test"]["file"]),
+                       "corpus_test": card_figures(encoder, corpus / "test.json")}
+    card["figures_command"] = command
+    write_json_atomic(card, tag / "card.json")
+    write_card(card, tag / "MODEL_CARD.md")
+    return card
+
+
 def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: bool, command: str,
                  progress: bool = True) -> dict:
     """Build the corpus, pretrain (resuming a run in ``out``), measure, write the tag under ``out/<tag>`` and, with
