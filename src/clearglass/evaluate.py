@@ -28,6 +28,7 @@ from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.io import json_digest, load_image, load_torch, save_torch_atomic
 from clearglass.magic.schema import LEVELS, ConceptRecord, ImageRecord, resolve_image_path
+from clearglass.results import MetricSpec
 
 FIELDS = ("new_caption", "old_caption", "concept_level1", "concept_level2", "concept_level3", "concept_level4")
 TASKS = ("recognition", "zero_shot", "retrieval", "hierarchical")
@@ -455,24 +456,36 @@ def _class_recall(correct: np.ndarray, cls: np.ndarray, idx: np.ndarray) -> np.n
         return np.nanmean(np.where(seen > 0, hits / seen, np.nan), axis=1)
 
 
-def metric_stat(spec: dict, arrays: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """The statistic of a metric row as a function of resample indices (B, n) -> (B,).
+Statistic = Callable[[np.ndarray], np.ndarray]  # resample indices (B, n) -> (B,) values
 
-    ``{"stat": "hit", "array": a, "k": k}``: mean(a < k) (R@k / top-k);
-    ``{"stat": "mean", "array": a}``: mean(a);
-    ``{"stat": "class_recall", "array": a, "k": k, "classes": c}``: mean over classes of the class's mean(a < k).
-    """
-    a = np.asarray(arrays[spec["array"]], dtype=float)
-    if spec["stat"] == "hit":
-        hit = (a < spec["k"]).astype(float)
-        return lambda idx: hit[idx].mean(axis=1)
-    if spec["stat"] == "mean":
-        return lambda idx: a[idx].mean(axis=1)
-    if spec["stat"] == "class_recall":
-        hit = (a < spec["k"]).astype(float)
-        cls = np.asarray(arrays[spec["classes"]], dtype=int)
-        return lambda idx: _class_recall(hit, cls, idx)
-    raise ClearglassError(f"unknown metric statistic {spec['stat']!r}")
+
+def _hit(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    hit = (np.asarray(arrays[spec.array], dtype=float) < spec.k).astype(float)
+    return lambda idx: hit[idx].mean(axis=1)
+
+
+def _mean(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    a = np.asarray(arrays[spec.array], dtype=float)
+    return lambda idx: a[idx].mean(axis=1)
+
+
+def _recall_per_class(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    hit = (np.asarray(arrays[spec.array], dtype=float) < spec.k).astype(float)
+    cls = np.asarray(arrays[spec.classes], dtype=int)
+    return lambda idx: _class_recall(hit, cls, idx)
+
+
+STATISTICS: dict[str, Callable[[MetricSpec, dict[str, np.ndarray]], Statistic]] = {
+    "hit": _hit, "mean": _mean, "class_recall": _recall_per_class}
+
+
+def metric_stat(spec: MetricSpec | dict, arrays: dict[str, np.ndarray]) -> Statistic:
+    """The statistic of a metric row (its ``MetricSpec``, or the row's ``stat`` JSON) as a function of resample
+    indices (B, n) -> (B,): ``STATISTICS[spec.stat]`` over ``arrays``."""
+    spec = spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)
+    if spec.stat not in STATISTICS:
+        raise ClearglassError(f"unknown metric statistic {spec.stat!r}: expected one of {sorted(STATISTICS)}")
+    return STATISTICS[spec.stat](spec, arrays)
 
 
 # ----------------------------------------------------------------------------------------------------------
