@@ -397,3 +397,41 @@ def test_auto_fields_and_levels_skip_with_reasons():
     assert res["config"]["fields"] == ["new_caption", "old_caption", "concept_level1", "concept_level2"]
     assert res["config"]["levels"] == [1, 2, 3]
     assert set(res["skipped"]) == {"recognition/concept_level3", "recognition/concept_level4", "zero_shot/level4"}
+
+
+# ---------------------------------------------------------------- the task registry
+
+
+def test_the_task_registry_names_unknown_tasks_and_metrics_with_the_closest():
+    from clearglass.evaluate import TASKS, check_metric, config_for
+    from clearglass.results import MetricKey
+
+    assert {"recognition", "zero_shot", "retrieval", "hierarchical"} <= set(TASKS)
+    with pytest.raises(ClearglassError, match="unknown task 'recogniton': did you mean 'recognition'"):
+        EvalConfig(tasks=["recogniton"])
+    for text, message in [("retreival/old_captions/i2t_R@1", "unknown task 'retreival'; did you mean 'retrieval'"),
+                          ("zero_shot/levl1/top1", "no subset 'levl1'; did you mean 'level1'"),
+                          ("retrieval/old_captions/i2t_R@3", "reports no 'i2t_R@3'; did you mean 'i2t_R@"),
+                          ("hierarchical/hierarcaps/dcorr", "did you mean 'd_corr'")]:
+        with pytest.raises(ClearglassError, match=message):
+            check_metric(MetricKey.parse(text))
+    keys = [MetricKey.parse(m) for m in ("recognition/concept_level2/i2t_R@1", "zero_shot/level3/top1",
+                                         "retrieval/new_captions/t2i_R@5")]
+    config = config_for(keys, EvalConfig(n_boot=7))
+    assert (config.tasks, config.fields, config.levels, config.retrieval_captions, config.n_boot) == \
+        (["recognition", "zero_shot", "retrieval"], ["concept_level2"], [3], "new_captions", 7)
+
+
+def test_every_task_runs_once_and_its_rows_are_its_registered_metrics():
+    from clearglass.evaluate import TASKS
+
+    concepts = make_concepts()
+    config = EvalConfig(k=3, fields=["concept_level1"], levels=[1], n_boot=20,
+                        tasks=["recognition", "zero_shot", "retrieval"])
+    enc = ConceptEncoder(concepts)
+    res = evaluate_model(enc, concepts, ROOT, config)
+    for task in config.tasks:
+        rows = [r for r in res["metrics"] if r["task"] == task]
+        assert [r["metric"] for r in rows] == [name for name, _ in TASKS[task].metrics(config)]
+    assert enc.calls["images"] == res["n_images_embedded"] == N_CONCEPTS * N_IMAGES  # each image once in all
+    assert enc.calls["texts"] == res["n_texts_embedded"]

@@ -38,12 +38,13 @@ from clearglass import data as cg_data
 from clearglass.checkpoints import (checkpoint_dataset_sha256, load_extra_state, load_weights,
                                     read_checkpoint_metadata, save_checkpoint)
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
+from clearglass.evaluate import ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
 from clearglass.io import file_sha256, remove_orphan_temps, resolve_device, write_json_atomic
 from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, add_self_regularisation, make_loss
 from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts
 from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_model, lock_towers, trim_padding
+from clearglass.results import Results
 from clearglass.train.config import TrainConfig
 from clearglass.train.reporting import Reporters
 from clearglass.train.state import Source, latest_checkpoint, rng_state, set_rng_state, truncate_metrics
@@ -485,30 +486,19 @@ class _Validation:
         self.concepts = load_concepts(self.data)
         self.root = ImageRoot(Path(c.eval_images) if c.eval_images else dataset_image_root(self.data),
                               c.allow_outside_root)
-        tasks = list(dict.fromkeys(m.split("/")[0] for m in c.eval_metrics))
-        subsets = [m.split("/") for m in c.eval_metrics]
-        bad = [m for m, parts in zip(c.eval_metrics, subsets) if len(parts) != 3 or parts[0] not in
-               ("recognition", "zero_shot", "retrieval")]
-        if bad:
-            raise ClearglassError(f"eval_metrics {bad}: expected 'recognition|zero_shot|retrieval/SUBSET/METRIC', "
-                                  "e.g. recognition/concept_level1/i2t_R@1 or retrieval/old_captions/i2t_R@1")
-        captions = [s[1] for s in subsets if s[0] == "retrieval"]
-        self.eval_config = EvalConfig(
-            tasks=tasks, fields=[s[1] for s in subsets if s[0] == "recognition"] or None,
-            levels=[int(s[1].removeprefix("level")) for s in subsets if s[0] == "zero_shot"] or None,
-            retrieval_captions=captions[0] if captions else "old_captions", n_boot=1)
+        self.keys, self.eval_config = c.validation_keys(), c.validation_config()
 
     def score(self) -> dict[str, float]:
         """``val/<metric>`` for each configured metric and their mean ``val/score``."""
         run = self.run
         encoder = ModelEncoder(run.bundle, batch_size=256, device=run.device, encode_text=run.text_cache,
                                progress=False)
-        results = evaluate_model(encoder, self.concepts, self.root, self.eval_config)
-        values = {f"{r['task']}/{r['subset']}/{r['metric']}": r["value"] for r in results["metrics"]}
-        missing = [m for m in run.config.eval_metrics if m not in values]
+        results = Results.of(evaluate_model(encoder, self.concepts, self.root, self.eval_config))
+        missing = [str(k) for k in self.keys if results.row(k) is None]
         if missing:
-            raise ClearglassError(f"{self.data}: validation gave no {missing}; it gave {sorted(values)}")
-        row = {f"val/{m}": values[m] for m in run.config.eval_metrics}
+            raise ClearglassError(f"{self.data}: validation gave no {missing}; it gave "
+                                  f"{sorted(str(k) for k in results.keys())}")
+        row = {f"val/{k}": results.value(k) for k in self.keys}
         row["val/score"] = float(np.mean(list(row.values())))
         return row
 
