@@ -629,6 +629,41 @@ TASKS: dict[str, Task] = {
 }
 
 
+
+def _base_and_novel(encoder: Encoder, concepts: list[ConceptRecord], root: Any, config: EvalConfig) -> list[Unit]:
+    """Recognition per field, each item marked novel (its concept has no training images) or base."""
+    novel = {c.concept: not c.train_images for c in concepts}
+    units = []
+    for subset, out in _recognition(encoder, concepts, root, config):
+        flags = np.array([novel[item.concepts[0]] for item in out["items"]], dtype=bool)
+        if flags.all() or not flags.any():
+            raise ClearglassError(f"harmonic_mean/{subset}: needs test items of base concepts (with training images) "
+                                  f"and of novel ones (without); found {int((~flags).sum())} and {int(flags.sum())}")
+        units.append((subset, {**out, "novel": flags}))
+    return units
+
+
+def _harmonic_mean_of_hits(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    """Per resample: the harmonic mean of the hit rates (array < k) on base and on novel (``classes``) items."""
+    from clearglass.base_to_novel import harmonic_mean
+
+    hit, novel = np.asarray(arrays[spec.array]) < spec.k, np.asarray(arrays[spec.classes], dtype=bool)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        h, nv = hit[idx], novel[idx]  # (B, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            base, new = (h & ~nv).sum(1) / (~nv).sum(1), (h & nv).sum(1) / nv.sum(1)  # nan: a side not drawn
+        return np.where(np.isnan(base) | np.isnan(new), np.nan, harmonic_mean(np.nan_to_num(base), np.nan_to_num(new)))
+
+    return stat
+
+
+TASKS["harmonic_mean"] = Task(  # base-to-novel: 2·B·N / (B + N) of recognition on base and novel concepts
+    run=_base_and_novel, identity=lambda out: [*out["items"], out["novel"].tolist()], subsets=FIELDS,
+    metrics=lambda config: [(name, MetricSpec("harmonic_mean", spec.array, 1, "novel")) for name, spec in RECALL_AT_1],
+    select=lambda config, subsets: replace(config, fields=subsets),
+    statistics={"harmonic_mean": _harmonic_mean_of_hits})
+
 def task_named(name: str) -> Task:
     """The registered task ``name``; an unknown name is an error with the closest known one."""
     if name not in TASKS:
