@@ -17,7 +17,8 @@ KEY = MetricKey("recognition", "concept_level1", "i2t_R@1")
 def test_metric_key_prints_and_parses_round_trip():
     assert str(KEY) == "recognition/concept_level1/i2t_R@1" and KEY.unit == "recognition/concept_level1"
     assert MetricKey.parse(str(KEY)) == KEY
-    for key in (MetricKey("zero_shot", "level2", "mean_class_recall"), MetricKey("retrieval", "old_captions", "t2i_R@10")):
+    for key in (MetricKey("zero_shot", "level2", "mean_class_recall"),
+                MetricKey("retrieval", "old_captions", "t2i_R@10")):
         assert MetricKey.parse(str(key)) == key
     assert MetricKey.of({"task": "a", "subset": "b", "metric": "c", "value": 1.0}) == MetricKey("a", "b", "c")
     for bad in ("recognition/concept_level1", "a/b/c/d", "a//c", ""):
