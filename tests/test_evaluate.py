@@ -397,3 +397,70 @@ def test_auto_fields_and_levels_skip_with_reasons():
     assert res["config"]["fields"] == ["new_caption", "old_caption", "concept_level1", "concept_level2"]
     assert res["config"]["levels"] == [1, 2, 3]
     assert set(res["skipped"]) == {"recognition/concept_level3", "recognition/concept_level4", "zero_shot/level4"}
+
+
+# ---------------------------------------------------------------- the task registry
+
+
+def test_the_task_registry_names_unknown_tasks_and_metrics_with_the_closest():
+    from clearglass.evaluate import TASKS, check_metric, config_for
+    from clearglass.results import MetricKey
+
+    assert {"recognition", "zero_shot", "retrieval", "hierarchical"} <= set(TASKS)
+    with pytest.raises(ClearglassError, match="unknown task 'recogniton': did you mean 'recognition'"):
+        EvalConfig(tasks=["recogniton"])
+    for text, message in [("retreival/old_captions/i2t_R@1", "unknown task 'retreival'; did you mean 'retrieval'"),
+                          ("zero_shot/levl1/top1", "no subset 'levl1'; did you mean 'level1'"),
+                          ("retrieval/old_captions/i2t_R@3", "no 'i2t_R@3'; did you mean 'i2t_R@"),
+                          ("hierarchical/hierarcaps/dcorr", "did you mean 'd_corr'")]:
+        with pytest.raises(ClearglassError, match=message):
+            check_metric(MetricKey.parse(text))
+    keys = [MetricKey.parse(m) for m in ("recognition/concept_level2/i2t_R@1", "zero_shot/level3/top1",
+                                         "retrieval/new_captions/t2i_R@5")]
+    config = config_for(keys, EvalConfig(n_boot=7))
+    assert (config.tasks, config.fields, config.levels, config.retrieval_captions, config.n_boot) == \
+        (["recognition", "zero_shot", "retrieval"], ["concept_level2"], [3], "new_captions", 7)
+
+
+def test_every_task_runs_once_and_its_rows_are_its_registered_metrics():
+    from clearglass.evaluate import TASKS
+
+    concepts = make_concepts()
+    config = EvalConfig(k=3, fields=["concept_level1"], levels=[1], n_boot=20,
+                        tasks=["recognition", "zero_shot", "retrieval"])
+    enc = ConceptEncoder(concepts)
+    res = evaluate_model(enc, concepts, ROOT, config)
+    for task in config.tasks:
+        rows = [r for r in res["metrics"] if r["task"] == task]
+        assert [r["metric"] for r in rows] == [name for name, _ in TASKS[task].metrics(config)]
+    assert enc.calls["images"] == res["n_images_embedded"] == N_CONCEPTS * N_IMAGES  # each image once in all
+    assert enc.calls["texts"] == res["n_texts_embedded"]
+
+
+def test_the_base_to_novel_harmonic_mean_is_a_registered_task():
+    """Concepts with training images are base, the others novel; the row is the harmonic mean of the two hit rates,
+    its interval and paired differences come from the same per-item outcomes as every other row."""
+    from clearglass.base_to_novel import harmonic_mean
+    from clearglass.report import compare
+    from clearglass.results import MetricKey, Results
+
+    concepts = make_concepts()
+    for c in concepts[:4]:  # base concepts: their test images stand in as training images
+        c.train_images = list(c.test_images)
+    config = EvalConfig(k=3, fields=["concept_level1"], tasks=["recognition", "harmonic_mean"], n_boot=100)
+    results = {name: evaluate_model(enc, concepts, ROOT, config, model=name)
+               for name, enc in (("onehot", ConceptEncoder(concepts)), ("random", RandomEncoder()))}
+    for res in results.values():
+        table = Results.of(res)
+        ranks = np.asarray(res["per_item"]["recognition/concept_level1"]["arrays"]["i2t_rank"])
+        novel = np.repeat([False] * 4 + [True] * 2, N_IMAGES)  # the items in concept order, N_IMAGES each
+        expected = float(harmonic_mean(np.mean(ranks[~novel] < 1), np.mean(ranks[novel] < 1)))
+        key = MetricKey.parse("harmonic_mean/concept_level1/i2t_R@1")
+        assert table.value(key) == pytest.approx(expected)
+        low, high = table.interval(key)
+        assert low <= expected <= high
+    assert Results.of(results["onehot"]).value(key) == 1.0
+    d = Results.of(compare(results)).difference(key, "random", "onehot")
+    assert d["value"] == pytest.approx(Results.of(results["random"]).value(key) - 1.0)
+    with pytest.raises(ClearglassError, match="needs test items of base concepts"):
+        evaluate_model(RandomEncoder(), make_concepts(), ROOT, config)

@@ -12,6 +12,7 @@ import pytest
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import EvalConfig, bootstrap, evaluate_model
 from clearglass.report import (
+    Measure,
     compare,
     compared_pairs,
     default_measures,
@@ -22,6 +23,7 @@ from clearglass.report import (
     verdict_sentences,
     write_report,
 )
+from clearglass.results import MetricKey
 from test_evaluate import ROOT, ConceptEncoder, RandomEncoder, make_concepts
 
 CONFIG = EvalConfig(k=3, fields=["old_caption", "concept_level1"], levels=[1, 2], n_boot=200)
@@ -117,7 +119,8 @@ def test_report_leads_with_the_headline_table_equal_to_the_json(results, tmp_pat
     measures = default_measures(saved["results"]["onehot"])
     assert header[3] == "random − onehot, points [95% CI]" and len(rows) == len(measures) > 0
     diffs = {(d["task"], d["subset"], d["metric"]): d for d in saved["differences"]}
-    for (key, label), row in zip(measures, rows):
+    for measure, row in zip(measures, rows):
+        key, label = (measure.key.task, measure.key.subset, measure.key.metric), measure.label
         base, method = ({(r["task"], r["subset"], r["metric"]): r for r in saved["results"][m]["metrics"]}[key]
                         for m in ("onehot", "random"))
         assert row[0] == label
@@ -143,8 +146,8 @@ def _sentences(text: str) -> list[str]:
 def test_verdict_sentences_say_what_is_better_worse_and_the_targets(results):
     comparison = compare(results)
     measures = default_measures(results["onehot"])
-    rows = {label: d for (key, label) in measures
-            for d in comparison["differences"] if (d["task"], d["subset"], d["metric"]) == key}
+    rows = {m.label: d for m in measures
+            for d in comparison["differences"] if MetricKey.of(d) == m.key}
     worse = [label for label, d in rows.items() if d["ci_high"] < 0]
     assert worse, "the random encoder should be clearly worse somewhere"
     text = verdict_sentences(comparison, "onehot", "random", measures, [("level-1 up", True), ("cost <= 5", False)])
@@ -163,17 +166,17 @@ def test_verdict_sentences_say_what_is_better_worse_and_the_targets(results):
 
 def test_headline_table_over_several_comparisons_and_unknown_measures(results):
     by_split = {"seen": compare(results), "held_out": compare(results)}
-    measures = [(("held_out", "zero_shot", "level1", "top1"), "zero-shot level 1, held-out")]
+    measures = [Measure(MetricKey("zero_shot", "level1", "top1"), "zero-shot level 1, held-out", "held_out")]
     table = headline_table(by_split, "onehot", "random", measures)
     d = next(d for d in by_split["held_out"]["differences"] if (d["task"], d["subset"], d["metric"])
              == ("zero_shot", "level1", "top1"))
     assert "| zero-shot level 1, held-out | 100.0 [100.0, 100.0] |" in table and _cell(d, signed=True) in table
     with pytest.raises(ClearglassError, match="no comparison 'val'"):
-        headline_table(by_split, "onehot", "random", [(("val", "zero_shot", "level1", "top1"), "x")])
+        headline_table(by_split, "onehot", "random", [Measure(MetricKey("zero_shot", "level1", "top1"), "x", "val")])
     with pytest.raises(ClearglassError, match="has no such metric"):
-        headline_table(compare(results), "onehot", "random", [(("zero_shot", "level9", "top1"), "x")])
+        headline_table(compare(results), "onehot", "random", [Measure(MetricKey("zero_shot", "level9", "top1"), "x")])
     with pytest.raises(ClearglassError, match="no paired difference of 'onehot' minus 'random'"):
-        headline_table(compare(results), "random", "onehot", [(("zero_shot", "level1", "top1"), "x")])
+        headline_table(compare(results), "random", "onehot", [Measure(MetricKey("zero_shot", "level1", "top1"), "x")])
 
 
 def test_report_of_several_models_has_a_table_per_method(results, tmp_path):

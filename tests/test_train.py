@@ -401,3 +401,25 @@ def test_cli_train_with_open_clip_flags_end_to_end(dataset, tmp_path, capsys):
 def test_epochs_check_the_warmup_against_their_own_steps(dataset):
     c = _train_args("--train-data", str(dataset), "--batch-size", "4x2", "--epochs", "100", "--warmup", "550")
     assert (c.steps, c.warmup) == (600, 550)  # the config file's 500 steps are not what warmup is checked against
+
+
+def test_build_makes_frozen_parts_in_order_and_a_run_holds_them(dataset, tmp_path, monkeypatch):
+    import dataclasses
+
+    from clearglass.train import run as run_module
+    from clearglass.train.run import Best, Parts, build
+
+    parts = build(tiny_config(dataset, tmp_path / "a", **{"loss.self_reg": 0.1}))
+    assert isinstance(parts, Parts) and parts.main.sampler is parts.data.sampler and parts.pre is None
+    assert parts.model is parts.bundle.model and parts.base is not None and parts.validation is None
+    assert [p for group in parts.optimizer.param_groups for p in group["params"]] == \
+        [p for _, p in parts.params if p.ndim >= 2] + [p for _, p in parts.params if p.ndim < 2]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parts.loss_fn = None
+    run = Run(tiny_config(dataset, tmp_path / "b"))
+    assert run.best == Best() and run.model is run.parts.model and run.main is run.parts.main
+    loaded = []
+    monkeypatch.setattr(run_module, "load_model", lambda *a: loaded.append(a))
+    with pytest.raises(ClearglassError, match="groups_per_batch"):  # the data fails before any model loads
+        build(tiny_config(dataset, tmp_path / "c", groups_per_batch=100))
+    assert loaded == []

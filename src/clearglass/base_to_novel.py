@@ -14,6 +14,7 @@ import numpy as np
 
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import metric_stat
+from clearglass.results import MetricKey, Results
 
 TASK = "harmonic_mean"  # the task name of the rows made here: (harmonic_mean, task subset, metric)
 Key = tuple[str, str, str]  # (task, task subset, metric) of the metric whose harmonic mean is taken
@@ -28,13 +29,12 @@ def harmonic_mean(base: np.ndarray | float, novel: np.ndarray | float) -> np.nda
 
 def _statistic(results: dict, key: Key, which: str) -> tuple[Callable[[np.ndarray], np.ndarray], int, str]:
     """The per-resample statistic of one metric of a results dict, its item count and its items' identity."""
-    row = next((r for r in results["metrics"] if (r["task"], r["subset"], r["metric"]) == key), None)
-    if row is None:
+    table, metric = Results.of(results), MetricKey(*key)
+    if table.row(metric) is None:
         raise ClearglassError(f"harmonic mean: the {which} results of model {results.get('model', '?')!r} have no "
-                              f"metric {'/'.join(key)}")
-    items = results["per_item"][f"{key[0]}/{key[1]}"]
-    arrays = {k: np.asarray(v) for k, v in items["arrays"].items()}
-    return metric_stat(row["stat"], arrays), row["n"], items["items_hash"]
+                              f"metric {metric}")
+    out = table.outcomes(metric)
+    return metric_stat(out.spec, out.arrays), out.n, out.items_hash
 
 
 def _resamples(n_base: int, n_novel: int, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -86,7 +86,7 @@ def _key_defaults(config: Any, prefix: str) -> list[tuple[str, str, Any]]:
     return out
 
 
-def _suggestion(key: str, known: list[str]) -> str:
+def suggestion(key: str, known: list[str]) -> str:
     """"did you mean 'steps'?" for dotted ``key`` (difflib's closest of the ``known`` keys of its section), else
     the known keys."""
     *parents, last = key.split(".")
@@ -123,7 +123,7 @@ def _key_annotation(cls: type, key: str, item: str) -> Any:
         names = [f.name for f in dataclasses.fields(section) if f.init]
         if parts[i] not in names:
             key_so_far = ".".join(parts[:i + 1])
-            raise ClearglassError(f"override {item!r}: unknown key {key_so_far!r}; {_suggestion(key_so_far, names)}")
+            raise ClearglassError(f"override {item!r}: unknown key {key_so_far!r}; {suggestion(key_so_far, names)}")
         annotation, i = typing.get_type_hints(section)[parts[i]], i + 1
     return annotation
 
@@ -185,7 +185,7 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ClearglassError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}; "
-                              f"{_suggestion(prefix + unknown[0], names)}")
+                              f"{suggestion(prefix + unknown[0], names)}")
     kwargs = {name: _coerce(raw[name], hints[name], source, f"{prefix}{name}") for name in names if name in raw}
     try:
         return cls(**kwargs)

@@ -4,7 +4,9 @@ HierarCaps hierarchical metrics, and seeded bootstrap intervals for every figure
 Tasks take an ``Encoder`` (embeddings in, no model needed), so tests use hand-built embeddings.
 Each task returns per-item outcomes (ranks, 0/1, floats); ``evaluate_model`` turns them into metric rows
 ``{task, subset, metric, value, ci_low, ci_high, n}`` and keeps the per-item outcomes so two models can be
-compared pairwise on the very same items (``clearglass.report.compare``).
+compared pairwise on the very same items (``clearglass.report.compare``). The tasks are a registry, ``TASKS``
+(as the losses are ``clearglass.losses.LOSSES``): a task is one ``Task`` entry naming its run function, its metrics
+with their statistics, and the identity of its items; adding one is an edit of this file alone.
 
 Ranks are strict: the rank of the true answer is the number of wrong candidates scoring at least as high,
 so a tie never counts as a hit (a constant encoder scores chance or worse, never 100%).
@@ -24,13 +26,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clearglass.config import Config
+from clearglass.config import Config, suggestion
 from clearglass.errors import ClearglassError
 from clearglass.io import json_digest, load_image, load_torch, save_torch_atomic
 from clearglass.magic.schema import LEVELS, ConceptRecord, ImageRecord, resolve_image_path
+from clearglass.results import MetricKey, MetricSpec
 
 FIELDS = ("new_caption", "old_caption", "concept_level1", "concept_level2", "concept_level3", "concept_level4")
-TASKS = ("recognition", "zero_shot", "retrieval", "hierarchical")
 CAPTION_SOURCES = ("old_captions", "new_captions")
 
 
@@ -138,34 +140,28 @@ class ModelEncoder:
         return self._cached("texts", json.dumps(texts), lambda: self._encode_unique(list(texts), batch, "texts"))
 
 
-class _Lookup:
-    """An ``Encoder`` that answers from embeddings computed once up front; asking for anything else is a bug."""
+class _Once:
+    """An ``Encoder`` that asks the one it wraps only for images and texts it has not embedded yet, so tasks run
+    one after another still embed every unique image and text once."""
 
-    def __init__(self, paths: list[Path], image_emb: torch.Tensor, texts: list[str], text_emb: torch.Tensor):
-        self.images = {Path(p): image_emb[i] for i, p in enumerate(paths)}
-        self.texts = {t: text_emb[i] for i, t in enumerate(texts)}
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.name = getattr(getattr(encoder, "bundle", encoder), "name", "?")  # for _embed's errors
+        self.images: dict[Path, torch.Tensor] = {}
+        self.texts: dict[str, torch.Tensor] = {}
 
-    def embed_images(self, paths: list[Path]) -> torch.Tensor:
-        return torch.stack([self.images[Path(p)] for p in paths])
-
-    def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        return torch.stack([self.texts[t] for t in texts])
-
-
-class _Recorder:
-    """An ``Encoder`` stand-in that only records what a task would ask for."""
-
-    def __init__(self) -> None:
-        self.paths: list[Path] = []
-        self.texts: list[str] = []
+    @staticmethod
+    def _fill(store: dict, items: list, embed: Callable[[list], torch.Tensor]) -> torch.Tensor:
+        new = [x for x in dict.fromkeys(items) if x not in store]
+        if new:
+            store.update(zip(new, embed(new)))
+        return torch.stack([store[x] for x in items]) if items else torch.empty(0, 0)
 
     def embed_images(self, paths: list[Path]) -> torch.Tensor:
-        self.paths.extend(Path(p) for p in paths)
-        return torch.ones(len(paths), 1)
+        return self._fill(self.images, [Path(p) for p in paths], self.encoder.embed_images)
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        self.texts.extend(texts)
-        return torch.ones(len(texts), 1)
+        return self._fill(self.texts, list(texts), self.encoder.embed_texts)
 
 
 def _embed(encoder: Encoder, paths: list[Path] | None, texts: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -455,24 +451,37 @@ def _class_recall(correct: np.ndarray, cls: np.ndarray, idx: np.ndarray) -> np.n
         return np.nanmean(np.where(seen > 0, hits / seen, np.nan), axis=1)
 
 
-def metric_stat(spec: dict, arrays: dict[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """The statistic of a metric row as a function of resample indices (B, n) -> (B,).
+Statistic = Callable[[np.ndarray], np.ndarray]  # resample indices (B, n) -> (B,) values
 
-    ``{"stat": "hit", "array": a, "k": k}``: mean(a < k) (R@k / top-k);
-    ``{"stat": "mean", "array": a}``: mean(a);
-    ``{"stat": "class_recall", "array": a, "k": k, "classes": c}``: mean over classes of the class's mean(a < k).
-    """
-    a = np.asarray(arrays[spec["array"]], dtype=float)
-    if spec["stat"] == "hit":
-        hit = (a < spec["k"]).astype(float)
-        return lambda idx: hit[idx].mean(axis=1)
-    if spec["stat"] == "mean":
-        return lambda idx: a[idx].mean(axis=1)
-    if spec["stat"] == "class_recall":
-        hit = (a < spec["k"]).astype(float)
-        cls = np.asarray(arrays[spec["classes"]], dtype=int)
-        return lambda idx: _class_recall(hit, cls, idx)
-    raise ClearglassError(f"unknown metric statistic {spec['stat']!r}")
+
+def _hit(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    hit = (np.asarray(arrays[spec.array], dtype=float) < spec.k).astype(float)
+    return lambda idx: hit[idx].mean(axis=1)
+
+
+def _mean(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    a = np.asarray(arrays[spec.array], dtype=float)
+    return lambda idx: a[idx].mean(axis=1)
+
+
+def _recall_per_class(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    hit = (np.asarray(arrays[spec.array], dtype=float) < spec.k).astype(float)
+    cls = np.asarray(arrays[spec.classes], dtype=int)
+    return lambda idx: _class_recall(hit, cls, idx)
+
+
+STATISTICS: dict[str, Callable[[MetricSpec, dict[str, np.ndarray]], Statistic]] = {
+    "hit": _hit, "mean": _mean, "class_recall": _recall_per_class}
+
+
+def metric_stat(spec: MetricSpec | dict, arrays: dict[str, np.ndarray]) -> Statistic:
+    """The statistic of a metric row (its ``MetricSpec``, or the row's ``stat`` JSON) as a function of resample
+    indices (B, n) -> (B,): ``STATISTICS[spec.stat]`` (or a task's own statistic) over ``arrays``."""
+    spec = spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)
+    statistics = _statistics()
+    if spec.stat not in statistics:
+        raise ClearglassError(f"unknown metric statistic {spec.stat!r}: expected one of {sorted(statistics)}")
+    return statistics[spec.stat](spec, arrays)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -499,8 +508,7 @@ class EvalConfig(Config):
     def validate(self) -> None:
         """Known tasks, fields, levels and caption sources; k >= 2, n_boot >= 1, 0 < ci_level < 1."""
         for t in self.tasks:
-            if t not in TASKS:
-                raise ClearglassError(f"unknown task {t!r}: expected some of {TASKS}")
+            task_named(t)
         for f in self.fields or []:
             if f not in FIELDS:
                 raise ClearglassError(f"unknown field {f!r}: expected some of {FIELDS}")
@@ -557,55 +565,158 @@ def _check(concepts: list[ConceptRecord]) -> None:
         raise ClearglassError("the dataset has no test images")
 
 
-def _run_tasks(encoder: Encoder, concepts: list[ConceptRecord], image_root: str | os.PathLike,
-               config: EvalConfig) -> list[tuple[str, str, dict, list]]:
-    """Run every task; returns (task, subset, per-item outcomes, identity of the items) for each unit."""
+# ----------------------------------------------------------------------------------------------------------
+# The registry of tasks (what ``EvalConfig.tasks`` and the task of a ``MetricKey`` name)
+
+Unit = tuple[str, dict[str, Any]]  # (subset, per-item outcomes: numpy arrays per item, plus what identifies them)
+
+
+@dataclass(frozen=True)
+class Task:
+    """An evaluation task by name: ``run`` scores it (one unit per subset), ``metrics`` names each unit's metrics
+    with the statistic of each, ``identity`` says which items a unit's outcomes are about (two models pair only on
+    the same items), ``subsets`` are the subsets it can score and ``select`` narrows a config to some of them
+    (validation during training). ``statistics`` adds statistics its metrics use to ``STATISTICS``."""
+
+    run: Callable[[Encoder, list[ConceptRecord], Any, EvalConfig], list[Unit]]
+    metrics: Callable[[EvalConfig], list[tuple[str, MetricSpec]]]
+    identity: Callable[[dict[str, Any]], list]
+    subsets: tuple[str, ...]
+    select: Callable[[EvalConfig, list[str]], EvalConfig]
+    statistics: dict[str, Callable[[MetricSpec, dict[str, np.ndarray]], Statistic]] = field(default_factory=dict)
+
+
+def _recognition(encoder: Encoder, concepts: list[ConceptRecord], root: Any, config: EvalConfig) -> list[Unit]:
     units = []
-    if "recognition" in config.tasks:
-        for f in config.fields:
-            items = make_recognition_items(concepts, f, config.k, config.seed, config.template)
-            units.append(("recognition", f, score_recognition(encoder, items, image_root), items))
-    if "zero_shot" in config.tasks:
-        for lv in config.levels:
-            out = zero_shot(encoder, concepts, image_root, lv, config.template)
-            units.append(("zero_shot", f"level{lv}", out, [out["items"], out["labels"]]))
-    if "retrieval" in config.tasks:
-        out = retrieval(encoder, concepts, image_root, config.retrieval_captions)
-        units.append(("retrieval", config.retrieval_captions, out, [out["images"], out["texts"]]))
-    if "hierarchical" in config.tasks:
-        out = hierarchical(encoder, concepts, image_root, config.hierarchy_steps)
-        units.append(("hierarchical", "hierarcaps", out, [out["images"], out["chains"]]))
+    for f in config.fields:
+        items = make_recognition_items(concepts, f, config.k, config.seed, config.template)
+        units.append((f, {**score_recognition(encoder, items, root), "items": items}))
     return units
 
 
-def _metric_specs(task: str, config: EvalConfig) -> list[tuple[str, dict]]:
-    if task == "recognition":
-        return [("i2t_R@1", {"stat": "hit", "array": "i2t_rank", "k": 1}),
-                ("t2i_R@1", {"stat": "hit", "array": "t2i_rank", "k": 1})]
-    if task == "zero_shot":
-        return [("top1", {"stat": "hit", "array": "rank", "k": 1}),
-                ("top5", {"stat": "hit", "array": "rank", "k": 5}),
-                ("mean_class_recall", {"stat": "class_recall", "array": "rank", "k": 1, "classes": "class"})]
-    if task == "retrieval":
-        return [(f"{d}_R@{k}", {"stat": "hit", "array": f"{d}_rank", "k": k})
-                for d in ("i2t", "t2i") for k in config.retrieval_ks]
-    return [(m, {"stat": "mean", "array": m}) for m in ("precision", "recall", "d_corr")]
+def _one_caption_source(config: EvalConfig, subsets: list[str]) -> EvalConfig:
+    if len(set(subsets)) != 1:
+        raise ClearglassError(f"retrieval subsets {subsets}: one evaluation scores one caption source")
+    return replace(config, retrieval_captions=subsets[0])
 
 
-def metric_rows(units: list[tuple[str, str, dict, list]], config: EvalConfig) -> tuple[list[dict], dict]:
-    """Metric rows with bootstrap intervals, and the per-item outcomes they were computed from."""
+RECALL_AT_1 = [(f"{d}_R@1", MetricSpec("hit", f"{d}_rank", 1)) for d in ("i2t", "t2i")]
+TASKS: dict[str, Task] = {
+    "recognition": Task(
+        run=_recognition, metrics=lambda config: RECALL_AT_1, identity=lambda out: out["items"],
+        subsets=FIELDS, select=lambda config, subsets: replace(config, fields=subsets)),
+    "zero_shot": Task(
+        run=lambda encoder, concepts, root, config: [
+            (f"level{lv}", zero_shot(encoder, concepts, root, lv, config.template)) for lv in config.levels],
+        metrics=lambda config: [("top1", MetricSpec("hit", "rank", 1)), ("top5", MetricSpec("hit", "rank", 5)),
+                                ("mean_class_recall", MetricSpec("class_recall", "rank", 1, "class"))],
+        identity=lambda out: [out["items"], out["labels"]],
+        subsets=tuple(f"level{i}" for i in range(1, len(LEVELS) + 1)),
+        select=lambda config, subsets: replace(config, levels=[int(s.removeprefix("level")) for s in subsets])),
+    "retrieval": Task(
+        run=lambda encoder, concepts, root, config: [
+            (config.retrieval_captions, retrieval(encoder, concepts, root, config.retrieval_captions))],
+        metrics=lambda config: [(f"{d}_R@{k}", MetricSpec("hit", f"{d}_rank", k))
+                                for d in ("i2t", "t2i") for k in config.retrieval_ks],
+        identity=lambda out: [out["images"], out["texts"]], subsets=CAPTION_SOURCES,
+        select=_one_caption_source),
+    "hierarchical": Task(
+        run=lambda encoder, concepts, root, config: [
+            ("hierarcaps", hierarchical(encoder, concepts, root, config.hierarchy_steps))],
+        metrics=lambda config: [(m, MetricSpec("mean", m)) for m in ("precision", "recall", "d_corr")],
+        identity=lambda out: [out["images"], out["chains"]], subsets=("hierarcaps",),
+        select=lambda config, subsets: config),
+}
+
+
+
+def _base_and_novel(encoder: Encoder, concepts: list[ConceptRecord], root: Any, config: EvalConfig) -> list[Unit]:
+    """Recognition per field, each item marked novel (its concept has no training images) or base."""
+    novel = {c.concept: not c.train_images for c in concepts}
+    units = []
+    for subset, out in _recognition(encoder, concepts, root, config):
+        flags = np.array([novel[item.concepts[0]] for item in out["items"]], dtype=bool)
+        if flags.all() or not flags.any():
+            raise ClearglassError(f"harmonic_mean/{subset}: needs test items of base concepts (with training images) "
+                                  f"and of novel ones (without); found {int((~flags).sum())} and {int(flags.sum())}")
+        units.append((subset, {**out, "novel": flags}))
+    return units
+
+
+def _harmonic_mean_of_hits(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    """Per resample: the harmonic mean of the hit rates (array < k) on base and on novel (``classes``) items."""
+    from clearglass.base_to_novel import harmonic_mean
+
+    hit, novel = np.asarray(arrays[spec.array]) < spec.k, np.asarray(arrays[spec.classes], dtype=bool)
+
+    def stat(idx: np.ndarray) -> np.ndarray:
+        h, nv = hit[idx], novel[idx]  # (B, n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            base, new = (h & ~nv).sum(1) / (~nv).sum(1), (h & nv).sum(1) / nv.sum(1)  # nan: a side not drawn
+        return np.where(np.isnan(base) | np.isnan(new), np.nan, harmonic_mean(np.nan_to_num(base), np.nan_to_num(new)))
+
+    return stat
+
+
+TASKS["harmonic_mean"] = Task(  # base-to-novel: 2·B·N / (B + N) of recognition on base and novel concepts
+    run=_base_and_novel, identity=lambda out: [*out["items"], out["novel"].tolist()], subsets=FIELDS,
+    metrics=lambda config: [(name, MetricSpec("harmonic_mean", spec.array, 1, "novel")) for name, spec in RECALL_AT_1],
+    select=lambda config, subsets: replace(config, fields=subsets),
+    statistics={"harmonic_mean": _harmonic_mean_of_hits})
+
+def task_named(name: str) -> Task:
+    """The registered task ``name``; an unknown name is an error with the closest known one."""
+    if name not in TASKS:
+        raise ClearglassError(f"unknown task {name!r}: {suggestion(name, sorted(TASKS))}")
+    return TASKS[name]
+
+
+def check_metric(key: MetricKey, config: EvalConfig | None = None) -> MetricKey:
+    """``key`` when its task is registered, its subset one the task scores and its metric one the task reports
+    (under ``config``, default ``EvalConfig()``); else an error naming it, with the closest known name."""
+    if key.task not in TASKS:
+        raise ClearglassError(f"metric {key}: unknown task {key.task!r}; {suggestion(key.task, sorted(TASKS))}")
+    task = TASKS[key.task]
+    if key.subset not in task.subsets:
+        raise ClearglassError(f"metric {key}: task {key.task!r} has no subset {key.subset!r}; "
+                              f"{suggestion(key.subset, list(task.subsets))}")
+    names = [name for name, _ in task.metrics(config or EvalConfig())]
+    if key.metric not in names:
+        raise ClearglassError(f"metric {key}: task {key.task!r} reports no {key.metric!r}; "
+                              f"{suggestion(key.metric, names)}")
+    return key
+
+
+def config_for(keys: list[MetricKey], config: EvalConfig | None = None) -> EvalConfig:
+    """``config`` (default ``EvalConfig()``) narrowed to the tasks and subsets that score ``keys``, each checked."""
+    config = config or EvalConfig()
+    for key in keys:
+        check_metric(key, config)
+    tasks = list(dict.fromkeys(k.task for k in keys))
+    config = replace(config, tasks=tasks)
+    for t in tasks:
+        config = TASKS[t].select(config, list(dict.fromkeys(k.subset for k in keys if k.task == t)))
+    return config
+
+
+def _statistics() -> dict[str, Callable[[MetricSpec, dict[str, np.ndarray]], Statistic]]:
+    return {**STATISTICS, **{name: f for task in TASKS.values() for name, f in task.statistics.items()}}
+
+
+def metric_rows(units: list[tuple[str, str, dict]], config: EvalConfig) -> tuple[list[dict], dict]:
+    """Metric rows with bootstrap intervals, and the per-item outcomes they were computed from, of
+    ``(task, subset, outcomes)`` units."""
     rows, per_item = [], {}
-    for task, subset, outcomes, identity in units:
+    for task, subset, outcomes in units:
         arrays = {k: v for k, v in outcomes.items() if isinstance(v, np.ndarray)}
-        for name, spec in _metric_specs(task, config):
-            unit = f"{task}/{subset}/{spec['array']}"
-            n = len(arrays[spec["array"]])
+        for name, spec in TASKS[task].metrics(config):
+            n = len(arrays[spec.array])
             stat = metric_stat(spec, arrays)
             value = float(stat(np.arange(n)[None])[0])
             low, high = bootstrap(stat, n, config.n_boot, config.seed, config.ci_level)
             rows.append({"task": task, "subset": subset, "metric": name, "value": value, "ci_low": low,
-                         "ci_high": high, "n": n, "unit": unit, "stat": spec})
-        per_item[f"{task}/{subset}"] = {"items_hash": items_hash(identity),
+                         "ci_high": high, "n": n, "unit": f"{task}/{subset}/{spec.array}", "stat": spec.to_dict()})
+        per_item[f"{task}/{subset}"] = {"items_hash": items_hash(TASKS[task].identity(outcomes)),
                                         "arrays": {k: v.tolist() for k, v in arrays.items()}}
     return rows, per_item
 
@@ -626,14 +737,11 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
         levels, skipped_levels = _auto_levels(concepts)
         config = replace(config, levels=levels)
         skipped.update({f"zero_shot/{lv}": why for lv, why in skipped_levels.items()})
-    recorder = _Recorder()
-    _run_tasks(recorder, concepts, image_root, config)   # the dry run only gathers what will be embedded
-    paths = list(dict.fromkeys(recorder.paths))
-    texts = list(dict.fromkeys(recorder.texts))
-    image_emb = encoder.embed_images(paths)
-    text_emb = encoder.embed_texts(texts)
-    units = _run_tasks(_Lookup(paths, image_emb, texts, text_emb), concepts, image_root, config)
+    for im in (im for c in concepts for im in c.test_images):  # every task reads test images only
+        resolve_image_path(image_root, im.image)
+    once = _Once(encoder)
+    units = [(t, subset, out) for t in config.tasks for subset, out in TASKS[t].run(once, concepts, image_root, config)]
     rows, per_item = metric_rows(units, config)
     return {"model": model, "data": data, "test_set_hash": test_set_hash(concepts), "config": asdict(config),
-            "skipped": skipped, "n_images_embedded": len(paths), "n_texts_embedded": len(texts), "metrics": rows,
-            "per_item": per_item}
+            "skipped": skipped, "n_images_embedded": len(once.images), "n_texts_embedded": len(once.texts),
+            "metrics": rows, "per_item": per_item}

@@ -9,6 +9,7 @@ method with intervals, the paired difference in points and a verdict word) and a
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,21 @@ import numpy as np
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import bootstrap, metric_stat
 from clearglass.io import write_json_atomic, write_text_atomic
+from clearglass.results import MetricKey, Results
 
 # headline measures of a report when its caller names none: per task, the metrics shown first
 HEADLINE_METRICS = {"recognition": ("i2t_R@1", "t2i_R@1"), "zero_shot": ("top1",),
                     "retrieval": ("i2t_R@1", "t2i_R@1"), "hierarchical": ("precision", "recall")}
-Measure = tuple[tuple[str, ...], str]  # ((task, subset, metric) or (split, task, subset, metric), label)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A headline measure: a metric, its label, and with ``split`` the comparison of a ``{split: compare() output}``
+    mapping it is read from."""
+
+    key: MetricKey
+    label: str
+    split: str | None = None
 
 
 def fmt_pct(x: float, signed: bool = False) -> str:
@@ -31,10 +42,6 @@ def fmt_pct(x: float, signed: bool = False) -> str:
 
 def _cell(row: dict, signed: bool = False) -> str:
     return f"{fmt_pct(row['value'], signed)} [{fmt_pct(row['ci_low'], signed)}, {fmt_pct(row['ci_high'], signed)}]"
-
-
-def _key(row: dict) -> tuple[str, str, str]:
-    return (row["task"], row["subset"], row["metric"])
 
 
 def compare(results_by_model: dict[str, dict], n_boot: int | None = None, seed: int | None = None,
@@ -66,43 +73,38 @@ def _differences(results_by_model: dict[str, dict], name: str, base_name: str, n
     if other["test_set_hash"] != base["test_set_hash"]:
         raise ClearglassError(f"model {name!r} was evaluated on test set {other['test_set_hash']}, "
                               f"{base_name!r} on {base['test_set_hash']}: compare needs the same test set")
-    theirs = {_key(r): r for r in other["metrics"]}
+    table = Results({base_name: base, name: other})
     differences = []
-    for row in base["metrics"]:
-        if _key(row) not in theirs:
+    for key in table.keys(base_name):
+        if table.row(key, name) is None:
             continue
-        group = f"{row['task']}/{row['subset']}"
-        a_items, b_items = base["per_item"][group], other["per_item"][group]
-        if a_items["items_hash"] != b_items["items_hash"]:
-            raise ClearglassError(f"{group}: model {name!r} saw different items than {base_name!r} "
+        mine, theirs = table.outcomes(key, base_name), table.outcomes(key, name)
+        if mine.items_hash != theirs.items_hash:
+            raise ClearglassError(f"{key.unit}: model {name!r} saw different items than {base_name!r} "
                                   "(different k, seed, template or data); cannot pair them")
-        stat_a = metric_stat(row["stat"], {k: np.asarray(v) for k, v in a_items["arrays"].items()})
-        stat_b = metric_stat(row["stat"], {k: np.asarray(v) for k, v in b_items["arrays"].items()})
+        stat_a, stat_b = metric_stat(mine.spec, mine.arrays), metric_stat(theirs.spec, theirs.arrays)
 
         def diff(idx: np.ndarray, stat_a=stat_a, stat_b=stat_b) -> np.ndarray:
             return stat_b(idx) - stat_a(idx)
 
-        value = theirs[_key(row)]["value"] - row["value"]
-        low, high = bootstrap(diff, row["n"], n_boot, seed, level)
-        differences.append({"model": name, "baseline": base_name, "task": row["task"], "subset": row["subset"],
-                            "metric": row["metric"], "value": value, "ci_low": low, "ci_high": high,
-                            "n": row["n"]})
+        low, high = bootstrap(diff, mine.n, n_boot, seed, level)
+        differences.append({"model": name, "baseline": base_name, "task": key.task, "subset": key.subset,
+                            "metric": key.metric, "value": table.value(key, name) - table.value(key, base_name),
+                            "ci_low": low, "ci_high": high, "n": mine.n})
     return differences
 
 
 def markdown_table(results_by_model: dict[str, dict]) -> str:
     """Markdown table: one row per (task, subset, metric), one column per model, ``value [ci_low, ci_high]`` in %."""
-    names = list(results_by_model)
-    rows: dict[tuple, dict[str, dict]] = {}
-    for name in names:
-        for r in results_by_model[name]["metrics"]:
-            rows.setdefault(_key(r), {})[name] = r
-    lines = ["| task | subset | metric | n | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
-    for key, cells in rows.items():
-        n = next(iter(cells.values()))["n"]
-        values = [_cell(c) if (c := cells.get(m)) else "-" for m in names]
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {n} | " + " | ".join(values) + " |")
+    table = Results(results_by_model)
+    keys = list(dict.fromkeys(k for name in table.models for k in table.keys(name)))
+    lines = ["| task | subset | metric | n | " + " | ".join(table.models) + " |",
+             "|---|---|---|---|" + "---|" * len(table.models)]
+    for key in keys:
+        cells = [table.row(key, m) for m in table.models]
+        n = next(c for c in cells if c)["n"]
+        values = [_cell(c) if c else "-" for c in cells]
+        lines.append(f"| {key.task} | {key.subset} | {key.metric} | {n} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -116,27 +118,23 @@ def differences_table(differences: list[dict], ci_level: float = 0.95) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _locate(comparison: dict, key: tuple[str, ...]) -> tuple[dict, tuple[str, str, str]]:
-    """The compare() output and (task, subset, metric) a measure key names; a 4-part key's first part picks one
-    comparison of a ``{split: compare() output}`` mapping."""
-    if len(key) == 4:
-        if key[0] not in comparison:
-            raise ClearglassError(f"headline measure {key}: no comparison {key[0]!r}, expected one of "
-                                  f"{list(comparison)}")
-        return comparison[key[0]], (key[1], key[2], key[3])
-    if len(key) != 3:
-        raise ClearglassError(f"headline measure {key}: expected (task, subset, metric) or "
-                              "(split, task, subset, metric)")
-    return comparison, (key[0], key[1], key[2])
+def _table(comparison: dict, measure: Measure) -> tuple[Results, dict]:
+    """The results table a measure is read from, and its compare() output (with ``split``: that split's)."""
+    if measure.split is None:
+        return Results.of(comparison), comparison
+    if measure.split not in comparison:
+        raise ClearglassError(f"headline measure {measure.split}/{measure.key}: no comparison {measure.split!r}, "
+                              f"expected one of {list(comparison)}")
+    return Results.of(comparison[measure.split]), comparison[measure.split]
 
 
-def _metric_row(comp: dict, model: str, key: tuple[str, str, str]) -> dict:
-    if model not in comp["results"]:
-        raise ClearglassError(f"headline measure {key}: no results of model {model!r}, expected one of "
-                              f"{list(comp['results'])}")
-    row = next((r for r in comp["results"][model]["metrics"] if _key(r) == key), None)
+def _metric_row(table: Results, model: str, measure: Measure) -> dict:
+    if model not in table.by_model:
+        raise ClearglassError(f"headline measure {measure.key}: no results of model {model!r}, expected one of "
+                              f"{table.models}")
+    row = table.row(measure.key, model)
     if row is None:
-        raise ClearglassError(f"headline measure {key}: model {model!r} has no such metric")
+        raise ClearglassError(f"headline measure {measure.key}: model {model!r} has no such metric")
     return row
 
 
@@ -150,44 +148,52 @@ def verdict(difference: dict) -> str:
     return "no clear difference"
 
 
-def headline_rows(comparison: dict, baseline: str, method: str | None, measures: list[Measure]) -> list[dict]:
+def headline_rows(comparison: dict, baseline: str, method: str | None, measures: list[Measure],
+                  models: list[str] | None = None) -> list[dict]:
     """Per measure: its label, the baseline's and the method's metric rows, their paired difference and its verdict
-    (``method=None``: the baseline's rows only)."""
+    (``method=None``: the baseline's rows only); under ``models`` the rows of ``models`` (default: the baseline
+    and the method), None where a model has no such metric."""
     if not measures:
         raise ClearglassError("a headline table needs at least one measure")
+    shown = models or [m for m in (baseline, method) if m is not None]
     rows = []
-    for key, label in measures:
-        comp, metric_key = _locate(comparison, key)
-        row = {"label": label, "baseline": _metric_row(comp, baseline, metric_key),
-               "ci_level": comp["results"][baseline]["config"]["ci_level"]}
+    for measure in measures:
+        table, comp = _table(comparison, measure)
+        row = {"label": measure.label, "baseline": _metric_row(table, baseline, measure),
+               "ci_level": comp["results"][baseline]["config"]["ci_level"],
+               "models": {m: table.row(measure.key, m) if m in table.by_model else None for m in shown}}
         if method is not None:
-            d = next((d for d in comp["differences"] if (d["model"], d["baseline"]) == (method, baseline)
-                      and (d["task"], d["subset"], d["metric"]) == metric_key), None)
+            d = table.difference(measure.key, method, baseline)
             if d is None:
-                raise ClearglassError(f"headline measure {key}: no paired difference of {method!r} minus {baseline!r}; "
-                                      f"compare() them with {baseline!r} first")
-            row.update(method=_metric_row(comp, method, metric_key), difference=d, verdict=verdict(d))
+                raise ClearglassError(f"headline measure {measure.key}: no paired difference of {method!r} minus "
+                                      f"{baseline!r}; compare() them with {baseline!r} first")
+            row.update(method=_metric_row(table, method, measure), difference=d, verdict=verdict(d))
         rows.append(row)
     return rows
 
 
-def headline_cells(comparison: dict, baseline: str, method: str | None,
-                   measures: list[Measure]) -> tuple[list[str], list[list[str]]]:
-    """The headline table as a header and rows of formatted cells (markdown and the HTML gallery render it)."""
-    rows = headline_rows(comparison, baseline, method, measures)
+def headline_cells(comparison: dict, baseline: str, method: str | None, measures: list[Measure],
+                   models: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """The headline table as a header and rows of formatted cells (markdown and the HTML gallery render it): the
+    baseline and the method, or with ``models`` a column per model ("-" where one has no such metric), then the
+    method minus the baseline and the verdict."""
+    rows = headline_rows(comparison, baseline, method, measures, models)
     ci = f"{round(100 * rows[0]['ci_level'])}% CI"
     if method is None:
         return ["measure", f"{baseline}, % [{ci}]"], [[r["label"], _cell(r["baseline"])] for r in rows]
-    header = ["measure", f"{baseline}, % [{ci}]", f"{method}, % [{ci}]", f"{method} − {baseline}, points [{ci}]",
+    header = ["measure", *(f"{m}, % [{ci}]" for m in rows[0]["models"]), f"{method} − {baseline}, points [{ci}]",
               "verdict"]
-    return header, [[r["label"], _cell(r["baseline"]), _cell(r["method"]), _cell(r["difference"], signed=True),
-                     r["verdict"]] for r in rows]
+    return header, [[r["label"], *(_cell(c) if c else "-" for c in r["models"].values()),
+                     _cell(r["difference"], signed=True), r["verdict"]] for r in rows]
 
 
-def headline_table(comparison: dict, baseline: str, method: str | None, measures: list[Measure]) -> str:
-    """Markdown headline table: per measure the baseline and the method in % with intervals, the method minus the
-    baseline in points with its paired interval, and the verdict word."""
-    return _markdown(*headline_cells(comparison, baseline, method, measures))
+def headline_table(comparison: dict, baseline: str, method: str | None, measures: list[Measure],
+                   models: list[str] | None = None, header: list[str] | None = None) -> str:
+    """Markdown headline table: per measure the baseline and the method (or each of ``models``) in % with
+    intervals, the method minus the baseline in points with its paired interval, and the verdict word;
+    ``header`` relabels the columns."""
+    default, rows = headline_cells(comparison, baseline, method, measures, models)
+    return _markdown(header or default, rows)
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -229,8 +235,8 @@ def verdict_sentences(comparison: dict, baseline: str, method: str, measures: li
 
 def default_measures(results: dict) -> list[Measure]:
     """The headline measures of a results dict: its rows whose metric ``HEADLINE_METRICS`` names for their task."""
-    return [((r["task"], r["subset"], r["metric"]), f"{r['task']}: {r['subset']}, {r['metric']}")
-            for r in results["metrics"] if r["metric"] in HEADLINE_METRICS.get(r["task"], ())]
+    return [Measure(k, f"{k.task}: {k.subset}, {k.metric}") for k in Results.of(results).keys()
+            if k.metric in HEADLINE_METRICS.get(k.task, ())]
 
 
 def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[str, dict],
@@ -273,7 +279,7 @@ def write_plots(results_by_model: dict[str, dict], out_dir: str | os.PathLike, s
     out_dir.mkdir(parents=True, exist_ok=True)
     k = next(iter(results_by_model.values()))["config"].get("k")
     on = f" ({split})" if split else ""
-    paths = []
+    paths, table = [], Results(results_by_model)
     for task, metric, title, stem, chance in [
         ("recognition", "i2t_R@1", f"Concept recognition{on}, image->text R@1, K={k}", "recognition_i2t",
          1 / k if k else None),
@@ -281,8 +287,8 @@ def write_plots(results_by_model: dict[str, dict], out_dir: str | os.PathLike, s
          1 / k if k else None),
         ("zero_shot", "top1", f"Zero-shot top-1 by concept level{on}", "zero_shot_by_level", None),
     ]:
-        pick = {m: {r["subset"]: r for r in res["metrics"] if r["task"] == task and r["metric"] == metric}
-                for m, res in results_by_model.items()}
+        pick = {m: {k.subset: table.row(k, m) for k in table.keys(m) if (k.task, k.metric) == (task, metric)}
+                for m in table.models}
         groups = list(dict.fromkeys(g for rows in pick.values() for g in rows))
         if groups:
             path = out_dir / f"{stem}.png"
@@ -334,8 +340,9 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     baselines = list(dict.fromkeys(baseline for _, baseline in compared_pairs(comparison)))
     first = by_model[baselines[0] if baselines else next(iter(by_model))]
     cfg = first["config"]
+    table = Results(by_model)
     d_corr = " (d_corr, a rank correlation, times 100)" if any(
-        r["metric"] == "d_corr" for res in by_model.values() for r in res["metrics"]) else ""
+        k.metric == "d_corr" for m in table.models for k in table.keys(m)) else ""
     parts = [f"# {title}\n"]
     for section in headline_sections(comparison, measures):
         parts += [f"## {section['heading']}\n"] if section["heading"] else []

@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import SyntheticNegativesConfig
 from clearglass.io import DEFAULT_MAX_PIXELS
+from clearglass.results import MetricKey
+
+if TYPE_CHECKING:
+    from clearglass.evaluate import EvalConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 OUTER = Literal["pairwise", "centroid", "clip"]
@@ -95,9 +99,10 @@ class TrainConfig(Config):
     when available. ``anchors_per_batch`` None means one anchor group per rank.
 
     Validation during training: every ``eval_every`` steps (0: never) the model is scored on the test images of
-    ``eval_data`` (a MAGIC file; ``eval_images`` defaults to its folder) with ``eval_tasks``; the mean of
-    ``eval_metrics`` ("task/subset/metric" names of `clearglass.evaluate`) is the validation score, written to
-    ``metrics.jsonl``. ``keep_best`` also keeps ``checkpoints/best.pt``, the checkpoint of the best score;
+    ``eval_data`` (a MAGIC file; ``eval_images`` defaults to its folder); the mean of ``eval_metrics``
+    ("task/subset/metric" keys of the task registry `clearglass.evaluate.TASKS`, checked against it here) is the
+    validation score, written to ``metrics.jsonl``. Only the tasks and subsets those metrics need are run;
+    ``eval_tasks`` (default: any) limits which tasks they may name. ``keep_best`` also keeps ``checkpoints/best.pt``, the checkpoint of the best score;
     ``early_stop_patience`` > 0 stops after that many evaluations without a better score.
 
     ``allow_outside_root`` lets image ids be absolute paths or leave ``images`` / ``eval_images`` (refused by default).
@@ -140,8 +145,7 @@ class TrainConfig(Config):
     eval_every: int = 0
     eval_data: str | None = None
     eval_images: str | None = None
-    eval_tasks: list[Literal["recognition", "zero_shot", "retrieval"]] = field(
-        default_factory=lambda: ["recognition", "retrieval"])
+    eval_tasks: list[str] | None = None
     eval_metrics: list[str] = field(
         default_factory=lambda: ["recognition/concept_level1/i2t_R@1", "retrieval/old_captions/i2t_R@1"])
     keep_best: bool = False
@@ -177,6 +181,29 @@ class TrainConfig(Config):
             raise ClearglassError("text_cache_file keeps the frozen text tower's outputs: set cache_text_features=true")
         if self.eval_every and not self.eval_metrics:
             raise ClearglassError("eval_metrics: expected at least one 'task/subset/metric' name")
+        if self.eval_every:
+            self.validation_config()
+
+    def validation_config(self) -> EvalConfig:
+        """The evaluation validation runs: the tasks and subsets of ``eval_metrics``, each checked against the task
+        registry (and ``eval_tasks``), one bootstrap resample (only the values are read)."""
+        from clearglass.evaluate import config_for, task_named
+
+        keys = self.validation_keys()
+        for task in self.eval_tasks or []:
+            task_named(task)
+        outside = [str(k) for k in keys if self.eval_tasks is not None and k.task not in self.eval_tasks]
+        if outside:
+            raise ClearglassError(f"eval_metrics {outside}: their tasks are not in eval_tasks {self.eval_tasks}; add "
+                                  "them, or leave eval_tasks out")
+        return replace(config_for(keys), n_boot=1)
+
+    def validation_keys(self) -> list[MetricKey]:
+        """``eval_metrics`` as metric keys."""
+        try:
+            return [MetricKey.parse(m) for m in self.eval_metrics]
+        except ClearglassError as e:
+            raise ClearglassError(f"eval_metrics: {e}") from None
 
     def check_ready(self) -> None:
         """What a run needs beyond valid values: a dataset."""

@@ -1,4 +1,5 @@
-"""Training as a run: :class:`Run` builds one state (model, data, loss, optimiser), ``restore`` resumes it, ``step``
+"""Training as a run: :func:`build` makes its frozen :class:`Parts` (data, model, loss, optimiser, ...) in one
+order, :class:`Run` holds them with what changes per step; ``restore`` resumes it, ``step``
 takes one batch and returns named loss terms, ``validate`` scores it on the validation file, ``save`` writes an
 atomic checkpoint; :func:`train` is the loop around them.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+from dataclasses import dataclass
 import json
 import math
 import os
@@ -38,12 +40,13 @@ from clearglass import data as cg_data
 from clearglass.checkpoints import (checkpoint_dataset_sha256, load_extra_state, load_weights,
                                     read_checkpoint_metadata, save_checkpoint)
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import EvalConfig, ModelEncoder, evaluate_model
+from clearglass.evaluate import ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
 from clearglass.io import file_sha256, remove_orphan_temps, resolve_device, write_json_atomic
-from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, add_self_regularisation, make_loss
+from clearglass.losses import LN_100, LOSSES, GroupedContrastiveLoss, NamedLoss, add_self_regularisation, make_loss
 from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts
 from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_model, lock_towers, trim_padding
+from clearglass.results import Results
 from clearglass.train.config import TrainConfig
 from clearglass.train.reporting import Reporters
 from clearglass.train.state import Source, latest_checkpoint, rng_state, set_rng_state, truncate_metrics
@@ -139,125 +142,198 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
 
 
+@dataclass(frozen=True)
+class TrainData:
+    """The training data of a run: the dataset (with filled hard negatives), its image root, its groups and the
+    main stage's sampler over them, the synthetic caption negatives, and the dataset's sha256."""
+
+    path: Path
+    concepts: list
+    filled: list[str]
+    image_root: ImageRoot
+    index: cg_data.GroupIndex
+    sampler: cg_data._EpochSampler
+    negative_captions: CaptionNegatives | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a run is built from (``build``); a step changes what is inside them (weights, optimiser moments,
+    source positions), never which they are."""
+
+    config: TrainConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    data: TrainData
+    bundle: Any                      # models.ModelBundle
+    text_cache: FrozenTextCache | None
+    base: _FrozenBase | None         # the frozen initial model of loss.self_reg
+    named_loss: NamedLoss
+    loss_fn: nn.Module
+    main: Source
+    pre: Source | None               # caption pre-training, with its own loss
+    pre_loss_fn: nn.Module | None
+    params: list[tuple[str, nn.Parameter]]
+    optimizer: torch.optim.AdamW
+    scaler: torch.amp.GradScaler | None
+    autocast_dtype: torch.dtype | None
+    features: nn.Module              # Features, DDP-wrapped with world_size > 1
+    validation: _Validation | None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.bundle.model
+
+    @property
+    def scale_owner(self) -> nn.Module:
+        """The module that owns the temperature (the grouped part of a multi-level loss)."""
+        return getattr(self.loss_fn, "grouped", self.loss_fn)
+
+
+def build(config: TrainConfig, rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> Parts:
+    """Everything a run needs, in the one order that works: data (a dataset too small fails before any model
+    loads), the model and its frozen parts, the loss, the batch sources, the optimiser, the validation."""
+    config.check_ready()
+    device = device if device is not None else resolve_device(config.device)
+    if config.precision == "amp" and device.type != "cuda":
+        raise ClearglassError("train config: precision 'amp' (fp16 + GradScaler) needs CUDA; use 'bf16' or 'fp32'")
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    data = _train_data(config, rank, world_size)
+    bundle = load_model(config.model, device)
+    model = _lock(bundle, config)
+    text_cache = FrozenTextCache(model) if config.cache_text_features else None
+    # before any step or restore: the base is always the initial model of config.model
+    base = _FrozenBase(model, text_cache, config.loss.self_reg_features) if config.loss.self_reg else None
+    loss_fn = make_loss(**dataclasses.asdict(config.loss)).to(device)
+    main, pre = _sources(config, data, bundle, device, rank, world_size)
+    pre_loss_fn = GroupedContrastiveLoss("clip", None, tau=config.loss.tau).to(device) if pre is not None else None
+    params = _trainable(model, loss_fn, config)
+    optimizer = make_optimizer(params, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(config, 0)
+    features: nn.Module = Features(model, text_cache)
+    if world_size > 1:
+        features = nn.parallel.DistributedDataParallel(
+            features, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.pretrain.steps > 0)
+    parts = Parts(config, rank, world_size, device, data, bundle, text_cache, base, LOSSES[config.loss.kind], loss_fn,
+                  main, pre, pre_loss_fn, params, optimizer,
+                  torch.amp.GradScaler("cuda") if config.precision == "amp" else None,
+                  {"bf16": torch.bfloat16, "amp": torch.float16}.get(config.precision), features,
+                  _Validation(config) if config.eval_every else None)
+    model.train()
+    frozen_modules_to_eval(model)  # frozen parts run as in inference: no dropout, fixed statistics
+    if text_cache is not None and config.text_cache_file:
+        _fill_text_cache(parts, Path(config.text_cache_file))
+    return parts
+
+
+def _train_data(c: TrainConfig, rank: int, world_size: int) -> TrainData:
+    path = Path(c.data)
+    concepts, filled = load_concepts(path), []
+    if c.synthetic_negatives.concepts:
+        concepts, filled = fill_hard_negatives(concepts, c.synthetic_negatives.concepts_per_group)
+    index = _group_index(c, concepts)
+    sampler = make_sampler(c, index, rank, world_size)  # data too small: fails before the model loads
+    s = c.synthetic_negatives
+    negatives = CaptionNegatives(index, concepts, s.source, s.per_caption, c.seed, s.specificity) if s.caption else None
+    root = ImageRoot(Path(c.images) if c.images else dataset_image_root(path), c.allow_outside_root)
+    return TrainData(path, concepts, filled, root, index, sampler, negatives, file_sha256(path))
+
+
+def _lock(bundle: Any, c: TrainConfig) -> nn.Module:
+    """Lock the towers as configured; the model's own logit scale and bias stay fixed (the loss has its own)."""
+    lock_towers(bundle, **dataclasses.asdict(c.lock))
+    for name in ("logit_scale", "logit_bias"):
+        if isinstance(getattr(bundle.model, name, None), nn.Parameter):
+            getattr(bundle.model, name).requires_grad_(False)
+    return bundle.model
+
+
+def _sources(c: TrainConfig, data: TrainData, bundle: Any, device: torch.device, rank: int,
+             world_size: int) -> tuple[Source, Source | None]:
+    """The main stage's batch source and, with pretrain.steps, the caption pre-training's."""
+    pin = device.type == "cuda"
+    dataset = cg_data.PairDataset(data.index, data.image_root, bundle.preprocess_train, bundle.tokenizer,
+                                  c.cache_images, c.max_image_pixels)
+    n = c.pairs_per_group if LOSSES[c.loss.kind].batches == "groups" else 1
+    collate = cg_data.GroupCollate(n, data.index.level2_ids())
+
+    def add_negatives(batch: cg_data.Batch) -> cg_data.Batch:
+        """The batch with its synthetic negative captions' tokens (K, L), made in the main process."""
+        return dataclasses.replace(batch, negatives=bundle.tokenizer(data.negative_captions.for_batch(batch.keys)))
+
+    main = Source(cg_data.make_loader(dataset, data.sampler, collate, c.num_workers, pin), data.sampler,
+                  add_negatives if data.negative_captions is not None else None)
+    if not c.pretrain.steps:
+        return main, None
+    if not any(p.requires_grad for name, p in bundle.model.named_parameters() if not name.startswith("visual")):
+        raise ClearglassError("train config: pretrain.steps > 0 trains the text tower, but lock.lock_text freezes all of it")
+    pairs = cg_data.text_pretrain_pairs(data.concepts)
+    sampler = cg_data.TextPairSampler(len(pairs), c.pretrain.batch_size, c.seed, rank, world_size)
+    return main, Source(cg_data.make_loader(cg_data.TextPairDataset(pairs, bundle.tokenizer), sampler,
+                                            cg_data.collate_text_pairs, c.num_workers, pin), sampler)
+
+
+def _trainable(model: nn.Module, loss_fn: nn.Module, c: TrainConfig) -> list[tuple[str, nn.Parameter]]:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params += [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
+    if not params:
+        raise ClearglassError(f"train config: nothing to train: every parameter of {c.model!r} is locked")
+    return params
+
+
+def _fill_text_cache(parts: Parts, path: Path) -> None:
+    """Load the stored frozen-text outputs, encode every caption of the data (and validation) not in them yet, and
+    store them again when that added any."""
+    cache = parts.text_cache
+    if path.is_file():
+        cache.load(path)
+    field = parts.config.caption_field
+    captions = {cap for g in parts.data.index.groups for im in g.images for cap in getattr(im, field)}
+    if parts.validation is not None:
+        captions |= {cap for c in parts.validation.concepts for im in c.test_images
+                     for cap in im.old_captions + im.new_captions}
+    before = len(cache.store)
+    cache.fill(parts.bundle.tokenizer(sorted(captions)), progress=parts.rank == 0)
+    if parts.rank == 0 and len(cache.store) > before:
+        cache.save(path)
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best validation so far: its score and step, and the evaluations since without a better score."""
+
+    score: float | None = None
+    step: int | None = None
+    bad_evals: int = 0
+
+
 class Run:
-    """One training run's state. Build it, optionally ``restore`` it, then ``step`` it batch by batch."""
+    """One training run: its ``Parts`` (``build``) and what changes per step (the step count, the latest metrics,
+    the best validation). Build it, optionally ``restore`` it, then ``step`` it batch by batch."""
 
     def __init__(self, config: TrainConfig, rank: int = 0, world_size: int = 1,
                  device: torch.device | None = None) -> None:
-        config.check_ready()
-        self.config, self.rank, self.world_size = config, rank, world_size
-        self.device = device if device is not None else resolve_device(config.device)
-        if config.precision == "amp" and self.device.type != "cuda":
-            raise ClearglassError("train config: precision 'amp' (fp16 + GradScaler) needs CUDA; use 'bf16' or 'fp32'")
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        random.seed(config.seed)
-        np.random.seed(config.seed)
-        torch.manual_seed(config.seed)
-        self.out = Path(config.out)
+        self.parts = build(config, rank, world_size, device)
         self.step_count = 0
         self.metrics: dict[str, Any] = {}  # the latest logged row (a finished run resumed keeps its own)
-        self.best: dict[str, Any] = {"score": None, "step": None, "bad_evals": 0}
-        self._build_data()
-        self._build_model()
-        self._build_sources()
-        self._build_optimisation()
-        self.validation = _Validation(self) if config.eval_every else None
-        self.model.train()
-        frozen_modules_to_eval(self.model)  # frozen parts run as in inference: no dropout, fixed statistics
-        if self.text_cache is not None and config.text_cache_file:
-            self._fill_text_cache(Path(config.text_cache_file))
+        self.best = Best()
 
-    # -- build ------------------------------------------------------------------------------------------------
-
-    def _build_data(self) -> None:
-        c = self.config
-        self.data_path = Path(c.data)
-        concepts = load_concepts(self.data_path)
-        self.filled: list[str] = []
-        if c.synthetic_negatives.concepts:
-            concepts, self.filled = fill_hard_negatives(concepts, c.synthetic_negatives.concepts_per_group)
-        self.concepts = concepts
-        self.image_root = ImageRoot(Path(c.images) if c.images else dataset_image_root(self.data_path),
-                                    c.allow_outside_root)
-        self.index = _group_index(c, concepts)
-        self.sampler = make_sampler(c, self.index, self.rank, self.world_size)  # data too small: fails before loading
-        s = c.synthetic_negatives
-        self.negative_captions = CaptionNegatives(self.index, concepts, s.source, s.per_caption, c.seed,
-                                                  s.specificity) if s.caption else None
-        self.dataset_sha256 = file_sha256(self.data_path)
-
-    def _build_model(self) -> None:
-        c = self.config
-        self.bundle = load_model(c.model, self.device)
-        lock_towers(self.bundle, **dataclasses.asdict(c.lock))
-        self.model = self.bundle.model
-        for name in ("logit_scale", "logit_bias"):  # the model's own scale is unused: the loss has its temperature
-            if isinstance(getattr(self.model, name, None), nn.Parameter):
-                getattr(self.model, name).requires_grad_(False)
-        self.text_cache = FrozenTextCache(self.model) if c.cache_text_features else None
-        # built here, before any step or restore: the base is always the initial model of config.model
-        self.base = _FrozenBase(self.model, self.text_cache, c.loss.self_reg_features) if c.loss.self_reg else None
-        self.named_loss = LOSSES[c.loss.kind]
-        self.loss_fn = make_loss(**dataclasses.asdict(c.loss)).to(self.device)
-        self.scale_owner = getattr(self.loss_fn, "grouped", self.loss_fn)  # owns the temperature
-
-    def _build_sources(self) -> None:
-        c, bundle, pin = self.config, self.bundle, self.device.type == "cuda"
-        dataset = cg_data.PairDataset(self.index, self.image_root, bundle.preprocess_train, bundle.tokenizer,
-                                      c.cache_images, c.max_image_pixels)
-        n = c.pairs_per_group if self.named_loss.batches == "groups" else 1
-        collate = cg_data.GroupCollate(n, self.index.level2_ids())
-        self.main = Source(cg_data.make_loader(dataset, self.sampler, collate, c.num_workers, pin), self.sampler,
-                           self._add_negatives if self.negative_captions is not None else None)
-        self.pre = None
-        if c.pretrain.steps:
-            if not any(p.requires_grad for name, p in self.model.named_parameters() if not name.startswith("visual")):
-                raise ClearglassError(
-                    "train config: pretrain.steps > 0 trains the text tower, but lock.lock_text freezes all of it")
-            pairs = cg_data.text_pretrain_pairs(self.concepts)
-            pre_sampler = cg_data.TextPairSampler(len(pairs), c.pretrain.batch_size, c.seed, self.rank,
-                                                  self.world_size)
-            self.pre = Source(cg_data.make_loader(cg_data.TextPairDataset(pairs, bundle.tokenizer), pre_sampler,
-                                                  cg_data.collate_text_pairs, c.num_workers, pin), pre_sampler)
-            self.pre_loss_fn = GroupedContrastiveLoss("clip", None, tau=c.loss.tau).to(self.device)
-
-    def _add_negatives(self, batch: cg_data.Batch) -> cg_data.Batch:
-        """The batch with its synthetic negative captions' tokens (K, L), made in the main process."""
-        texts = self.negative_captions.for_batch(batch.keys)
-        return dataclasses.replace(batch, negatives=self.bundle.tokenizer(texts))
-
-    def _build_optimisation(self) -> None:
-        c = self.config
-        self.params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        self.params += [(f"loss.{n}", p) for n, p in self.loss_fn.named_parameters()]
-        if not self.params:
-            raise ClearglassError(f"train config: nothing to train: every parameter of {c.model!r} is locked")
-        self.optimizer = make_optimizer(self.params, c)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(c, 0)
-        self.scaler = torch.amp.GradScaler("cuda") if c.precision == "amp" else None
-        self.autocast_dtype = {"bf16": torch.bfloat16, "amp": torch.float16}.get(c.precision)
-        self.features: nn.Module = Features(self.model, self.text_cache)
-        if self.world_size > 1:
-            self.features = nn.parallel.DistributedDataParallel(
-                self.features, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=c.pretrain.steps > 0)
-
-    def _fill_text_cache(self, path: Path) -> None:
-        """Load the stored frozen-text outputs, encode every caption of the data (and validation) not in them yet,
-        and store them again when that added any."""
-        if path.is_file():
-            self.text_cache.load(path)
-        field = self.config.caption_field
-        captions = {cap for g in self.index.groups for im in g.images for cap in getattr(im, field)}
-        if self.validation is not None:
-            captions |= {cap for c in self.validation.concepts for im in c.test_images
-                         for cap in im.old_captions + im.new_captions}
-        before = len(self.text_cache.store)
-        self.text_cache.fill(self.bundle.tokenizer(sorted(captions)), progress=self.rank == 0)
-        if self.rank == 0 and len(self.text_cache.store) > before:
-            self.text_cache.save(path)
+    config = property(lambda self: self.parts.config)
+    rank = property(lambda self: self.parts.rank)
+    world_size = property(lambda self: self.parts.world_size)
+    model = property(lambda self: self.parts.model)
+    base = property(lambda self: self.parts.base)
+    text_cache = property(lambda self: self.parts.text_cache)
+    main = property(lambda self: self.parts.main)
+    out = property(lambda self: Path(self.parts.config.out))
 
     @property
     def total_steps(self) -> int:
@@ -269,22 +345,22 @@ class Run:
     def restore(self, checkpoint: Path) -> None:
         """Continue from a checkpoint of this run: weights, optimiser, samplers, RNG, validation record."""
         meta = read_checkpoint_metadata(checkpoint)
-        if checkpoint_dataset_sha256(meta) != self.dataset_sha256:
+        if checkpoint_dataset_sha256(meta) != self.parts.data.sha256:
             raise ClearglassError(
                 f"resume {checkpoint}: trained on data sha256 {checkpoint_dataset_sha256(meta)[:12]}, but "
-                f"{self.data_path} has {self.dataset_sha256[:12]}: expected the same dataset")
+                f"{self.parts.data.path} has {self.parts.data.sha256[:12]}: expected the same dataset")
         state = load_extra_state(checkpoint)
         load_weights(self.model, checkpoint, meta)
         try:
-            self.loss_fn.load_state_dict(state["loss"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None:
-                self.scaler.load_state_dict(state["scaler"])
+            self.parts.loss_fn.load_state_dict(state["loss"])
+            self.parts.optimizer.load_state_dict(state["optimizer"])
+            if self.parts.scaler is not None:
+                self.parts.scaler.load_state_dict(state["scaler"])
             self.main.load_state_dict(state["main_source"])
-            if self.pre is not None:
-                self.pre.load_state_dict(state["pre_source"])
+            if self.parts.pre is not None:
+                self.parts.pre.load_state_dict(state["pre_source"])
             self.step_count = int(state["step"])
-            self.best = dict(state["best"])
+            self.best = Best(**state["best"])
             set_rng_state(state["rng"][self.rank] if self.rank < len(state["rng"]) else state["rng"][0])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise ClearglassError(f"resume {checkpoint}: its resume state does not fit this run ({e}): expected "
@@ -296,29 +372,29 @@ class Run:
     def next_batch(self) -> cg_data.Batch | cg_data.TextBatch:
         """The next batch of the stage the current step belongs to."""
         if self.step_count < self.config.pretrain.steps:
-            return self.pre.next()
+            return self.parts.pre.next()
         return self.main.next()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
+        if self.parts.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.parts.device.type, dtype=self.parts.autocast_dtype)
 
     def _terms(self, batch: cg_data.Batch | cg_data.TextBatch) -> dict[str, torch.Tensor]:
         """The loss terms of one batch (forward only)."""
-        dev = self.device
+        dev = self.parts.device
         if isinstance(batch, cg_data.TextBatch):
             with self._autocast():  # one forward (DDP allows one per backward)
-                _, text_f, _ = self.features(None, torch.cat([batch.old, batch.target], dim=1).to(dev))  # (B, 2, D)
-            return _loss_terms(self.pre_loss_fn, text_f[:, :1], text_f[:, 1:], self.step_count)
+                _, text_f, _ = self.parts.features(None, torch.cat([batch.old, batch.target], dim=1).to(dev))  # (B, 2, D)
+            return _loss_terms(self.parts.pre_loss_fn, text_f[:, :1], text_f[:, 1:], self.step_count)
         negatives = None if batch.negatives is None else batch.negatives.to(dev, non_blocking=True)
         images, tokens = batch.images.to(dev, non_blocking=True), batch.tokens.to(dev, non_blocking=True)
         with self._autocast():
-            image_f, text_f, negative_f = self.features(images, tokens, negatives)
+            image_f, text_f, negative_f = self.parts.features(images, tokens, negatives)
         extra = {} if negative_f is None else {"text_negatives": negative_f}
-        if self.named_loss.needs_level2:
+        if self.parts.named_loss.needs_level2:
             extra["level2_ids"] = batch.level2.to(dev)
-        terms = _loss_terms(self.loss_fn, image_f, text_f, self.step_count, **extra)
+        terms = _loss_terms(self.parts.loss_fn, image_f, text_f, self.step_count, **extra)
         if self.base is None:
             return terms
         with self._autocast():
@@ -337,35 +413,35 @@ class Run:
         ranks), the lr used, the logit scale and the gradient norm before clipping."""
         c, step = self.config, self.step_count
         if step == c.pretrain.steps and c.pretrain.steps:
-            self.optimizer.state.clear()  # the main stage starts with fresh moments
+            self.parts.optimizer.state.clear()  # the main stage starts with fresh moments
         lr = lr_at(c, step)
-        for group in self.optimizer.param_groups:
+        for group in self.parts.optimizer.param_groups:
             group["lr"] = lr
         terms = self._terms(batch)
         reduced = _reduce_terms(terms, step, self.world_size)
-        self.optimizer.zero_grad(set_to_none=True)
-        trainable = [p for _, p in self.params]
+        self.parts.optimizer.zero_grad(set_to_none=True)
+        trainable = [p for _, p in self.parts.params]
         loss = terms["loss"]
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        _average_loss_grads(self.loss_fn, self.world_size)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        (self.parts.scaler.scale(loss) if self.parts.scaler is not None else loss).backward()
+        _average_loss_grads(self.parts.loss_fn, self.world_size)
+        if self.parts.scaler is not None:
+            self.parts.scaler.unscale_(self.parts.optimizer)
         grad_norm = _clip(trainable, c.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        if self.parts.scaler is not None:
+            self.parts.scaler.step(self.parts.optimizer)
+            self.parts.scaler.update()
         else:
             if not math.isfinite(grad_norm):
                 raise ClearglassError(
                     f"step {step}: gradient norm is {grad_norm} with loss {float(loss):.6g}: stopping before the"
                     " weights become non-finite (try a lower lr or precision fp32)")
-            self.optimizer.step()
-        if self.scale_owner.logit_scale is not None:
+            self.parts.optimizer.step()
+        if self.parts.scale_owner.logit_scale is not None:
             with torch.no_grad():
-                self.scale_owner.logit_scale.clamp_(0, LN_100)
+                self.parts.scale_owner.logit_scale.clamp_(0, LN_100)
         self.step_count += 1
         stage = "pretrain" if step < c.pretrain.steps else "main"
-        return {**reduced, "stage": stage, "lr": lr, "logit_scale": float(torch.as_tensor(self.scale_owner.outer_scale()).detach()),
+        return {**reduced, "stage": stage, "lr": lr, "logit_scale": float(torch.as_tensor(self.parts.scale_owner.outer_scale()).detach()),
                 "grad_norm": grad_norm}
 
     # -- validation and checkpoints ---------------------------------------------------------------------------
@@ -377,15 +453,14 @@ class Run:
         row: dict[str, Any] = {}
         if self.rank == 0:
             start = time.perf_counter()
-            row = self.validation.score()
+            row = self.parts.validation.score(self.parts)
             row["val/seconds"] = time.perf_counter() - start
-            improved = self.best["score"] is None or row["val/score"] > self.best["score"]
-            if improved:
-                self.best = {"score": row["val/score"], "step": self.step_count, "bad_evals": 0}
+            if self.best.score is None or row["val/score"] > self.best.score:
+                self.best = Best(row["val/score"], self.step_count)
                 if self.config.keep_best:
                     self._save_weights(self.out / "checkpoints" / "best.pt", row, None)
             else:
-                self.best["bad_evals"] += 1
+                self.best = dataclasses.replace(self.best, bad_evals=self.best.bad_evals + 1)
         if self.world_size > 1:
             shared = [self.best]
             dist.broadcast_object_list(shared, src=0)
@@ -397,13 +472,13 @@ class Run:
     def should_stop(self) -> bool:
         """Early stopping: ``early_stop_patience`` evaluations in a row without a better validation score."""
         patience = self.config.early_stop_patience
-        return bool(patience) and self.best["bad_evals"] >= patience
+        return bool(patience) and self.best.bad_evals >= patience
 
     def _save_weights(self, path: Path, metrics: dict, extra: dict | None) -> Path:
         c = self.config
-        return save_checkpoint(self.bundle, path, train_config=c.to_dict(), dataset_sha256=self.dataset_sha256,
+        return save_checkpoint(self.parts.bundle, path, train_config=c.to_dict(), dataset_sha256=self.parts.data.sha256,
                                metrics=metrics, extra_state=extra, save_frozen=c.save_frozen,
-                               info={"step": self.step_count, "best": self.best})
+                               info={"step": self.step_count, "best": dataclasses.asdict(self.best)})
 
     def save(self) -> Path:
         """Write ``checkpoints/step_N.pt`` with its resume state and point ``latest.json`` at it (every rank calls
@@ -414,14 +489,14 @@ class Run:
             dist.all_gather_object(rng, rng_state())
         path = self.out / "checkpoints" / f"step_{self.step_count:06d}.pt"
         if self.rank == 0:
-            extra = {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                     "loss": self.loss_fn.state_dict(), "main_source": self.main.state_dict(),
-                     "pre_source": self.pre.state_dict() if self.pre is not None else None, "rng": rng,
-                     "best": self.best}
+            extra = {"step": self.step_count, "optimizer": self.parts.optimizer.state_dict(),
+                     "scaler": self.parts.scaler.state_dict() if self.parts.scaler is not None else None,
+                     "loss": self.parts.loss_fn.state_dict(), "main_source": self.main.state_dict(),
+                     "pre_source": self.parts.pre.state_dict() if self.parts.pre is not None else None, "rng": rng,
+                     "best": dataclasses.asdict(self.best)}
             self._save_weights(path, self.metrics, extra)
             write_json_atomic({"checkpoint": str(path.relative_to(self.out)), "step": self.step_count,
-                               "best": self.best}, self.out / "latest.json")
+                               "best": dataclasses.asdict(self.best)}, self.out / "latest.json")
         if self.world_size > 1:
             dist.barrier()
         return path
@@ -430,11 +505,11 @@ class Run:
         """What a finished run reports: step, metrics, paths, data identity, skips and fills, the best validation."""
         return {"step": self.step_count, "metrics": self.metrics, "out": str(self.out),
                 "checkpoint": str(checkpoint) if checkpoint is not None else None,
-                "metrics_path": str(self.out / "metrics.jsonl"), "dataset_sha256": self.dataset_sha256,
-                "skipped_groups": self.index.skipped, "world_size": self.world_size,
-                "unknown_hard_negatives": self.index.unknown_hard_negatives, "filled_hard_negatives": self.filled,
-                "best": self.best, "stopped_early": self.should_stop(),
-                "synthetic_negatives": dict(self.negative_captions.stats) if self.negative_captions else {}}
+                "metrics_path": str(self.out / "metrics.jsonl"), "dataset_sha256": self.parts.data.sha256,
+                "skipped_groups": self.parts.data.index.skipped, "world_size": self.world_size,
+                "unknown_hard_negatives": self.parts.data.index.unknown_hard_negatives, "filled_hard_negatives": self.parts.data.filled,
+                "best": dataclasses.asdict(self.best), "stopped_early": self.should_stop(),
+                "synthetic_negatives": dict(self.parts.data.negative_captions.stats) if self.parts.data.negative_captions else {}}
 
 
 class _FrozenBase:
@@ -478,37 +553,23 @@ class _FrozenBase:
 class _Validation:
     """The validation pass of a run: the test images of ``eval_data``, encoded once per evaluation."""
 
-    def __init__(self, run: Run) -> None:
-        c = run.config
-        self.run = run
+    def __init__(self, c: TrainConfig) -> None:
         self.data = Path(c.eval_data)
         self.concepts = load_concepts(self.data)
         self.root = ImageRoot(Path(c.eval_images) if c.eval_images else dataset_image_root(self.data),
                               c.allow_outside_root)
-        tasks = list(dict.fromkeys(m.split("/")[0] for m in c.eval_metrics))
-        subsets = [m.split("/") for m in c.eval_metrics]
-        bad = [m for m, parts in zip(c.eval_metrics, subsets) if len(parts) != 3 or parts[0] not in
-               ("recognition", "zero_shot", "retrieval")]
-        if bad:
-            raise ClearglassError(f"eval_metrics {bad}: expected 'recognition|zero_shot|retrieval/SUBSET/METRIC', "
-                                  "e.g. recognition/concept_level1/i2t_R@1 or retrieval/old_captions/i2t_R@1")
-        captions = [s[1] for s in subsets if s[0] == "retrieval"]
-        self.eval_config = EvalConfig(
-            tasks=tasks, fields=[s[1] for s in subsets if s[0] == "recognition"] or None,
-            levels=[int(s[1].removeprefix("level")) for s in subsets if s[0] == "zero_shot"] or None,
-            retrieval_captions=captions[0] if captions else "old_captions", n_boot=1)
+        self.keys, self.eval_config = c.validation_keys(), c.validation_config()
 
-    def score(self) -> dict[str, float]:
-        """``val/<metric>`` for each configured metric and their mean ``val/score``."""
-        run = self.run
-        encoder = ModelEncoder(run.bundle, batch_size=256, device=run.device, encode_text=run.text_cache,
+    def score(self, parts: Parts) -> dict[str, float]:
+        """``val/<metric>`` for each configured metric and their mean ``val/score``, of the run's model now."""
+        encoder = ModelEncoder(parts.bundle, batch_size=256, device=parts.device, encode_text=parts.text_cache,
                                progress=False)
-        results = evaluate_model(encoder, self.concepts, self.root, self.eval_config)
-        values = {f"{r['task']}/{r['subset']}/{r['metric']}": r["value"] for r in results["metrics"]}
-        missing = [m for m in run.config.eval_metrics if m not in values]
+        results = Results.of(evaluate_model(encoder, self.concepts, self.root, self.eval_config))
+        missing = [str(k) for k in self.keys if results.row(k) is None]
         if missing:
-            raise ClearglassError(f"{self.data}: validation gave no {missing}; it gave {sorted(values)}")
-        row = {f"val/{m}": values[m] for m in run.config.eval_metrics}
+            raise ClearglassError(f"{self.data}: validation gave no {missing}; it gave "
+                                  f"{sorted(str(k) for k in results.keys())}")
+        row = {f"val/{k}": results.value(k) for k in self.keys}
         row["val/score"] = float(np.mean(list(row.values())))
         return row
 

@@ -15,8 +15,9 @@ from clearglass.experiments.demo.evaluation import DemoEvaluator
 from clearglass.io import read_text, write_text_atomic
 from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
 from clearglass.models import load_model
-from clearglass.report import (differences_table, fmt_pct, headline_cells, markdown_table, verdict, verdict_sentences,
-                               write_plots)
+from clearglass.report import (Measure, differences_table, fmt_pct, headline_cells, headline_table as report_table,
+                               markdown_table, verdict_sentences, write_plots)
+from clearglass.results import MetricKey, Results
 
 # (subset, task, task subset, metric, label): the report's first table, in this order
 HEADLINE = [
@@ -40,38 +41,19 @@ SPLIT_NAMES = {"test_seen": "base concepts, test", "test_novel": "novel concepts
                "test_held_out": "novel concepts of unseen objects, test"}
 
 
-def measures(comparisons: dict) -> list[tuple[tuple[str, str, str, str], str]]:
-    """The headline measures present in these comparisons, as `clearglass.report` measure keys."""
-    return [((subset, task, tsub, metric), label) for subset, task, tsub, metric, label in HEADLINE
+def measures(comparisons: dict) -> list[Measure]:
+    """The headline measures present in these comparisons, as `clearglass.report` measures."""
+    return [Measure(MetricKey(task, tsub, metric), label, subset) for subset, task, tsub, metric, label in HEADLINE
             if subset in comparisons]
-def row(results: dict, task: str, subset: str, metric: str) -> dict | None:
-    """One metric row of a results dict."""
-    return next((r for r in results["metrics"] if (r["task"], r["subset"], r["metric"]) == (task, subset, metric)),
-                None)
-
-
-def difference(differences: list[dict], model: str, baseline: str, task: str, subset: str, metric: str
-               ) -> dict | None:
-    """The paired difference ``model - baseline`` of one metric."""
-    return next((d for d in differences if (d["model"], d["baseline"], d["task"], d["subset"], d["metric"])
-                 == (model, baseline, task, subset, metric)), None)
-
-
-def _diff(comparisons: dict, subset: str, model: str, baseline: str, task: str, tsub: str, metric: str
-          ) -> dict | None:
-    if subset not in comparisons:
-        return None
-    comp = comparisons[subset]
-    pool = comp["differences"] + comp["vs_base"]
-    return difference(pool, model, baseline, task, tsub, metric)
 
 
 def targets(comparisons: dict, baseline: str, method: str, base: str) -> list[dict]:
     """The demo's targets: name, met, the numbers that decide it, and whether there were any (``measured``)."""
+    tables = {subset: Results.of(comp) for subset, comp in comparisons.items()}
     out = []
 
     def diff(subset: str, model: str, against: str, task: str, tsub: str, metric: str = "i2t_R@1") -> dict | None:
-        return _diff(comparisons, subset, model, against, task, tsub, metric)
+        return tables[subset].difference(MetricKey(task, tsub, metric), model, against) if subset in tables else None
 
     hm = diff("harmonic_mean", method, baseline, "harmonic_mean", "concept_level1")
     out.append({"target": f"{method} beats {baseline} on the level-1 harmonic mean of base and novel recognition "
@@ -102,19 +84,8 @@ def status(goal: dict) -> str:
 
 def headline_table(comparisons: dict, models: list[str], baseline: str, method: str) -> str:
     """Markdown: each headline measure in % [95% CI] per model, then method - baseline [paired CI] and a verdict."""
-    lines = ["| measure | " + " | ".join(models) + f" | {method} - {baseline} | verdict |",
-             "|---|" + "---|" * (len(models) + 2)]
-    for subset, task, tsub, metric, label in HEADLINE:
-        if subset not in comparisons:
-            continue
-        cells = []
-        for m in models:
-            r = row(comparisons[subset]["results"][m], task, tsub, metric)
-            cells.append(f"{fmt_pct(r['value'])} [{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]" if r else "-")
-        d = _diff(comparisons, subset, method, baseline, task, tsub, metric)
-        diff = f"{fmt_pct(d['value'], True)} [{fmt_pct(d['ci_low'], True)}, {fmt_pct(d['ci_high'], True)}]" if d else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {verdict(d) if d else '-'} |")
-    return "\n".join(lines) + "\n"
+    return report_table(comparisons, baseline, method, measures(comparisons), models,
+                        header=["measure", *models, f"{method} - {baseline}", "verdict"])
 
 
 def loss_plot(runs: dict[str, Path], families: dict[str, str], path: Path) -> Path:

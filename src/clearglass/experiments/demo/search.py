@@ -27,6 +27,7 @@ from clearglass.experiments.demo.evaluation import DemoEvaluator
 from clearglass.interpolate import interpolate
 from clearglass.io import write_json_atomic
 from clearglass.models import load_model
+from clearglass.results import MetricKey, Results
 from clearglass.train import train
 
 SEARCH_METRICS = [(subset, "recognition", f"concept_level{lv}", "i2t_R@1") for lv in (1, 2)
@@ -36,11 +37,10 @@ RETENTION_METRIC = ("retention_val", "retrieval", "old_captions", "i2t_R@1")
 
 def metric_value(results: dict, subset: str, task: str, task_subset: str, metric: str) -> float:
     """One metric value of a results-by-subset dict."""
-    rows = [r for r in results[subset]["metrics"] if (r["task"], r["subset"], r["metric"]) == (task, task_subset,
-                                                                                               metric)]
-    if not rows:
-        raise ClearglassError(f"{subset}: no {task}/{task_subset}/{metric} in the results")
-    return rows[0]["value"]
+    try:
+        return Results.of(results[subset]).value(MetricKey(task, task_subset, metric))
+    except ClearglassError as e:
+        raise ClearglassError(f"{subset}: {e}") from None
 
 
 def search_score(scores: dict[str, float]) -> float:

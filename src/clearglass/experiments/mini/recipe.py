@@ -33,6 +33,7 @@ from clearglass.experiments.mini.corpus import CorpusConfig, build_corpus
 from clearglass.io import file_sha256, read_json, read_text, write_json_atomic
 from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
 from clearglass.models import PRETRAINED_DIR, load_model
+from clearglass.results import MetricKey, Results
 from clearglass.train import TrainConfig, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
@@ -119,9 +120,9 @@ def card_figures(model: str | ModelEncoder, data: Path) -> dict[str, dict[str, f
     config = EvalConfig(tasks=["retrieval", "zero_shot"], levels=[1], retrieval_ks=[1, 5])
     encoder = model if isinstance(model, ModelEncoder) else ModelEncoder(load_model(model), batch_size=256,
                                                                          progress=False)
-    results = evaluate_model(encoder, load_concepts(data), data.parent, config)
-    rows = {f"{r['task']}/{r['subset']}/{r['metric']}": r for r in results["metrics"]}
-    return {m: {k: rows[m][k] for k in ("value", "ci_low", "ci_high", "n")} for m in CARD_METRICS}
+    table = Results.of(evaluate_model(encoder, load_concepts(data), data.parent, config))
+    rows = {m: table.row(MetricKey.parse(m)) for m in CARD_METRICS}
+    return {m: {k: row[k] for k in ("value", "ci_low", "ci_high", "n")} for m, row in rows.items()}
 
 
 def train_seconds(rows: list[dict]) -> float:
