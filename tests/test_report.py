@@ -226,7 +226,7 @@ def test_report_names_data_inside_its_folder_relatively(results, tmp_path):
 
 def test_plots_draw_the_chance_of_recognition_and_of_zero_shot(results, tmp_path, monkeypatch):
     """1/K per recognition field; 1/labels per zero-shot level, read from the per-item classes or given."""
-    import clearglass.report as report
+    from clearglass import report
 
     drawn = {}
     monkeypatch.setattr(report, "_bar_plot", lambda path, title, groups, by_model, pick, chance:
