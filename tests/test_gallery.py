@@ -1,37 +1,44 @@
-"""The picture gallery: seeded sampling, top-k predictions on hand-built encoders, and the page in a real browser."""
+"""The picture gallery: the table's recognition items and hits, balanced seeded sampling, each model's pick among
+the K candidates, and the section's HTML, on hand-built encoders."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 from collections import Counter
-from dataclasses import replace
-from html import escape, unescape
+from dataclasses import asdict
+from html import unescape
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import EvalConfig, evaluate_model, level_labels
-from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
-from clearglass.report import compare, headline_sections
+from clearglass.evaluate import EvalConfig, evaluate_model, make_recognition_items
+from clearglass.gallery import gallery_html, gallery_picks, sample_gallery, split_trials, table_hits
 from clearglass.magic.schema import ConceptRecord, ImageRecord
-from test_evaluate import ConceptEncoder, RandomEncoder, make_concepts
+from test_evaluate import ConceptEncoder, RandomEncoder
 
-HELD_OUT = {"thing4", "thing5"}
-TEMPLATE = "a picture of {}"
+KINDS = {"test_seen": "base", "test_novel": "novel", "test_held_out": "novel, unseen object"}
+CONFIG = EvalConfig(k=3, fields=["concept_level1", "concept_level2"], levels=[1, 2],
+                    tasks=["recognition", "zero_shot", "retrieval"], retrieval_ks=[1, 5], n_boot=50)
 
 
-def subsets(n_images: int = 3) -> dict[str, list[ConceptRecord]]:
-    """make_concepts split in two: thing4 and thing5 held out (no training images), the others seen."""
-    concepts = make_concepts(n_images=n_images)
-    seen = [replace(c, train_images=[ImageRecord(f"train_{c.concept}.png", ["x"], [], c.concept)])
-            for c in concepts if c.concept not in HELD_OUT]
-    return {"test_seen": seen, "test_held_out": [c for c in concepts if c.concept in HELD_OUT]}
+def kind_concepts(n_images: int = 3) -> dict[str, list[ConceptRecord]]:
+    """Three splits of 4 concepts (level1 thing{i}, level2 group{j % 3}, hard negative its pair), as the demo's
+    base, novel and unseen-object concepts; the base concepts have one training image each."""
+    out = {}
+    for s, split in enumerate(KINDS):
+        concepts = []
+        for j in range(4):
+            i = 4 * s + j
+            images = [ImageRecord(f"c{i}_{m}.png", [f"caption {m} of thing{i}"], [f"scene {m} with thing{i}"],
+                                  f"thing{i}", f"group{j % 3}", f"kind{j % 2}", "entity") for m in range(n_images)]
+            concepts.append(ConceptRecord(f"thing{i}", [f"thing{4 * s + (j ^ 1)}"],
+                                          images[:1] if split == "test_seen" else [], images))
+        out[split] = concepts
+    return out
 
 
 def write_images(root: Path, concepts: list[ConceptRecord]) -> None:
@@ -44,164 +51,168 @@ def write_images(root: Path, concepts: list[ConceptRecord]) -> None:
             Image.fromarray(a).save(root / im.image)
 
 
-def labels_by_level(concepts_by_subset: dict[str, list[ConceptRecord]]) -> dict[int, list[str]]:
-    everything = [c for cs in concepts_by_subset.values() for c in cs]
-    return {lv: level_labels(everything, lv) for lv in (1, 2)}
+class Salted(RandomEncoder):
+    """Another fixed random unit vector per image name and text."""
+
+    def __init__(self, dim: int, salt: str):
+        super().__init__(dim)
+        self.salt = salt
+
+    def _vec(self, key: str) -> torch.Tensor:
+        return super()._vec(self.salt + key)
 
 
-def test_sampling_is_seeded_with_counts_per_held_out_concept_and_spread_seen_images():
-    data = subsets(n_images=10)
-    items = sample_gallery_images(data, per_held_out_concept=8, seen=5, seed=0)
-    assert items == sample_gallery_images(data, per_held_out_concept=8, seen=5, seed=0)
-    assert items != sample_gallery_images(data, per_held_out_concept=8, seen=5, seed=1)
-    held = Counter(it.concept for it in items if it.held_out)
-    assert held == {"thing4": 8, "thing5": 8}
-    assert all(it.subset == "test_held_out" for it in items if it.held_out)
-    seen = [it for it in items if not it.held_out]
-    assert len(seen) == 5 and {it.concept for it in seen} == {"thing0", "thing1", "thing2", "thing3"}
-    assert len({it.image for it in items}) == len(items)
-    truth = {im.image: (im.level1, im.level2) for cs in data.values() for c in cs for im in c.test_images}
-    assert all((it.level1, it.level2) == truth[it.image] for it in items)
-    # fewer images than asked: all of them, none twice
-    small = sample_gallery_images(subsets(n_images=3), per_held_out_concept=8, seen=100)
-    assert len(small) == 6 * 3 and len({it.image for it in small}) == len(small)
-    # a test-only file makes every concept held out: the held-out sample is capped, a seeded subset in order
-    held = [it for it in sample_gallery_images(data, per_held_out_concept=8, seen=0) if it.held_out]
-    capped = sample_gallery_images(data, per_held_out_concept=8, seen=0, max_held_out=3)
-    assert len(held) > 3 and len(capped) == 3 and [it for it in held if it in capped] == capped
+class Blend:
+    """The normalised ``w * a + (1 - w) * b`` of two encoders: a partly right model."""
+
+    def __init__(self, a, b, w: float):
+        self.a, self.b, self.w = a, b, w
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.w * x + (1 - self.w) * y, dim=-1)
+
+    def embed_images(self, paths):
+        return self._mix(self.a.embed_images(paths), self.b.embed_images(paths))
+
+    def embed_texts(self, texts):
+        return self._mix(self.a.embed_texts(texts), self.b.embed_texts(texts))
 
 
-def test_predictions_rank_the_truth_and_encode_each_image_once():
-    data = subsets()
-    items = sample_gallery_images(data, per_held_out_concept=2, seen=4)
-    labels = labels_by_level(data)
-    everything = [c for cs in data.values() for c in cs]
+def seeded_encoders(concepts: list[ConceptRecord]) -> dict[str, list]:
+    """Per model, one encoder per seed: a random base, a weak clip and a stronger clear_glass (two seeds each)."""
+    truth = ConceptEncoder(concepts)
+    dim = len(truth.dim)
+    return {"base": [Salted(dim, "base")],
+            "clip": [Blend(truth, Salted(dim, f"clip{s}"), 0.35) for s in range(2)],
+            "clear_glass": [Blend(truth, Salted(dim, f"cg{s}"), 0.6) for s in range(2)]}
+
+
+def test_trials_are_the_items_the_results_were_scored_on_and_hits_add_up_to_their_figure():
+    concepts = kind_concepts()["test_seen"]
+    results = evaluate_model(RandomEncoder(), concepts, "/nonexistent-root", CONFIG, model="random")
+    trials = split_trials("test_seen", concepts, results["config"])
+    assert trials.k == 3 and sorted(trials.items) == [1, 2]
+    assert trials.items[1] == make_recognition_items(concepts, "concept_level1", 3, 0, CONFIG.template)
+    assert trials.labels(1, 0)[0] == concepts[0].test_images[0].level1 and len(trials.labels(2, 0)) == 3
+    hits = table_hits(trials, results)
+    for lv in (1, 2):
+        ranks = np.array(results["per_item"][f"recognition/concept_level{lv}"]["arrays"]["i2t_rank"])
+        assert hits[lv].seeds == 1 and hits[lv].counts.tolist() == (ranks == 0).astype(int).tolist()
+        row = next(r for r in results["metrics"] if r["unit"] == f"recognition/concept_level{lv}/i2t_rank"
+                   and r["metric"] == "i2t_R@1")
+        assert hits[lv].value == row["value"] == hits[lv].counts.mean()
+    other = split_trials("test_seen", concepts, {**results["config"], "seed": 1})
+    with pytest.raises(ClearglassError, match="scored on other items"):
+        table_hits(other, results)
+    no_level2 = split_trials("test_seen", concepts, {**results["config"], "fields": ["concept_level1"]})
+    assert sorted(no_level2.items) == [1]
+
+
+def merged_hits(concepts: dict[str, list[ConceptRecord]]) -> tuple[dict, dict]:
+    """Per split: the trials, and every model's hits from its seeds' results merged as the demo merges them."""
+    from clearglass.experiments.seeds import merge_seeds
+
+    everything = [c for cs in concepts.values() for c in cs]
+    trials, hits = {}, {}
+    for split, cs in concepts.items():
+        results = {m: merge_seeds([evaluate_model(e, cs, "/nonexistent-root", CONFIG, model=m) for e in encs])
+                   for m, encs in seeded_encoders(everything).items()}
+        trials[split] = split_trials(split, cs, results["base"]["config"])
+        hits[split] = {m: table_hits(trials[split], r) for m, r in results.items()}
+    return trials, hits
+
+
+def test_sampling_is_seeded_spread_over_concepts_and_balanced_over_outcomes():
+    concepts = kind_concepts(n_images=6)
+    trials, hits = merged_hits(concepts)
+    assert {h["clip"][1].seeds for h in hits.values()} == {2} and hits["test_seen"]["base"][1].seeds == 1
+    items = sample_gallery(list(trials.values()), 9, seed=0, hits=hits)
+    assert items == sample_gallery(list(trials.values()), 9, seed=0, hits=hits)
+    assert items != sample_gallery(list(trials.values()), 9, seed=1, hits=hits)
+    assert Counter(it.split for it in items) == {split: 9 for split in KINDS}
+    assert len({(it.concept, it.image) for it in items}) == len(items)
+    for split in KINDS:
+        def outcome(i: int, split: str = split) -> str:
+            right = [2 * h[1].counts[i] > h[1].seeds for h in hits[split].values()]
+            return "all-right" if all(right) else "all-wrong" if not any(right) else "mixed"
+
+        mine = [it for it in items if it.split == split]
+        assert len({it.concept for it in mine}) >= 3
+        piles = Counter(outcome(i) for i in range(len(trials[split].items[1])))
+        shown = Counter(outcome(it.positions[1]) for it in mine)
+        assert len(piles) >= 2 and set(shown) == set(piles), (piles, shown)
+        assert all(shown[o] == piles[o] or shown[o] >= max(shown.values()) - 1 for o in piles), (piles, shown)
+        for it in mine:  # positions name the same picture at both levels
+            for lv, i in it.positions.items():
+                assert trials[split].items[lv][i].images[0] == it.image
+                assert trials[split].items[lv][i].concepts[0] == it.concept
+    everything = sample_gallery(list(trials.values()), 1000)  # no hits: every picture, none twice
+    assert len(everything) == sum(len(t.items[1]) for t in trials.values()) == len(set(map(str, everything)))
+
+
+def test_picks_are_among_the_tables_candidates_and_agree_with_its_hits():
+    concepts = kind_concepts()
+    everything = [c for cs in concepts.values() for c in cs]
+    trials = {s: split_trials(s, cs, asdict(CONFIG)) for s, cs in concepts.items()}
+    items = sample_gallery(list(trials.values()), 5)
     encoder = ConceptEncoder(everything)
-    preds = gallery_predictions(encoder, items, "/nonexistent-root", labels, TEMPLATE, k=3)
-    assert encoder.calls == {"images": len(items), "texts": len(labels[1]) + len(labels[2])}
-    for it, p in zip(items, preds):
-        assert p["image"] == it.image
-        for lv, truth in ((1, it.level1), (2, it.level2)):
-            top = p[f"level{lv}"]["top"]
-            assert len(top) == 3 and top[0]["label"] == truth and p[f"level{lv}"]["true_rank"] == 1
-            assert [x["score"] for x in top] == sorted((x["score"] for x in top), reverse=True)
-    adversarial = gallery_predictions(ConceptEncoder(everything, sign=-1), items, "/nonexistent-root", labels,
-                                      TEMPLATE, k=3)
-    for it, p in zip(items, adversarial):
-        assert p["level1"]["true_rank"] == len(labels[1]) and it.level1 not in [x["label"] for x in p["level1"]["top"]]
-    with pytest.raises(ClearglassError, match="gallery levels"):
-        gallery_predictions(encoder, items, "/nonexistent-root", {3: ["kind0", "kind1"]}, TEMPLATE)
+    picks = gallery_picks(encoder, items, trials, "/nonexistent-root")
+    n_texts = len({t for it in items for lv, i in it.positions.items() for t in trials[it.split].items[lv][i].texts})
+    assert encoder.calls == {"images": len(items), "texts": n_texts}
+    assert all(p[lv]["pick"] == 0 and len(p[lv]["scores"]) == 3 for p in picks for lv in (1, 2))
+    adversarial = gallery_picks(ConceptEncoder(everything, sign=-1), items, trials, "/nonexistent-root")
+    assert all(p[1]["pick"] != 0 for p in adversarial)
+    weak = seeded_encoders(everything)["clip"][0]  # its pick is right exactly where the table counts a hit
+    for split, cs in concepts.items():
+        hits = table_hits(trials[split], evaluate_model(weak, cs, "/nonexistent-root", CONFIG))
+        for it, p in zip(items, gallery_picks(weak, items, trials, "/nonexistent-root")):
+            if it.split == split:
+                assert all((p[lv]["pick"] == 0) == bool(hits[lv].counts[i]) for lv, i in it.positions.items())
 
 
 @pytest.fixture()
-def gallery(tmp_path: Path) -> tuple[Path, list, dict, list]:
-    data = subsets()
-    write_images(tmp_path, [c for cs in data.values() for c in cs])
-    items = sample_gallery_images(data, per_held_out_concept=3, seen=6)
-    labels = labels_by_level(data)
-    everything = [c for cs in data.values() for c in cs]
-    preds = {"clip": gallery_predictions(RandomEncoder(), items, tmp_path, labels, TEMPLATE),
-             "clearglass": gallery_predictions(ConceptEncoder(everything), items, tmp_path, labels, TEMPLATE)}
-    config = EvalConfig(k=3, fields=["concept_level1"], levels=[1, 2], tasks=["recognition", "zero_shot"], n_boot=50)
-    comparison = compare({"clip": evaluate_model(RandomEncoder(), everything, tmp_path, config),
-                          "clearglass": evaluate_model(ConceptEncoder(everything), everything, tmp_path, config)})
-    summary = headline_sections(comparison)
-    path = write_gallery(tmp_path / "out" / "report.html", "Gallery <test>", summary, items, preds, tmp_path)
-    return path, items, preds, summary
+def section(tmp_path: Path) -> tuple[str, list, dict, dict]:
+    concepts = kind_concepts()
+    everything = [c for cs in concepts.values() for c in cs]
+    write_images(tmp_path, everything)
+    trials, hits = merged_hits(concepts)
+    items = sample_gallery(list(trials.values()), 4, hits=hits)
+    picks = {m: gallery_picks(encs[0], items, trials, tmp_path) for m, encs in seeded_encoders(everything).items()}
+    return gallery_html(items, picks, trials, hits, KINDS, tmp_path), items, picks, hits
 
 
-def test_gallery_page_holds_every_item_thumbnail_and_marked_truth(gallery):
-    path, items, preds, summary = gallery
-    page = path.read_text(encoding="utf-8")
-    assert page.startswith("<!DOCTYPE html>") and "<title>Gallery &lt;test&gt;</title>" in page
-    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == len(items)
-    assert not re.search(r"(src|href)=\"(?!data:)", page) and "http://" not in page and "https://" not in page
-    assert page.count('class="card"') == len(items)
-    # every truth in a model's top-3 is marked, and each top-1 cell says right or wrong
-    marked = [unescape(m) for m in re.findall(r'<li class="true"[^>]*>([^<]*)</li>', page)]
-    expected = [it.truth(lv) for name in preds for it, p in zip(items, preds[name]) for lv in (1, 2)
-                if it.truth(lv) in [x["label"] for x in p[f"level{lv}"]["top"]]]
-    assert sorted(marked) == sorted(expected)
-    rights = sum(p[f"level{lv}"]["true_rank"] == 1 for ps in preds.values() for p in ps for lv in (1, 2))
-    assert page.count('<td class="right"') == rights and page.count('<td class="wrong"') == 4 * len(items) - rights
-    (section,) = summary  # the report's headline table and verdict lead the page, verdict words coloured
-    header, rows = section["table"]
-    assert all(f">{escape(c)}</t" in page for c in header + [c for row in rows for c in row])
-    assert all(f'<td class="v-{row[-1].split()[0]}">{row[-1]}</td>' in page for row in rows)
-    assert "better" in [row[-1] for row in rows] and f'<p class="note">{escape(section["verdict"])}</p>' in page
+def test_gallery_cards_show_every_model_pick_marked_by_the_tables_hits(section):
+    html, items, picks, hits = section
+    assert html.count('class="card"') == len(items) == 12
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == len(items)
+    for n, (split, label) in enumerate(KINDS.items()):
+        assert html.count(f'<span class="badge kind{n}">{label}</span>') == 4 + 1  # 4 cards and the legend
+    cells = re.findall(r'<td class="(right|wrong|part)" data-key="(\d)-(\w+)-(\d)" data-hits="(\d)"', html)
+    assert len(cells) == len(items) * len(picks) * 2
+    expected = Counter((str(n), it.split, str(lv), str(hits[it.split][m][lv].counts[i]))
+                       for it in items for n, m in enumerate(picks) for lv, i in it.positions.items())
+    assert Counter(c[1:] for c in cells) == expected
+    assert {c[0] for c in cells} >= {"right", "wrong"}
+    assert all(c[0] == ("right" if int(c[4]) == (1 if c[1] == "0" else 2) else "wrong" if c[4] == "0" else "part")
+               for c in cells)
+    for m in picks:  # the scoreboard quotes the table's figure and its hits over every picture
+        for split in KINDS:
+            for lv in (1, 2):
+                h = hits[split][m][lv]
+                cell = re.search(rf'data-model="{m}" data-split="{split}" data-level="{lv}" data-value="([\d.]+)">'
+                                 r'<b>[\d.]+%</b> <span class="all">(\d+)/(\d+)</span>', html)
+                assert float(cell.group(1)) == round(100 * h.value, 1)
+                assert (int(cell.group(2)), int(cell.group(3))) == (h.counts.sum(), len(h.counts) * h.seeds)
+    kinds = re.search(r'<select id="kind">(.*?)</select>', html).group(1)
+    assert [unescape(x) for x in re.findall(r">([^<]+)</option>", kinds)] == ["every kind", *KINDS.values()]
 
 
-def test_gallery_refuses_predictions_of_other_items(gallery, tmp_path):
-    _, items, preds, _ = gallery
+def test_gallery_refuses_picks_of_other_items_and_models_without_hits(section, tmp_path):
+    _, items, picks, hits = section
+    trials = {s: split_trials(s, cs, asdict(CONFIG)) for s, cs in kind_concepts().items()}
     with pytest.raises(ClearglassError, match="not for the"):
-        write_gallery(tmp_path / "x.html", "t", [], items, {"clip": preds["clip"][1:]}, tmp_path)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the page in headless Chromium
-
-CHROMIUM = shutil.which("chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--virtual-time-budget=5000"]
-# run in the page: errors and CSP violations are collected; after load the image and resource checks, and the
-# filter set to one concept, are written into the DOM, which --dump-dom prints
-CHECKER = """<script>
-var checkErrors = [];
-window.addEventListener('error', function (e) {
-  checkErrors.push(String(e.message || (e.target && e.target.src)));
-}, true);
-document.addEventListener('securitypolicyviolation', function (e) { checkErrors.push('CSP: ' + e.violatedDirective); });
-var pageConsoleError = console.error;
-console.error = function () {
-  checkErrors.push(Array.prototype.join.call(arguments, ' '));
-  pageConsoleError.apply(console, arguments);
-};
-window.addEventListener('load', function () {
-  var images = Array.prototype.slice.call(document.images);
-  var shownBefore = document.getElementById('shown').textContent;
-  var select = document.getElementById('concept');
-  select.value = '1:thing4';
-  select.dispatchEvent(new Event('change'));
-  document.documentElement.setAttribute('data-check', JSON.stringify({
-    shown: shownBefore,
-    filtered: document.querySelectorAll('.card:not([hidden])').length,
-    filteredShown: document.getElementById('shown').textContent,
-    images: images.length,
-    undecoded: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
-                     .map(function (i) { return i.alt; }),
-    errors: checkErrors,
-    resources: performance.getEntriesByType('resource').map(function (r) { return r.name; })}));
-});
-</script>"""
-
-
-def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                          timeout=120, check=True)
-
-
-def test_gallery_in_headless_chromium(gallery, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("chromium not installed: apt-get install chromium (the browser check of report.html needs it)")
-    path, items, _, _ = gallery
-    checked = tmp_path / "checked.html"
-    checked.write_text(path.read_text(encoding="utf-8").replace("</head>", CHECKER + "</head>", 1), encoding="utf-8")
-    run = chromium(["--enable-logging=stderr", "--v=0", "--dump-dom", checked.as_uri()], tmp_path / "profile")
-    found = re.search(r'data-check="([^"]*)"', run.stdout)
-    assert found, "the page's load event did not run the checks"
-    check = json.loads(unescape(found.group(1)))
-    assert check["errors"] == [] and not [ln for ln in run.stderr.splitlines() if ":CONSOLE" in ln]
-    assert check["images"] == len(items) and check["undecoded"] == []
-    assert check["resources"] == []  # nothing fetched: thumbnails are data URIs, no CSS or JS files
-    assert check["shown"] == "showing 12 of 12 images"  # the filter's script ran
-    assert check["filtered"] == 3 and check["filteredShown"] == "showing 3 of 12 images"  # thing4's 3 images
-    assert re.search(r'data-count="1-1">3 of 3<', run.stdout)  # the truth-ranking model: right on all 3
-
-    shot = tmp_path / "shot.png"
-    chromium(["--window-size=1280,1400", f"--screenshot={shot}", path.as_uri()], tmp_path / "profile")
-    with Image.open(shot) as im:
-        pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
-    colours = {tuple(c) for c in np.unique(pixels, axis=0)}
-    assert len(colours) > 50 and pixels.std() > 10  # not blank, not one flat colour
-    assert {(220, 40, 40), (150, 60, 190)} <= colours  # a seen and a held-out thumbnail were painted
+        gallery_html(items, {"clip": picks["clip"][1:]}, trials, hits, KINDS, tmp_path)
+    with pytest.raises(ClearglassError, match="no table hits"):
+        gallery_html(items, {"other": picks["clip"]}, trials, hits, KINDS, tmp_path)
+    with pytest.raises(ClearglassError, match="no model's picks"):
+        gallery_html(items, {}, trials, hits, KINDS, tmp_path)

@@ -225,3 +225,22 @@ def test_report_names_data_inside_its_folder_relatively(results, tmp_path):
     assert "Data: `data/magic.json`" in text and str(tmp_path) not in text
     outside = {**results["onehot"], "data": "/elsewhere/magic.json"}
     assert "Data: `/elsewhere/magic.json`" in write_report(outside, tmp_path / "r")["markdown"].read_text()
+
+
+def test_plots_draw_the_chance_of_recognition_and_of_zero_shot(results, tmp_path, monkeypatch):
+    """1/K per recognition field; 1/labels per zero-shot level, read from the per-item classes or given."""
+    from clearglass import report
+
+    drawn = {}
+    monkeypatch.setattr(report, "_bar_plot", lambda path, title, groups, by_model, pick, chance:
+                        drawn.setdefault(path.stem, (title, groups, chance)))
+    paths = report.write_plots(results, tmp_path, "base concepts, test")
+    assert [p.stem for p in paths] == ["recognition_i2t", "recognition_t2i", "zero_shot_by_level"]
+    title, groups, chance = drawn["recognition_i2t"]
+    assert title.endswith("K=3\nbase concepts, test") and chance == {g: 1 / 3 for g in groups}
+    assert drawn["zero_shot_by_level"][2] == {"level1": 1 / 6, "level2": 1 / 3}  # 6 things, 3 groups
+    drawn.clear()
+    merged = {m: {**r, "per_item": {}} for m, r in results.items()}  # merged seeds keep no classes
+    report.write_plots(merged, tmp_path, labels={"level1": 4})
+    assert drawn["zero_shot_by_level"][2] == {"level1": 0.25}
+

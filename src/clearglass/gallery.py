@@ -1,7 +1,13 @@
-"""A picture gallery of test images beside the report: each image, its true concepts and what each model picked.
+"""The picture gallery of report.html: test pictures scored by the very recognition task of the report's table.
 
-``report.html`` is one self-contained file (thumbnails embedded as PNG data URIs, inline CSS and a few lines of
-inline JS, a Content-Security-Policy that forbids every fetch), so it opens anywhere without a network.
+For each shown picture: the K candidates the table's recognition task gave it (its true concept and K-1 hard
+negatives, rebuilt by ``make_recognition_items`` from the results' own k, seed and template and checked against
+their items hash), each model's pick among them, and whether the table counted a hit (the results' per-item
+outcomes, merged over seeds as the table merges them). The scoreboard quotes the table's figure of every model,
+split and level with its count of hits, and counts the same hits over the pictures the filters show.
+
+The section is HTML for :func:`clearglass.page.write_page` (thumbnails are PNG data URIs), with its ``STYLE`` and
+``SCRIPT``.
 """
 
 from __future__ import annotations
@@ -17,83 +23,162 @@ from pathlib import Path
 import numpy as np
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import Encoder, rank_labels, strict_rank
-from clearglass.io import load_image, write_text_atomic
+from clearglass.evaluate import Encoder, Item, items_hash, make_recognition_items, rank_labels
+from clearglass.io import load_image
 from clearglass.magic.schema import ConceptRecord, resolve_image_path
+from clearglass.report import fmt_pct
 
 LEVELS = (1, 2)  # the concept levels a gallery shows
 THUMBNAIL = 112  # longest side of a thumbnail, pixels
+METRIC = "i2t_R@1"  # the table's recognition measure: the picture picks one of K concept names
+OUTCOMES = {"all-right": "every model right", "mixed": "models disagree", "all-wrong": "every model wrong"}
+
+
+@dataclass(frozen=True)
+class Trials:
+    """One split's recognition items per level, exactly as ``evaluate_model`` made them for the table."""
+
+    split: str
+    k: int
+    template: str
+    items: dict[int, list[Item]]  # level -> (n pictures,) items; candidate 0 is the truth
+
+    def labels(self, level: int, position: int) -> list[str]:
+        """The K candidate concept names of one picture at ``level``, the template taken off; the truth first."""
+        prefix, _, suffix = self.template.partition("{}")
+        return [t[len(prefix):len(t) - len(suffix)] for t in self.items[level][position].texts]
+
+
+def split_trials(split: str, concepts: list[ConceptRecord], config: dict) -> Trials:
+    """The recognition items at the gallery's levels that a results ``config`` scored (its ``fields``)."""
+    fields = config["fields"] if "recognition" in config["tasks"] else []
+    items = {lv: make_recognition_items(concepts, f"concept_level{lv}", config["k"], config["seed"], config["template"])
+             for lv in LEVELS if f"concept_level{lv}" in fields}
+    return Trials(split, config["k"], config["template"], items)
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One model's recognition outcomes at one split and level, as the table counted them."""
+
+    counts: np.ndarray  # (n pictures,) hits, summed over the model's seeds
+    seeds: int
+    value: float  # the table's figure: the metric over every picture of the split
+
+    def total(self) -> str:
+        """The hits over every picture and seed, as "hits/trials"."""
+        return f"{int(self.counts.sum())}/{len(self.counts) * self.seeds}"
+
+
+def _hit_fraction(spec: dict, arrays: dict[str, list]) -> np.ndarray:
+    """Per picture, the fraction of seeds that hit: a rank below k (one seed) or the merged seeds' mean hit."""
+    a = np.asarray(arrays[spec["array"]], dtype=float)
+    if spec["stat"] == "hit":
+        return (a < spec["k"]).astype(float)
+    if spec["stat"] == "mean":
+        return a
+    raise ClearglassError(f"gallery: a {METRIC} row with statistic {spec['stat']!r}; expected hit or mean")
+
+
+def table_hits(trials: Trials, results: dict) -> dict[int, Hits]:
+    """Per level of ``trials``: one model's hits from its results' per-item outcomes, refused when they were scored
+    on other items or do not add up to the results' own figure."""
+    out = {}
+    for level, items in trials.items.items():
+        group = f"recognition/concept_level{level}"
+        where = f"gallery, split {trials.split!r}, model {results['model']!r}, {group}"
+        row = next((r for r in results["metrics"] if (r["task"], r["subset"], r["metric"])
+                    == ("recognition", f"concept_level{level}", METRIC)), None)
+        outcomes = results.get("per_item", {}).get(group)
+        if row is None or outcomes is None:
+            raise ClearglassError(f"{where}: the results have no {METRIC} row with per-item outcomes")
+        if outcomes["items_hash"] != items_hash(items):
+            raise ClearglassError(f"{where}: scored on other items (items hash {outcomes['items_hash']}, the test "
+                                  f"set's {items_hash(items)}): other data, k, seed or template")
+        seeds = int(results.get("seeds", 1))
+        counts = np.rint(_hit_fraction(row["stat"], outcomes["arrays"]) * seeds).astype(int)
+        if len(counts) != len(items) or abs(counts.sum() / (len(items) * seeds) - row["value"]) > 1e-9:
+            raise ClearglassError(f"{where}: {len(counts)} per-item outcomes that do not add up to the results' "
+                                  f"{METRIC} {row['value']} over {len(items)} items")
+        out[level] = Hits(counts, seeds, row["value"])
+    return out
 
 
 @dataclass(frozen=True)
 class GalleryItem:
-    """One sampled test image: the subset and concept it came from, whether that concept is held out, its truth."""
+    """One shown picture: its split, concept and image id, and its position in each level's recognition items."""
 
-    subset: str
+    split: str
     concept: str
-    held_out: bool
-    image: str  # the id as stored in ImageRecord.image
-    level1: str | None
-    level2: str | None
-
-    def truth(self, level: int) -> str | None:
-        """The true concept at ``level`` (1 or 2)."""
-        return self.level1 if level == 1 else self.level2
+    image: str
+    positions: dict[int, int]  # level -> position in the split's items and per-item outcomes
 
 
-def sample_gallery_images(concepts_by_subset: dict[str, list[ConceptRecord]], per_held_out_concept: int = 8,
-                          seen: int = 16, seed: int = 0, max_held_out: int = 240) -> list[GalleryItem]:
-    """A seeded sample of test images: up to ``per_held_out_concept`` of every held-out concept (no training
-    images), at most ``max_held_out`` of them in all (a seeded subset, in order, when a test-only file such as
-    HierarCaps makes every concept held out), then ``seen`` images of seen concepts taken round-robin over the
-    concepts in a seeded order."""
-    held, pools = [], []
-    for subset, concepts in concepts_by_subset.items():
-        for c in concepts:
-            items = [GalleryItem(subset, c.concept, not c.train_images, im.image, im.level1, im.level2)
-                     for im in c.test_images]
-            random.Random(f"{seed}:{subset}:{c.concept}").shuffle(items)
-            if c.train_images:
-                pools.append(items)
-            else:
-                held += items[:per_held_out_concept]
-    if len(held) > max_held_out:
-        keep = set(random.Random(f"{seed}:held").sample(range(len(held)), max_held_out))
-        held = [it for i, it in enumerate(held) if i in keep]
-    random.Random(f"{seed}:seen").shuffle(pools)
-    picked: list[GalleryItem] = []
-    while len(picked) < seen and any(pools):
-        for pool in pools:
-            if pool and len(picked) < seen:
-                picked.append(pool.pop(0))
-    return held + picked
+def _outcome(hits_by_model: dict[str, dict[int, Hits]], level: int, position: int) -> str:
+    """all-right (every model right: a hit in most of its seeds), all-wrong (none right) or mixed."""
+    right = [2 * h[level].counts[position] > h[level].seeds for h in hits_by_model.values()]
+    return "all-right" if all(right) else "all-wrong" if not any(right) else "mixed"
 
 
-def gallery_predictions(encoder: Encoder, items: list[GalleryItem], image_root: str | os.PathLike,
-                        labels_by_level: dict[int, list[str]], template: str = "{}", k: int = 3) -> list[dict]:
-    """Per item and level (``"level1"``, ``"level2"``): the top-k labels with their scores and the 1-based strict rank
-    of the true label (None when the item has no truth among the labels). One ``rank_labels`` call over every level's
-    labels, so each image and each label is encoded once."""
-    unknown = [lv for lv in labels_by_level if lv not in LEVELS]
-    if unknown:
-        raise ClearglassError(f"gallery levels {unknown}: expected some of {list(LEVELS)}")
-    levels = list(labels_by_level)
-    paths = [resolve_image_path(image_root, it.image) for it in items]
-    all_labels = [x for lv in levels for x in labels_by_level[lv]]
-    scores = rank_labels(encoder, paths, all_labels, template)  # (n items, sum of L labels)
-    out: list[dict] = [{"image": it.image} for it in items]
-    start = 0
-    for lv in levels:
-        labels = labels_by_level[lv]
-        block = scores[:, start:start + len(labels)]  # (n items, L labels of this level)
-        start += len(labels)
-        order = np.argsort(-block, axis=1, kind="stable")[:, :k]
-        truths = [labels.index(t) if (t := it.truth(lv)) in labels else -1 for it in items]
-        ranks = strict_rank(block, np.maximum(np.array(truths, dtype=int), 0)) + 1  # 1-based
-        for i, it in enumerate(items):
-            rank = int(ranks[i]) if truths[i] >= 0 else None
-            out[i][f"level{lv}"] = {"top": [{"label": labels[j], "score": float(block[i, j])} for j in order[i]],
-                                    "true_rank": rank}
+def _spread(pictures: list[GalleryItem], rng: random.Random) -> list[GalleryItem]:
+    """The pictures shuffled, then dealt round-robin over their concepts (in a shuffled order)."""
+    by_concept: dict[str, list[GalleryItem]] = {}
+    for it in rng.sample(pictures, len(pictures)):
+        by_concept.setdefault(it.concept, []).append(it)
+    return _deal(list(by_concept.values()), len(pictures))
+
+
+def _deal(piles: list[list[GalleryItem]], n: int) -> list[GalleryItem]:
+    """Up to ``n`` items taken one from each pile in turn."""
+    piles = [list(p) for p in piles]
+    out: list[GalleryItem] = []
+    while len(out) < n and any(piles):
+        for pile in piles:
+            if pile and len(out) < n:
+                out.append(pile.pop(0))
+    return out
+
+
+def sample_gallery(trials: list[Trials], per_split: int, seed: int = 0,
+                   hits: dict[str, dict[str, dict[int, Hits]]] | None = None) -> list[GalleryItem]:
+    """A seeded sample of up to ``per_split`` pictures of each split, spread over its concepts; with ``hits``
+    (split -> model -> level -> ``Hits``), dealt evenly over the first level's outcomes too (every model right,
+    models disagree, every model wrong; a model is right with a hit in most of its seeds), so right and wrong cases
+    both show."""
+    out: list[GalleryItem] = []
+    for t in trials:
+        if not t.items:
+            continue
+        first = min(t.items)
+        where = {lv: {(it.concepts[0], it.images[0]): i for i, it in reversed(list(enumerate(items)))}
+                 for lv, items in t.items.items()}
+        pictures = [GalleryItem(t.split, it.concepts[0], it.images[0],
+                                {lv: w[key] for lv, w in where.items() if (key := (it.concepts[0], it.images[0])) in w})
+                    for it in t.items[first]]
+        groups = {o: [p for p in pictures if _outcome(hits[t.split], first, p.positions[first]) == o]
+                  for o in OUTCOMES} if hits else {"any": pictures}
+        rng = random.Random(f"{seed}:{t.split}")
+        out += _deal([_spread(group, rng) for group in groups.values()], per_split)
+    return out
+
+
+def gallery_picks(encoder: Encoder, items: list[GalleryItem], trials: dict[str, Trials],
+                  image_root: str | os.PathLike) -> list[dict[int, dict]]:
+    """Per item and level: the encoder's cosine score of each of the K candidates and its ``pick`` (the highest).
+    Each image and each candidate text is encoded once."""
+    paths = list(dict.fromkeys(resolve_image_path(image_root, it.image) for it in items))
+    texts = list(dict.fromkeys(t for it in items for lv, i in it.positions.items()
+                               for t in trials[it.split].items[lv][i].texts))
+    scores = rank_labels(encoder, paths, texts)  # (pictures, texts); the texts carry their template already
+    p_idx, t_idx = {p: i for i, p in enumerate(paths)}, {t: i for i, t in enumerate(texts)}
+    out = []
+    for it in items:
+        row = scores[p_idx[resolve_image_path(image_root, it.image)]]
+        picks = {}
+        for lv, i in it.positions.items():
+            s = row[[t_idx[t] for t in trials[it.split].items[lv][i].texts]]  # (K,) truth first
+            picks[lv] = {"scores": [float(x) for x in s], "pick": int(np.argmax(s))}
+        out.append(picks)
     return out
 
 
@@ -106,169 +191,179 @@ def _thumbnail(path: Path, what: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _summary_html(summary: list[dict]) -> str:
-    """The report's headline sections (``report.headline_sections``): heading, table with coloured verdicts, verdict."""
-    parts = []
-    for section in summary:
-        header, rows = section["table"]
-        head = "".join(f"<th>{escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(
-            f'<td class="{"v-" + c.split()[0] if c in ("better", "worse", "no clear difference") else ""}">'
-            f"{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-        parts += [f"<h2>{escape(section['heading'])}</h2>"] if section.get("heading") else []
-        parts.append(f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
-        parts += [f'<p class="note">{escape(section["verdict"])}</p>'] if section.get("verdict") else []
-    return "\n".join(parts)
+def _name(model: str) -> str:
+    """A model name for HTML, breakable after its underscores."""
+    return escape(model).replace("_", "_<wbr>")
 
 
-def _prediction_cell(pred: dict, truth: str | None, key: str) -> str:
-    """A model's top-k at one level: the true label marked; the cell is green when the top-1 is right."""
-    right = pred["true_rank"] == 1
-    chips = "".join(f'<li class="{"true" if x["label"] == truth else ""}" title="score {x["score"]:.3f}">'
-                    f'{escape(x["label"])}</li>' for x in pred["top"])
-    missing = (f'<span class="rank">true #{pred["true_rank"]}</span>'
-               if pred["true_rank"] is not None and pred["true_rank"] > len(pred["top"]) else "")
-    mark = "✓" if right else "✗"
-    return (f'<td class="{"right" if right else "wrong"}" data-key="{key}"><span class="mark">{mark}</span>'
-            f"<ol>{chips}</ol>{missing}</td>")
+def _verdict(count: int, seeds: int) -> tuple[str, str]:
+    """The cell class and mark of ``count`` hits in ``seeds``."""
+    return ("right", "✓") if count == seeds else ("wrong", "✗") if count == 0 else ("part", "½")
 
 
-def _outcome(rights: list[bool]) -> str:
-    return "all-right" if all(rights) else "all-wrong" if not any(rights) else "mixed"
+def _pick_cell(pick: dict, labels: list[str], hit: Hits, position: int, key: str) -> str:
+    """A model's pick among one level's candidates, marked by the table's hit (in how many seeds, when several)."""
+    count = int(hit.counts[position])
+    cls, mark = _verdict(count, hit.seeds)
+    chosen = labels[pick["pick"]]
+    seeds = f' <span class="seeds">{count}/{hit.seeds} seeds</span>' if hit.seeds > 1 else ""
+    title = "; ".join(f"{x}: {s:.3f}" for x, s in zip(labels, pick["scores"]))
+    return (f'<td class="{cls}" data-key="{key}" data-hits="{count}" title="{escape(title)}">'
+            f'<span class="mark">{mark}</span> <span class="{"true" if pick["pick"] == 0 else ""}">'
+            f"{escape(chosen)}</span>{seeds}</td>")
 
 
-def _card(item: GalleryItem, uri: str, predictions_by_model: dict[str, dict], levels: list[int]) -> str:
-    rows = "".join(f"<tr><th>{escape(model)}</th>"
-                   + "".join(_prediction_cell(pred[f"level{lv}"], item.truth(lv), f"{m}-{lv}") for lv in levels)
-                   + "</tr>" for m, (model, pred) in enumerate(predictions_by_model.items()))
-    first = levels[0]
-    outcome = _outcome([p[f"level{first}"]["true_rank"] == 1 for p in predictions_by_model.values()])
-    kind = "held-out" if item.held_out else "seen"
+def _card(it: GalleryItem, uri: str, kind: tuple[int, str], trials: Trials, picks: dict[str, dict[int, dict]],
+          hits: dict[str, dict[int, Hits]], levels: list[int]) -> str:
+    """One picture: thumbnail, kind badge, truth, each level's candidates, and per model its pick per level."""
+    truth = {lv: trials.labels(lv, it.positions[lv]) for lv in levels if lv in it.positions}
+    candidates = "".join(f'<div class="cands"><small>level {lv} of</small> ' + " · ".join(
+        f"<b>{escape(x)}</b>" if j == 0 else escape(x) for j, x in enumerate(labels)) + "</div>"
+                         for lv, labels in truth.items())
+    rows = "".join(f"<tr><th>{_name(m)}</th>" + "".join(
+        _pick_cell(picks[m][lv], truth[lv], hits[m][lv], it.positions[lv], f"{n}-{it.split}-{lv}") if lv in truth
+        else "<td>-</td>" for lv in levels) + "</tr>" for n, m in enumerate(picks))
+    first = min(truth)
+    outcome = _outcome(hits, first, it.positions[first])
+    data = " ".join(f'data-l{lv}="{escape(labels[0])}"' for lv, labels in truth.items())
     head = "".join(f"<th>level {lv}</th>" for lv in levels)
-    return (f'<div class="card" data-l1="{escape(item.level1 or "")}" data-l2="{escape(item.level2 or "")}" '
-            f'data-outcome="{outcome}">'
-            f'<div class="top"><img src="{uri}" alt="{escape(item.image)}" width="{THUMBNAIL}">'
-            f'<div class="truth"><span class="badge {kind}">{kind}</span>'
-            f'<div><small>level 1</small> <b>{escape(item.level1 or "-")}</b></div>'
-            f'<div><small>level 2</small> <b>{escape(item.level2 or "-")}</b></div>'
-            f'<div class="id">{escape(item.image)}</div></div></div>'
-            f'<table class="preds"><thead><tr><th></th>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
+    return (f'<div class="card" data-split="{escape(it.split)}" {data} data-outcome="{outcome}">'
+            f'<div class="top"><img src="{uri}" alt="{escape(it.image)}" width="{THUMBNAIL}">'
+            f'<div class="truth"><span class="badge kind{kind[0]}">{escape(kind[1])}</span>'
+            + "".join(f"<div><small>level {lv}</small> <b>{escape(labels[0])}</b></div>"
+                      for lv, labels in truth.items())
+            + f'<div class="id">{escape(it.image)}</div></div></div>{candidates}'
+            f'<table class="preds"><thead><tr><th>pick of</th>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
 
 
-def _scoreboard_html(items: list[GalleryItem], predictions_by_model: dict[str, list[dict]], levels: list[int]) -> str:
-    """Per model and level: on how many of the shown images the top-1 is right (the filter's script updates it)."""
-    head = "".join(f"<th>level {lv}: top-1 right</th>" for lv in levels)
-    rows = "".join(f"<tr><th>{escape(model)}</th>" + "".join(
-        f'<td data-count="{m}-{lv}">{sum(p[f"level{lv}"]["true_rank"] == 1 for p in preds)} of {len(items)}</td>'
-        for lv in levels) + "</tr>" for m, (model, preds) in enumerate(predictions_by_model.items()))
-    return f'<table class="summary scoreboard"><thead><tr><th>on the shown images</th>{head}</tr></thead>' \
-           f"<tbody>{rows}</tbody></table>"
+def _scoreboard(models: list[str], splits: dict[str, str], hits: dict[str, dict[str, dict[int, Hits]]],
+                levels: list[int]) -> str:
+    """Per model, split and level: the table's figure with its hits over all pictures, and the hits on the shown
+    pictures (the filter's script fills these in)."""
+    top = "".join(f'<th colspan="{len(levels)}">{escape(label)}</th>' for label in splits.values())
+    sub = "".join(f"<th>level {lv}</th>" for _ in splits for lv in levels)
+    rows = "".join(f"<tr><th>{_name(m)}</th>" + "".join(
+        f'<td data-model="{escape(m)}" data-split="{escape(s)}" data-level="{lv}" data-value="{fmt_pct(h.value)}">'
+        f'<b>{fmt_pct(h.value)}%</b> <span class="all">{h.total()}</span><br>'
+        f'<span class="shown" data-count="{n}-{escape(s)}-{lv}" data-seeds="{h.seeds}"></span></td>'
+        for s in splits for lv in levels for h in [hits[s][m][lv]]) + "</tr>" for n, m in enumerate(models))
+    return (f'<table class="scoreboard"><thead><tr><th rowspan="2">model</th>{top}</tr><tr>{sub}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
 
 
-def _filter_html(items: list[GalleryItem]) -> str:
-    groups = [("held-out concepts (level 1)", sorted({it.level1 for it in items if it.held_out and it.level1}), "1"),
-              ("seen concepts (level 1)", sorted({it.level1 for it in items if not it.held_out and it.level1}), "1"),
-              ("level-2 concepts", sorted({it.level2 for it in items if it.level2}), "2")]
-    options = "".join(f'<optgroup label="{escape(name)}">'
-                      + "".join(f'<option value="{lv}:{escape(v)}">{escape(v)}</option>' for v in values)
-                      + "</optgroup>" for name, values, lv in groups if values)
-    return ('<label>concept <select id="concept"><option value="">all concepts</option>'
-            f"{options}</select></label> "
-            '<label>level-1 top-1 <select id="outcome"><option value="">any outcome</option>'
-            '<option value="all-right">every model right</option><option value="mixed">models disagree</option>'
-            '<option value="all-wrong">every model wrong</option></select></label> '
+def _filters(items: list[GalleryItem], trials: dict[str, Trials], splits: dict[str, str]) -> str:
+    """Selects by kind (split), by concept (per kind at level 1, then level 2) and by outcome."""
+    kinds = "".join(f'<option value="{escape(s)}">{escape(label)}</option>' for s, label in splits.items())
+    truths = [(it.split, lv, trials[it.split].labels(lv, i)[0]) for it in items for lv, i in it.positions.items()]
+    groups = [(f"{label}: level 1", 1, sorted({x for s, lv, x in truths if s == split and lv == 1}))
+              for split, label in splits.items()]
+    groups.append(("level 2", 2, sorted({x for _, lv, x in truths if lv == 2})))
+    concepts = "".join(f'<optgroup label="{escape(name)}">' + "".join(
+        f'<option value="{lv}:{escape(x)}">{escape(x)}</option>' for x in values) + "</optgroup>"
+        for name, lv, values in groups if values)
+    outcomes = "".join(f'<option value="{o}">{label}</option>' for o, label in OUTCOMES.items())
+    return (f'<label>kind <select id="kind"><option value="">every kind</option>{kinds}</select></label> '
+            f'<label>concept <select id="concept"><option value="">every concept</option>{concepts}</select></label> '
+            f'<label>outcome <select id="outcome"><option value="">any outcome</option>{outcomes}</select></label> '
             '<span id="shown"></span>')
 
 
+def _legend(k: int, seeds: int, kinds: dict[str, tuple[int, str]]) -> str:
+    """What the gallery shows and how it matches the table."""
+    several = (f" (its first seed's model; the mark counts the table's hits over all {seeds} seeds, merged as in the "
+               "table)") if seeds > 1 else ""
+    badges = "; ".join(f'<span class="badge kind{n}">{escape(label)}</span>' for n, label in kinds.values())
+    return ("<p>Each picture is scored by the recognition task of the tables above (image→text R@1): its true "
+            f"concept (<b>bold</b>) among the same {k} candidates the table gave it. Per model the card shows its pick"
+            f"{several}: ✓ a hit, ✗ a miss, ½ a hit in some seeds only; hover a pick for every candidate's score. "
+            "The scoreboard quotes the table's figure of every model, kind and level with its hits over all the "
+            "kind's pictures (hits/trials), and under it the hits on the pictures shown. The outcome filter calls a "
+            f"model right with a hit in most of its seeds. Kinds: {badges}.</p>")
+
+
+def gallery_html(items: list[GalleryItem], picks_by_model: dict[str, list[dict[int, dict]]],
+                 trials: dict[str, Trials], hits: dict[str, dict[str, dict[int, Hits]]], splits: dict[str, str],
+                 image_root: str | os.PathLike) -> str:
+    """The gallery section: what it shows, the scoreboard, filters by kind, concept and outcome (they stay on
+    screen) and a card per item. ``splits`` names each split's kind (its badge); ``hits`` is split -> model ->
+    level -> ``Hits`` (``table_hits``); ``picks_by_model`` holds ``gallery_picks`` per model, in the scoreboard's
+    order."""
+    if not picks_by_model:
+        raise ClearglassError("gallery: no model's picks to show")
+    for model, picks in picks_by_model.items():
+        if len(picks) != len(items) or any(set(p) != set(it.positions) for p, it in zip(picks, items)):
+            raise ClearglassError(f"gallery: the picks of model {model!r} are not for the {len(items)} sampled "
+                                  "items in their order")
+        missing = [s for s in splits if model not in hits.get(s, {})]
+        if missing:
+            raise ClearglassError(f"gallery: model {model!r} has no table hits for split(s) {missing}")
+    levels = sorted(set.intersection(*(set(trials[s].items) for s in splits)))
+    kinds = {s: (n, label) for n, (s, label) in enumerate(splits.items())}
+    cards = [_card(it, _thumbnail(resolve_image_path(image_root, it.image),
+                                  f"gallery, concept {it.concept!r}, image {it.image!r}"),
+                   kinds[it.split], trials[it.split], {m: p[i] for m, p in picks_by_model.items()},
+                   {m: hits[it.split][m] for m in picks_by_model}, levels) for i, it in enumerate(items)]
+    models = list(picks_by_model)
+    seeds = max(hits[s][m][lv].seeds for s in splits for m in models for lv in levels)
+    legend = _legend(trials[next(iter(splits))].k, seeds, kinds)
+    return "\n".join([f'<section id="gallery"><h2>Gallery: {len(items)} test pictures</h2>', legend,
+                      _scoreboard(models, splits, hits, levels),
+                      f'<div class="filters">{_filters(items, trials, splits)}</div>',
+                      '<div class="grid">', *cards, "</div></section>"])
+
+
 STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
-h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:12px 0 4px}
-table.summary{border-collapse:collapse;margin:8px 0;background:#fff}
-table.summary th,table.summary td{border:1px solid #ccc;padding:3px 8px;text-align:left}
-td.v-better{background:#d4f4d4;font-weight:bold}td.v-worse{background:#f8d0d0;font-weight:bold}
-td.v-no{color:#666}
-p.note{max-width:1100px}
-.legend{color:#555;margin:6px 0}
 .filters{position:sticky;top:0;background:#fafafa;padding:8px 0;border-bottom:1px solid #ddd;z-index:1}
-.filters select{font-size:14px;margin-right:12px}
-table.scoreboard{margin:6px 0 0;font-size:13px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:10px;margin-top:10px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
+.filters select{font-size:14px;margin-right:12px;max-width:300px}
+table.scoreboard{margin:6px 0;font-size:12px}
+table.scoreboard td{white-space:nowrap}.scoreboard .all,.scoreboard .shown{color:#666}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:10px;margin-top:10px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;min-width:0}
 .card[hidden]{display:none}
 .top{display:flex;gap:10px;align-items:flex-start}
-.top img{border:1px solid #eee;background:#fff}
+.top img{border:1px solid #eee;background:#fff;flex:none}
 .truth b{font-size:15px}.truth small{color:#777;display:inline-block;width:48px}
 .id{color:#999;font-size:11px;word-break:break-all}
+.cands{font-size:12px;color:#555;margin-top:4px}.cands small{color:#777}
 .badge{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;color:#fff;margin-bottom:4px}
-.badge.held-out{background:#8a4fd0}.badge.seen{background:#4f7fd0}
-table.preds{border-collapse:collapse;width:100%;margin-top:6px;font-size:13px}
-table.preds th{text-align:left;font-weight:600;padding:2px 4px;white-space:nowrap;vertical-align:top}
-table.preds td{padding:2px 4px;vertical-align:top;border-radius:4px}
-td.right{background:#e3f6e3}td.wrong{background:#fbe6e6}
-.mark{float:right;font-weight:bold}td.right .mark{color:#1a7f1a}td.wrong .mark{color:#b02020}
-table.preds ol{margin:0;padding-left:18px}
-li.true{color:#106010;font-weight:bold;text-decoration:underline}
-.rank{color:#b02020;font-size:12px}
+.badge.kind0{background:#4f7fd0}.badge.kind1{background:#8a4fd0}.badge.kind2{background:#c0701a}
+.badge.kind3{background:#2f8f6f}
+table.preds{border-collapse:collapse;width:100%;margin-top:6px;font-size:13px;table-layout:fixed}
+table.preds th{text-align:left;font-weight:600;padding:2px 4px;vertical-align:top;border:0;background:none}
+table.preds th:first-child{width:34%}
+table.preds td{padding:2px 4px;vertical-align:top;border:0;border-radius:4px}
+td.right{background:#e3f6e3}td.wrong{background:#fbe6e6}td.part{background:#fbf0d0}
+.mark{font-weight:bold}td.right .mark{color:#1a7f1a}td.wrong .mark{color:#b02020}td.part .mark{color:#9a6a00}
+span.true{color:#106010;font-weight:bold}.seeds{color:#777;font-size:11px}
 """
 
 SCRIPT = """
 (function () {
-  var concept = document.getElementById('concept'), outcome = document.getElementById('outcome');
-  var shown = document.getElementById('shown');
+  var kind = document.getElementById('kind'), concept = document.getElementById('concept');
+  var outcome = document.getElementById('outcome'), shown = document.getElementById('shown');
   var cards = Array.prototype.slice.call(document.querySelectorAll('.card'));
   var counts = Array.prototype.slice.call(document.querySelectorAll('[data-count]'));
   function apply() {
     var want = concept.value, n = 0;
     cards.forEach(function (card) {
-      var ok = (!want || card.getAttribute('data-l' + want.charAt(0)) === want.slice(2)) &&
+      var ok = (!kind.value || card.getAttribute('data-split') === kind.value) &&
+               (!want || card.getAttribute('data-l' + want.charAt(0)) === want.slice(2)) &&
                (!outcome.value || card.getAttribute('data-outcome') === outcome.value);
       card.hidden = !ok;
       if (ok) { n += 1; }
     });
-    shown.textContent = 'showing ' + n + ' of ' + cards.length + ' images';
+    shown.textContent = 'showing ' + n + ' of ' + cards.length + ' pictures';
     counts.forEach(function (cell) {
-      var key = cell.getAttribute('data-count');
-      var right = document.querySelectorAll('.card:not([hidden]) td.right[data-key="' + key + '"]').length;
-      cell.textContent = right + ' of ' + n;
+      var key = cell.getAttribute('data-count'), hits = 0, trials = 0;
+      var seeds = parseInt(cell.getAttribute('data-seeds'), 10);
+      document.querySelectorAll('.card:not([hidden]) td[data-key="' + key + '"]').forEach(function (td) {
+        hits += parseInt(td.getAttribute('data-hits'), 10);
+        trials += seeds;
+      });
+      cell.textContent = 'shown: ' + hits + '/' + trials;
     });
   }
-  concept.addEventListener('change', apply);
-  outcome.addEventListener('change', apply);
+  [kind, concept, outcome].forEach(function (select) { select.addEventListener('change', apply); });
   apply();
 })();
 """
-
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-
-
-def write_gallery(path: str | os.PathLike, title: str, summary: list[dict], items: list[GalleryItem],
-                  predictions_by_model: dict[str, list[dict]], image_root: str | os.PathLike) -> Path:
-    """Write one self-contained HTML page: the summary on top (``report.headline_sections``: dicts of ``heading``,
-    ``table`` = (header, rows), ``verdict``), a filter by concept and by outcome, and per item its thumbnail, true
-    level-1/level-2 concepts and each model's top-k per level (``gallery_predictions``)."""
-    for model, preds in predictions_by_model.items():
-        if [p["image"] for p in preds] != [it.image for it in items]:
-            raise ClearglassError(f"gallery: the predictions of model {model!r} are not for the {len(items)} "
-                                  "sampled items in their order")
-    if not predictions_by_model:
-        raise ClearglassError("gallery: no model's predictions to show")
-    levels = [lv for lv in LEVELS if items and all(f"level{lv}" in p[0] for p in predictions_by_model.values())]
-    k = max((len(p[f"level{lv}"]["top"]) for ps in predictions_by_model.values() for p in ps for lv in levels),
-            default=0)
-    cards = []
-    for i, item in enumerate(items):
-        uri = _thumbnail(resolve_image_path(image_root, item.image), f"gallery, concept {item.concept!r}, "
-                                                                     f"image {item.image!r}")
-        cards.append(_card(item, uri, {m: preds[i] for m, preds in predictions_by_model.items()}, levels))
-    legend = (f"Per image and model: the top-{k} concepts per level, best first; the true concept is <b>underlined in "
-              "green</b>; a green cell (✓) means the top-1 is right, a red one (✗) that it is wrong, with the true "
-              f"concept's rank when it is not in the top {k}. Hover a concept for its score.")
-    page = "\n".join([
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head>",
-        f"<body><h1>{escape(title)}</h1>", _summary_html(summary), f'<p class="legend">{legend}</p>',
-        f'<div class="filters">{_filter_html(items)}', _scoreboard_html(items, predictions_by_model, levels) + "</div>",
-        '<div class="grid">', *cards, "</div>", f"<script>{SCRIPT}</script>", "</body></html>\n"])
-    return write_text_atomic(page, path)

@@ -240,9 +240,10 @@ def default_measures(results: dict) -> list[Measure]:
 
 
 def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[str, dict],
-              pick: dict[str, dict[str, dict]], chance: float | None) -> None:
-    """Grouped bars in percent with asymmetric error bars (``pick[model][group]`` is the metric row drawn), a dashed
-    line at ``chance`` and a y-axis from just under the lowest of chance and the bars to just above the highest."""
+              pick: dict[str, dict[str, dict]], chance: dict[str, float]) -> None:
+    """Grouped bars in percent with asymmetric error bars (``pick[model][group]`` is the metric row drawn), each
+    model in its own colour (``C0``, ``C1``, ... in order), a dashed line at each group's ``chance`` and a y-axis
+    from just under the lowest of chance and the bars to just above the highest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,15 +253,18 @@ def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[
     width = 0.8 / len(names)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) * max(1, len(names)) / 2), 3.6))
     x = np.arange(len(groups))
-    shown = [] if chance is None else [100 * chance]
+    shown = [100 * c for c in chance.values()]
     for i, name in enumerate(names):
         rows = [pick[name].get(g) for g in groups]
         vals = 100 * np.array([r["value"] if r else np.nan for r in rows])
         err = 100 * np.array([[r["value"] - r["ci_low"], r["ci_high"] - r["value"]] if r else [0, 0] for r in rows]).T
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=name)
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=name, color=f"C{i % 10}")
         shown += [100 * r[k] for r in rows if r for k in ("ci_low", "ci_high")]
-    if chance is not None:
-        ax.axhline(100 * chance, color="black", linestyle="--", linewidth=1, label=f"chance ({100 * chance:.0f}%)")
+    for j, group in enumerate(g for g in groups if g in chance):
+        c = 100 * chance[group]
+        at = groups.index(group)
+        ax.hlines(c, at - 0.45, at + 0.45, colors="black", linestyles="--", linewidth=1,
+                  label="chance" if j == 0 else None)
     low, high = (min(shown), max(shown)) if shown else (0.0, 100.0)
     ax.set_ylim(max(0.0, low - 10), min(105.0, high + 8))
     ax.set_xticks(x, groups, rotation=20, ha="right")
@@ -272,24 +276,39 @@ def _bar_plot(path: Path, title: str, groups: list[str], results_by_model: dict[
     plt.close(fig)
 
 
-def write_plots(results_by_model: dict[str, dict], out_dir: str | os.PathLike, split: str = "") -> list[Path]:
+def _label_counts(results_by_model: dict[str, dict]) -> dict[str, int]:
+    """Per zero-shot subset, its number of labels, read from the per-item classes of results that keep them."""
+    counts = {}
+    for res in results_by_model.values():
+        for group, outcomes in res.get("per_item", {}).items():
+            task, _, subset = group.partition("/")
+            if task == "zero_shot" and outcomes["arrays"].get("class"):
+                counts[subset] = max(counts.get(subset, 0), max(outcomes["arrays"]["class"]) + 1)
+    return counts
+
+
+def write_plots(results_by_model: dict[str, dict], out_dir: str | os.PathLike, split: str = "",
+                labels: dict[str, int] | None = None) -> list[Path]:
     """PNG plots in percent: recognition by field (i2t and t2i, with the 1/K chance line) and zero-shot top-1 by
-    level, per model, with error bars; ``split`` names the test set in every title."""
+    level (with its 1/labels chance line; ``labels``: per level subset, e.g. ``level1``, its number of labels,
+    default read from the results' per-item classes), per model, with error bars; ``split`` names the test set in
+    every title."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = next(iter(results_by_model.values()))["config"].get("k")
-    on = f" ({split})" if split else ""
+    labels = labels if labels is not None else _label_counts(results_by_model)
+    on = f"\n{split}" if split else ""  # on a line of its own: a long split name never clips the title
     paths, table = [], Results(results_by_model)
-    for task, metric, title, stem, chance in [
-        ("recognition", "i2t_R@1", f"Concept recognition{on}, image->text R@1, K={k}", "recognition_i2t",
-         1 / k if k else None),
-        ("recognition", "t2i_R@1", f"Concept recognition{on}, text->image R@1, K={k}", "recognition_t2i",
-         1 / k if k else None),
-        ("zero_shot", "top1", f"Zero-shot top-1 by concept level{on}", "zero_shot_by_level", None),
+    for task, metric, title, stem in [
+        ("recognition", "i2t_R@1", f"Concept recognition, image->text R@1, K={k}{on}", "recognition_i2t"),
+        ("recognition", "t2i_R@1", f"Concept recognition, text->image R@1, K={k}{on}", "recognition_t2i"),
+        ("zero_shot", "top1", f"Zero-shot top-1 by concept level{on}", "zero_shot_by_level"),
     ]:
         pick = {m: {k.subset: table.row(k, m) for k in table.keys(m) if (k.task, k.metric) == (task, metric)}
                 for m in table.models}
         groups = list(dict.fromkeys(g for rows in pick.values() for g in rows))
+        chance = ({g: 1 / k for g in groups} if task == "recognition" and k else
+                  {g: 1 / labels[g] for g in groups if labels.get(g)} if task == "zero_shot" else {})
         if groups:
             path = out_dir / f"{stem}.png"
             _bar_plot(path, title, groups, results_by_model, pick, chance)

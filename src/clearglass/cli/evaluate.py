@@ -17,10 +17,15 @@ from clearglass.inference import score_concepts
 from clearglass.io import check_writable, read_text, refuse_overwriting, resolve_device, write_json_atomic
 from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts, resolve_image_path
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
-from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.gallery import SCRIPT as GALLERY_SCRIPT
+from clearglass.gallery import STYLE as GALLERY_STYLE
+from clearglass.gallery import (GalleryItem, Trials, gallery_html, gallery_picks, sample_gallery, split_trials,
+                                table_hits)
 from clearglass.model_sets import ModelSet, model_set_names
-from clearglass.report import compare, headline_sections, write_report
+from clearglass.page import markdown_html, write_page
+from clearglass.report import compare, write_report
 
+GALLERY_PICTURES = 48  # test pictures in a comparison's report.html
 NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # a report name: no '/', ':' or '=' (those belong to specs)
 
 
@@ -172,14 +177,17 @@ def run_compare(args: argparse.Namespace) -> int:
     pairs = _pairs_of(args, names)
     check_writable(args.out, "comparison report", folder=True)
     concepts, root = test_set = _test_set(args)
-    items = sample_gallery_images({"test": concepts}, seed=args.seed)
-    labels = {lv: found for lv in (1, 2) if (found := level_labels(concepts, lv))}
-    results, predictions = {}, {}
+    results, picks = {}, {}
+    trials: Trials | None = None
+    items: list[GalleryItem] = []
     for name, spec in models.items():  # one model in memory at a time: load, evaluate, free
         encoder = _encoder(spec, args)
         results[name] = _evaluate(spec, args, encoder, test_set)
-        if items and labels:
-            predictions[name] = gallery_predictions(encoder, items, root, labels, args.template)
+        if trials is None:  # the recognition items every model's results were scored on
+            trials = split_trials("test", concepts, results[name]["config"])
+            items = sample_gallery([trials], GALLERY_PICTURES, args.seed)
+        if items:
+            picks[name] = gallery_picks(encoder, items, {"test": trials}, root)
         del encoder
         gc.collect()
         if torch.cuda.is_available():
@@ -188,9 +196,11 @@ def run_compare(args: argparse.Namespace) -> int:
     renamed = {name: spec for name, spec in models.items() if name != spec}
     intro = "Models: " + "; ".join(f"{name} = `{spec}`" for name, spec in renamed.items()) + "." if renamed else ""
     paths = write_report(comparison, args.out, title=args.title, intro=intro)
-    if predictions:
-        paths["gallery"] = write_gallery(args.out / "report.html", args.title, headline_sections(comparison), items,
-                                         predictions, root)
+    body = markdown_html(read_text(paths["markdown"], "report"), args.out)
+    if picks:
+        hits = {"test": {name: table_hits(trials, res) for name, res in results.items()}}
+        body += gallery_html(items, picks, {"test": trials}, hits, {"test": "test set"}, root)
+    paths["gallery"] = write_page(args.out / "report.html", args.title, body, GALLERY_STYLE, GALLERY_SCRIPT)
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0

@@ -62,13 +62,12 @@ class DemoModel(Config):
 
 @dataclass
 class DemoEval(Config):
-    """Evaluation settings shared by every subset."""
+    """Evaluation settings shared by every subset; ``gallery_per_kind``: pictures of each test split in report.html."""
 
     k: int = 5
     n_boot: int = 1000
     seed: int = 0
-    gallery_per_held_out_concept: int = 8
-    gallery_seen: int = 16
+    gallery_per_kind: int = 24
 
 
 @dataclass

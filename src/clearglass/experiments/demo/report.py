@@ -1,6 +1,8 @@
-"""The demo's report: ``report.md`` leads with the targets (met or missed) and a table of the headline measures with
-the paired difference of the method minus the baseline, then at most three plain sentences, then the set-up, the
-search record it used, every subset's tables and the plots. Every number comes from the results JSON."""
+"""The demo's report: ``report.md`` leads with the targets (met or missed) and a table of the headline measures of
+every model with the paired difference of the method minus the baseline, then at most three plain sentences, how
+to read them, the set-up, every subset's tables, the plots and, as an appendix, the search record it used.
+``report.html`` is the same report in the same order, with a gallery of test pictures before the appendix. Every
+number comes from the results JSON."""
 
 from __future__ import annotations
 
@@ -11,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from clearglass.errors import ClearglassError
+from clearglass.evaluate import Encoder, level_labels
 from clearglass.experiments.demo.evaluation import DemoEvaluator
+from clearglass.gallery import SCRIPT as GALLERY_SCRIPT
+from clearglass.gallery import STYLE as GALLERY_STYLE
+from clearglass.gallery import gallery_html, gallery_picks, sample_gallery, split_trials, table_hits
 from clearglass.io import read_text, write_text_atomic
-from clearglass.gallery import gallery_predictions, sample_gallery_images, write_gallery
+from clearglass.magic.schema import ConceptRecord
 from clearglass.models import load_model
-from clearglass.report import (Measure, differences_table, fmt_pct, headline_cells, headline_table as report_table,
-                               markdown_table, verdict_sentences, write_plots)
+from clearglass.page import markdown_html, write_page
+from clearglass.report import Measure, differences_table, fmt_pct, markdown_table, verdict_sentences, write_plots
+from clearglass.report import headline_table as report_table
 from clearglass.results import MetricKey, Results
 
 # (subset, task, task subset, metric, label): the report's first table, in this order
@@ -39,6 +46,9 @@ HEADLINE = [
 RECOGNITION = [h for h in HEADLINE if h[1] == "recognition"]
 SPLIT_NAMES = {"test_seen": "base concepts, test", "test_novel": "novel concepts, test",
                "test_held_out": "novel concepts of unseen objects, test"}
+GALLERY_KINDS = {"test_seen": "base", "test_novel": "novel", "test_held_out": "novel, unseen object"}  # badges
+PICTURES = ("Pictures: [report.html](report.html), this report with a gallery of test pictures: each model's pick "
+            "among the K candidates the recognition table gave each picture.\n")
 
 
 def measures(comparisons: dict) -> list[Measure]:
@@ -88,34 +98,37 @@ def headline_table(comparisons: dict, models: list[str], baseline: str, method: 
                         header=["measure", *models, f"{method} - {baseline}", "verdict"])
 
 
-def loss_plot(runs: dict[str, Path], families: dict[str, str], path: Path) -> Path:
+def loss_plot(runs: dict[str, Path], families: dict[str, str], colours: dict[str, str], path: Path) -> Path:
     """Training loss per step, one panel per loss family (the CLIP loss and the grouped loss are on different
-    scales), and the validation score of every model that logged one in a panel of its own (seed 0)."""
+    scales), and the validation score of every model that logged one in a panel of its own (seed 0); each model
+    keeps its colour (``colours``) in every panel, named once in a legend below them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     rows = {name: [json.loads(line) for line in read_text(metrics, "metrics file").splitlines() if line]
             for name, metrics in runs.items()}
     panels = list(dict.fromkeys(families[name] for name in runs))
     validated = [name for name in runs if any("val/score" in r for r in rows[name])]
     count = len(panels) + bool(validated)
-    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, count, figsize=(4.2 * count, 3.8), squeeze=False)
     for ax, family in zip(axes[0], panels):
         for name in (n for n in runs if families[n] == family):
             train = [r for r in rows[name] if "loss" in r]
-            ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=name, linewidth=1)
+            ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=colours[name], linewidth=1)
         ax.set(xlabel="step", ylabel="training loss", title=f"{family} loss (seed 0)")
-        ax.legend(fontsize=7)
     if validated:
         ax = axes[0][-1]
         for name in validated:
             val = [r for r in rows[name] if "val/score" in r]
-            ax.plot([r["step"] for r in val], [100 * r["val/score"] for r in val], marker="o", ms=3, label=name)
+            ax.plot([r["step"] for r in val], [100 * r["val/score"] for r in val], marker="o", ms=3,
+                    color=colours[name])
         ax.set(xlabel="step", ylabel="%", title="validation: base-concept recognition")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend([Line2D([], [], color=colours[name]) for name in runs], list(runs), loc="lower center",
+               ncol=min(len(runs), 5), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -177,34 +190,35 @@ recognition is high only when both are. Intervals are 95% bootstrap intervals ov
 """
 
 
-def write_demo_gallery(out: Path, summary: dict, evaluator: DemoEvaluator, section: dict) -> Path:
-    """report.html: a seeded sample of seen and held-out test images with the base's and both fine-tunes' (seed 0)
-    top-3 concepts per level, the true one marked, under the headline table."""
-    config = summary["config"]
-    tests = {s: evaluator.concepts(s) for s in ("test_seen", "test_novel", "test_held_out")}
-    items = sample_gallery_images(tests, config["eval"]["gallery_per_held_out_concept"], config["eval"]["gallery_seen"],
-                                  config["eval"]["seed"])
-    labels = {lv: sorted({v for cs in tests.values() for c in cs for im in c.test_images
-                          if (v := getattr(im, f"level{lv}"))}) for lv in (1, 2)}
-    root = evaluator.paths["test_seen"].parent
-    specs = {"base": config["base"], **{m: summary["checkpoints"][m][0] for m in (config["baseline"], config["method"])}}
-    predictions = {name: gallery_predictions(evaluator.encoder(load_model(spec)), items, root, labels,
-                                             evaluator.concept_config.template) for name, spec in specs.items()}
-    return write_gallery(out / "report.html", f"clearglass demo: {config['method']} vs {config['baseline']}, "
-                         f"fine-tuning {config['base']}", [section], items, predictions, root)
+def demo_gallery(comparisons: dict, concepts: dict[str, list[ConceptRecord]], encoders: dict[str, Encoder],
+                 image_root: Path, per_kind: int, seed: int) -> str:
+    """The gallery section of report.html: up to ``per_kind`` pictures of each test split (base, novel, novel of
+    unseen objects), dealt over right and wrong cases, with each model's pick (``encoders``, in the table's order:
+    the first seed's model of each) and the table's hits (its per-item outcomes, merged over seeds)."""
+    splits = [s for s in GALLERY_KINDS if s in comparisons]
+    trials = {s: split_trials(s, concepts[s], comparisons[s]["results"][next(iter(encoders))]["config"])
+              for s in splits}
+    hits = {s: {m: table_hits(trials[s], comparisons[s]["results"][m]) for m in encoders} for s in splits}
+    items = sample_gallery(list(trials.values()), per_kind, seed, hits)
+    picks = {m: gallery_picks(encoder, items, trials, image_root) for m, encoder in encoders.items()}
+    return gallery_html(items, picks, trials, hits, {s: GALLERY_KINDS[s] for s in splits}, image_root)
 
 
-def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dict[str, Any]:
-    """Write report.md and the plots; returns what the summary records of them (targets, paths, key table)."""
+def write_demo_page(out: Path, sections: list[str], gallery: str, appendix: str, fold: list[str]) -> Path:
+    """report.html: report.md's sections in its order (those headed by a name in ``fold``, the per-split tables,
+    collapsed; the plots embedded), the gallery, then the appendix."""
+    title = sections[0].splitlines()[0].lstrip("# ").replace("`", "")
+    body = markdown_html("\n".join(sections), out, fold) + "\n" + gallery + "\n" + markdown_html(appendix, out)
+    return write_page(out / "report.html", title, body, GALLERY_STYLE, GALLERY_SCRIPT)
+
+
+def report_parts(summary: dict, plots: list[Path], out: Path) -> tuple[list[str], str]:
+    """report.md's sections in order (targets, headline table of every model, verdict, how to read it, set-up,
+    per-split tables, plots) and its appendix (the search), from the summary."""
     config, comparisons = summary["config"], summary["comparisons"]
     baseline, method = config["baseline"], config["method"]
     models = comparisons["test_seen"]["models"]
     goals = targets(comparisons, baseline, method, models[0])
-    plots = [p for subset in ("test_seen", "test_novel", "test_held_out") if subset in comparisons
-             for p in write_plots(comparisons[subset]["results"], out / "plots" / subset, SPLIT_NAMES[subset])]
-    plots.append(loss_plot({m: Path(runs[0]["metrics_path"]) for m, runs in summary["training"].items()},
-                           {m: o["family"] for m, o in summary["models"].items()}, out / "plots" / "training_loss.png"))
-    table = headline_table(comparisons, models, baseline, method)
     sentence = verdict_sentences(comparisons, baseline, method, measures(comparisons),
                                  [(g["target"], g["met"]) for g in goals if g["measured"]])
     seeds = len(summary["seeds"])
@@ -212,21 +226,42 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     parts = [f"# clearglass demo: CLEAR GLASS vs the CLIP loss, fine-tuning `{config['base']}`\n",
              "**Targets** (test split; " + f"{seeds} seed{'s' if seeds > 1 else ''}):\n",
              "\n".join(f"- {status(g)}: {g['target']}" for g in goals) + "\n",
-             f"## Headline measures (% [95% CI]; the last columns are {method} minus {baseline}, paired)\n", table,
-             sentence + "\n", HOW_TO_READ.format(k=k, chance=round(100 / k)), _setup(summary)]
+             f"## Headline measures (% [95% CI]; the last columns are {method} minus {baseline}, paired)\n",
+             headline_table(comparisons, models, baseline, method), sentence + "\n",
+             HOW_TO_READ.format(k=k, chance=round(100 / k)), _setup(summary)]
     for subset, comp in comparisons.items():
         parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))
         ci_level = comp["results"][baseline]["config"]["ci_level"]
         parts.append(f"Paired differences on {subset}:\n\n" + differences_table(comp["differences"], ci_level))
     parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots) + "\n")
-    parts.append("Pictures: [report.html](report.html), a gallery of test images with each model's top-3 concepts.\n")
-    parts.append("# Appendix: " + _search(summary["search"]).removeprefix("## "))
-    report = write_text_atomic("\n".join(parts), out / "report.md")
-    section = {"heading": "", "table": headline_cells(comparisons, baseline, method, measures(comparisons)),
-               "verdict": sentence}
-    gallery = write_demo_gallery(out, summary, evaluator, section)
-    return {"targets": goals, "report": str(report), "gallery": str(gallery), "plots": [str(p) for p in plots],
-            "key_table": table}
+    return parts, "# Appendix: " + _search(summary["search"]).removeprefix("## ")
+
+
+def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dict[str, Any]:
+    """Write report.md, the plots and report.html (the report with its gallery); returns what the summary records
+    of them (targets, paths, key table)."""
+    config, comparisons = summary["config"], summary["comparisons"]
+    baseline, method = config["baseline"], config["method"]
+    models = comparisons["test_seen"]["models"]
+    colours = {m: f"C{i % 10}" for i, m in enumerate(models)}  # the bar plots' colours, in the same order
+    splits = [s for s in SPLIT_NAMES if s in comparisons]
+    labels = {s: {f"level{lv}": len(level_labels(evaluator.concepts(s), lv)) for lv in (1, 2)} for s in splits}
+    plots = [p for s in splits for p in write_plots(comparisons[s]["results"], out / "plots" / s, SPLIT_NAMES[s],
+                                                    labels[s])]
+    plots.append(loss_plot({m: Path(runs[0]["metrics_path"]) for m, runs in summary["training"].items()},
+                           {m: o["family"] for m, o in summary["models"].items()}, colours,
+                           out / "plots" / "training_loss.png"))
+    sections, appendix = report_parts(summary, plots, out)
+    report = write_text_atomic("\n".join([*sections, PICTURES, appendix]), out / "report.md")
+    specs = {m: config["base"] if m == models[0] else summary["checkpoints"][m][0] for m in models}
+    encoders = {m: evaluator.encoder(load_model(spec)) for m, spec in specs.items()}
+    gallery = demo_gallery(comparisons, {s: evaluator.concepts(s) for s in GALLERY_KINDS if s in comparisons},
+                           encoders, evaluator.paths["test_seen"].parent, config["eval"]["gallery_per_kind"],
+                           config["eval"]["seed"])
+    page = write_demo_page(out, sections, gallery, appendix, list(comparisons))
+    return {"targets": targets(comparisons, baseline, method, models[0]), "report": str(report),
+            "gallery": str(page), "plots": [str(p) for p in plots],
+            "key_table": headline_table(comparisons, models, baseline, method)}
 
 
 PUBLISHED = ("report.md", "report.html", "results.json", "plots")  # what `publish` copies, its links all relative

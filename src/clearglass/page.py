@@ -1,0 +1,173 @@
+"""report.html: one self-contained page (inline CSS and JS, images as data URIs, a Content-Security-Policy that forbids
+every fetch), so it opens anywhere without a network; its text is the report's own markdown, rendered here; and a
+screenshot of such a page by headless Chromium.
+
+The markdown is the small subset the reports write: ``#`` headings, paragraphs, ``- `` lists, pipe tables, image
+lines ``![alt](file)``, and inline ``**bold**``, ``code`` and ``[text](link)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Collection
+from html import escape
+from pathlib import Path
+
+from clearglass.errors import ClearglassError
+from clearglass.io import write_text_atomic
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+IMAGE_LINE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+STATUS = re.compile(r"(MET|MISSED|NOT MEASURED): ")  # a target's status word, leading a list item
+VERDICTS = {"better": "v-better", "worse": "v-worse", "no clear difference": "v-none"}  # report.verdict's words
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa;overflow-wrap:anywhere}
+h1{font-size:21px;margin:0 0 8px}h2{font-size:17px;margin:18px 0 6px}h3{font-size:15px}
+p,li{max-width:1100px}
+table{border-collapse:collapse;margin:8px 0;background:#fff;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#f0f0f0}
+td.v-better{background:#d4f4d4;font-weight:bold}td.v-worse{background:#f8d0d0;font-weight:bold}td.v-none{color:#666}
+ul.targets{list-style:none;padding-left:0}
+.status{display:inline-block;min-width:64px;font-weight:bold;font-size:12px;padding:1px 6px;border-radius:4px;
+margin-right:6px;text-align:center;color:#fff}
+.status.met{background:#1a7f1a}.status.missed{background:#b02020}.status.not-measured{background:#777}
+details{margin:6px 0}summary{cursor:pointer;font-weight:600;font-size:15px}
+.plots{display:flex;flex-wrap:wrap;gap:8px}
+.plots img{max-width:100%;max-height:360px;width:auto;height:auto;border:1px solid #ddd;background:#fff}
+code{background:#eee;padding:0 3px;border-radius:3px;font-size:12px}
+"""
+
+
+def _inline(text: str) -> str:
+    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore."""
+    out = []
+    for i, part in enumerate(re.split(r"`([^`]*)`", text)):
+        if i % 2:
+            out.append(f"<code>{escape(part)}</code>")
+            continue
+        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(part))
+        html = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', html)
+        out.append(re.sub(r"_(?![^<>]*>)", "_<wbr>", html))  # not inside a tag's attributes
+    return "".join(out)
+
+
+def data_uri(path: Path, what: str) -> str:
+    """A PNG file as a data URI; a missing file is an error naming it."""
+    if not path.is_file():
+        raise ClearglassError(f"{path}: {what} not found")
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _table(lines: list[str]) -> str:
+    """A pipe table (header, separator, rows); verdict words colour their cell."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if not line.startswith("|---")]
+    head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join((f'<td class="{VERDICTS[c]}">' if c in VERDICTS else "<td>") + f"{_inline(c)}</td>"
+                                    for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _list(lines: list[str]) -> str:
+    """A ``- `` list; an item that starts with a target's status (MET, MISSED) gets a coloured badge."""
+    items = []
+    for line in lines:
+        text = line[2:]
+        status = STATUS.match(text)
+        if status:
+            word = status.group(1)
+            text = text[status.end():]
+        badge = f'<span class="status {word.lower().replace(" ", "-")}">{word}</span>' if status else ""
+        items.append(f"<li>{badge}{_inline(text)}</li>")
+    targets = ' class="targets"' if all(STATUS.match(line[2:]) for line in lines) else ""
+    return f"<ul{targets}>" + "".join(items) + "</ul>"
+
+
+def _block(lines: list[str], folder: Path) -> str:
+    """One block of consecutive non-empty lines: heading, table, list, images or a paragraph."""
+    first = lines[0]
+    if first.startswith("#"):
+        level = min(len(first) - len(first.lstrip("#")), 6)
+        return f"<h{level}>{_inline(first.lstrip('#').strip())}</h{level}>" + (
+            _block(lines[1:], folder) if lines[1:] else "")
+    if first.startswith("|"):
+        return _table(lines)
+    if first.startswith("- "):
+        return _list(lines)
+    if all(IMAGE_LINE.fullmatch(line) for line in lines):
+        images = [IMAGE_LINE.fullmatch(line) for line in lines]
+        return '<div class="plots">' + "".join(
+            f'<img src="{data_uri(folder / m[2], f"plot {m[2]!r} of the report")}" alt="{escape(m[1])}">'
+            for m in images) + "</div>"
+    return f"<p>{_inline(' '.join(line.strip() for line in lines))}</p>"
+
+
+def markdown_html(text: str, folder: str | os.PathLike, fold: Collection[str] = ()) -> str:
+    """The report's markdown as HTML, its images (relative to ``folder``) embedded; a ``## `` section whose heading
+    is in ``fold`` becomes a collapsed ``<details>``."""
+    out = []
+    for section in re.split(r"(?m)^(?=## )", text):
+        lines = section.splitlines()
+        heading = lines[0][3:].strip() if section.startswith("## ") else None
+        body = lines[1:] if heading is not None else lines
+        blocks, current = [], []
+        for line in body + [""]:
+            if line.strip():
+                current.append(line)
+            elif current:
+                blocks.append(_block(current, Path(folder)))
+                current = []
+        html = "\n".join(blocks)
+        if heading is None:
+            out.append(html)
+        elif heading in fold:
+            out.append(f"<details><summary>{_inline(heading)}</summary>\n{html}\n</details>")
+        else:
+            out.append(f"<h2>{_inline(heading)}</h2>\n{html}")
+    return "\n".join(out)
+
+
+def write_page(path: str | os.PathLike, title: str, body: str, style: str = "", script: str = "") -> Path:
+    """Write one self-contained page: ``body`` (HTML) under the page style plus ``style``, then ``script``."""
+    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{STYLE}{style}</style></head>\n<body>\n{body}\n"
+            + (f"<script>{script}</script>\n" if script else "") + "</body></html>\n")
+    return write_text_atomic(page, path)
+
+
+def chromium() -> str:
+    """The headless browser's executable: chromium (or Chrome) on the PATH."""
+    found = next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
+    if found is None:
+        raise ClearglassError("no chromium on the PATH: install it (apt-get install chromium) to check or "
+                              "screenshot report.html")
+    return found
+
+
+def screenshot(html: str | os.PathLike, png: str | os.PathLike, width: int = 1280, height: int = 800) -> Path:
+    """A PNG of the top ``width`` x ``height`` pixels of the page ``html``, as headless Chromium draws it."""
+    html, png = Path(html).resolve(), Path(png).resolve()
+    if not html.is_file():
+        raise ClearglassError(f"{html}: no such page to screenshot")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = Path(tmp) / "shot.png"
+        run = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile",
+                              f"--window-size={width},{height}", f"--screenshot={shot}", html.as_uri()],
+                             capture_output=True, text=True, timeout=180, check=False)
+        if run.returncode != 0 or not shot.is_file():
+            last = (run.stderr.strip().splitlines() or ["no message"])[-1]
+            raise ClearglassError(f"{html}: chromium could not screenshot the page (exit {run.returncode}: {last})")
+        shutil.move(shot, png)
+    return png
