@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -211,6 +212,9 @@ def _open_clip_bundle(spec: str, name: str, pretrained: str | None, config: dict
             name, pretrained=None if hier else pretrained, device=device
         )
         tokenizer = open_clip.get_tokenizer(name)
+    except pickle.UnpicklingError as e:
+        raise ClearglassError(f"model spec {spec!r}: {pretrained} holds objects that only arbitrary code can rebuild; "
+                              f"refused (only tensors and plain data load): {str(e).splitlines()[0][:200]}") from None
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ClearglassError(f"model spec {spec!r}: open_clip could not load {name!r} with {pretrained!r}: {e}") from e
     if hier:
@@ -529,7 +533,13 @@ class FrozenTextCache:
     def load(self, path: str | os.PathLike) -> int:
         """Add a stored cache written by :meth:`save` for the same transformer; returns how many rows it held."""
         stored = load_torch(path, "text feature cache")
-        if stored.get("transformer_sha256") != self.transformer_sha256():
+        if not isinstance(stored, dict) or not {"transformer_sha256", "rows", "pooled"} <= set(stored) \
+                or not all(isinstance(stored[k], torch.Tensor) for k in ("rows", "pooled")) \
+                or len(stored["rows"]) != len(stored["pooled"]):
+            raise ClearglassError(f"{path}: expected a text feature cache (transformer_sha256, rows and pooled "
+                                  f"tensors of one length), got a {type(stored).__name__} of another layout; delete "
+                                  "it to rebuild it")
+        if stored["transformer_sha256"] != self.transformer_sha256():
             raise ClearglassError(f"{path}: text feature cache of another text transformer; delete it to rebuild it")
         self.store.update(zip((r.numpy().tobytes() for r in stored["rows"]), stored["pooled"]))
         return len(stored["rows"])
