@@ -202,7 +202,7 @@ def read_json(path: str | os.PathLike, what: str, expect: type | None = None) ->
     return raw
 
 
-def _torch_reason(error: BaseException) -> str:
+def torch_reason(error: BaseException) -> str:
     """The informative line of a torch.load error: the refused global or operand of a weights-only failure, else
     the first sentence (torch's messages run on with advice that does not apply here)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
@@ -227,9 +227,9 @@ def load_torch(path: str | os.PathLike, what: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ClearglassError(f"{path}: {what} holds objects that only arbitrary code can rebuild; refused (only "
-                              f"tensors and plain data load): {_torch_reason(e)}") from None
+                              f"tensors and plain data load): {torch_reason(e)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({_torch_reason(e)})") from None
+        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({torch_reason(e)})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
