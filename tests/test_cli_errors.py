@@ -765,6 +765,15 @@ def _(w, t, s):
         "cache.pt: expected a text feature cache"
 
 
+case("eval: --data T T")(lambda w, t, s: (
+    ["eval", "--model", str(w.model), "--data", str(w.test_set), str(w.test_set), "--out", str(t / "r.json")],
+    "given twice; its items would be counted twice"))
+case("train: out=\"\"")(lambda w, t, s: (["train", "--config", str(w.config), "out=\"\""], "out = ''"))
+case("eval: --model a .extra.pt")(lambda w, t, s: (
+    ["eval", "--model", str(w.run / "checkpoints" / "step_000002.extra.pt"), "--data", str(w.test_set), "--out",
+     str(t / "r.json")], "is the resume state (optimizer, sampler) beside a checkpoint"))
+
+
 def _every_caption_empty(raw: list) -> None:
     for rec in raw:
         for im in rec["train_images"]:

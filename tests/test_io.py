@@ -276,3 +276,47 @@ def test_resolve_device_refuses_a_cuda_device_torch_cannot_use(monkeypatch):
         resolve_device("cuda:1")
     with pytest.raises(ClearglassError, match="device 'gpu'"):
         resolve_device("gpu")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_pixels_are_refused_not_turned_black(tmp_path, bad):
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[1, 2] = bad
+    Image.fromarray(pixels, mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(ClearglassError, match=r"f.tif: not a readable image \(rec\): 1 float pixel\(s\) are NaN or "
+                                              "infinite"):
+        load_image(tmp_path / "f.tif", "rec")
+
+
+def test_json_that_only_breaks_the_parser_is_named(tmp_path):
+    cases = {"deep.json": ("[" * 100_000 + "]" * 100_000, "is nested too deeply to read"),
+             "digits.json": ('{"id": ' + "7" * 5000 + "}", "holds a number too long to read (Exceeds the limit"),
+             "twice.json": ('{"a": 1, "b": {"c": 1, "c": 2}}', "gives the key 'c' twice in one object"),
+             "bom.json": ("\ufeff[1]", None)}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        if message is None:
+            assert read_json(tmp_path / name, "thing") == [1]
+            continue
+        with pytest.raises(ClearglassError) as e:
+            read_json(tmp_path / name, "thing")
+        assert str(e.value).startswith(f"{tmp_path / name}: thing {message}") and "\n" not in str(e.value), name
+
+
+def test_a_failed_write_names_the_file_and_leaves_neither_it_nor_a_temporary_file(tmp_path):
+    import errno
+
+    from clearglass.io import write_together
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "a.json").write_text("old")
+    with pytest.raises(ClearglassError, match=r"b.bin: cannot write \(No space left on device\)"):
+        write_together({tmp_path / "a.json": lambda f: f.write(b"new"), tmp_path / "b.bin": full})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
+
+
+def test_the_meta_device_is_refused():
+    with pytest.raises(ClearglassError, match="device 'meta': expected auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("meta")

@@ -339,6 +339,9 @@ def _load_model(spec: str, device: str | torch.device) -> ModelBundle:
     if spec.startswith("hf:"):
         return _hf_bundle(spec, spec.removeprefix("hf:"), device)
     path = Path(spec)
+    if path.name.endswith(".extra.pt"):
+        raise ClearglassError(f"model spec {spec!r}: is the resume state (optimizer, sampler) beside a checkpoint, "
+                              f"not a model; pass the checkpoint {path.name.removesuffix('.extra.pt')}.pt")
     if path.suffix in (".pt", ".pth"):
         if not path.is_file():
             raise ClearglassError(f"checkpoint {path} not found")

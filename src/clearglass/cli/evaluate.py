@@ -95,6 +95,10 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _test_set(args: argparse.Namespace) -> tuple[list, ImageRoot]:
+    files = [p.resolve() for p in args.data]
+    repeated = next((p for k, p in enumerate(args.data) if files[k] in files[:k]), None)
+    if repeated is not None:
+        raise ClearglassError(f"--data {repeated}: given twice; its items would be counted twice")
     concepts = load_test_set(args.data, args.format)
     root = ImageRoot(args.images if args.images is not None else dataset_image_root(args.data[0]),
                      args.allow_outside_root)

@@ -166,6 +166,9 @@ class TrainConfig(Config):
         if self.warmup >= self.steps:
             raise ClearglassError(f"warmup = {self.warmup} >= steps = {self.steps}: training would end still warming "
                                   "up; expected warmup < steps (set warmup, or more steps)")
+        if not self.out.strip():
+            raise ClearglassError("out = '': expected the run folder to write (an empty one would be the working "
+                                  "folder)")
         if not 0 <= self.seed < MAX_SEED:
             raise ClearglassError(f"seed = {self.seed}: expected 0 <= seed < 2**63 (the range every generator it "
                                   "seeds accepts)")
