@@ -71,3 +71,11 @@ def test_names_are_read_in_nfc_and_unknown_keys_name_the_closest_known_one():
     with pytest.raises(ClearglassError, match=r"concept record 0: unknown key 'hard_negatives'; did you mean "
                                               r"'hard_negative'\?"):
         concepts_from_json([{"concept": "a", "hard_negatives": []}])
+
+
+def test_a_zero_width_joiner_inside_an_emoji_sequence_is_kept():
+    from clearglass.magic.schema import clean_text, unsafe_chars
+
+    cook = "\U0001F468\u200d\U0001F373"  # man cook
+    assert unsafe_chars(f"a {cook} at work") == [] and clean_text(cook) == cook
+    assert unsafe_chars("con\u200dcept") == ["U+200D"] and clean_text("con\u200dcept") == "concept"

@@ -40,7 +40,7 @@ from clearglass.magic import cache_root
 from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
 from clearglass.magic.leak import leaked_words
 from clearglass.magic.schema import (ConceptRecord, ImageRecord, clean_text, escaped, resolve_image_path, save_concepts,
-                                     stats_path)
+                                     stats_path, unsafe_chars)
 from clearglass.magic.sources import SourceItem
 from clearglass.magic.stats import dataset_stats, format_stats
 
@@ -214,12 +214,12 @@ def _nothing_left(labelled: int, dropped: dict[str, int], lost: int, min_size: i
 
 
 def _cleaned(texts: list[str], image: str, changed: list[dict]) -> list[str]:
-    """``texts`` through `clean_text`, those left empty dropped; each text it changed is noted (escaped) in
-    ``changed``."""
+    """``texts`` through `clean_text`, those left empty dropped; each text that held a character it removes is noted
+    (escaped) in ``changed``."""
     out = []
     for text in texts:
         clean = clean_text(text)
-        if clean != " ".join(text.split()):
+        if unsafe_chars(text, caption=True):
             changed.append({"image": image, "text": escaped(text)})
         if clean:
             out.append(clean)

@@ -107,33 +107,41 @@ def resolve_image_path(image_root: str | os.PathLike, image: str, allow_outside_
 CONCEPT_KEYS = ("concept", "hard_negative", "train_images", "test_images")
 IMAGE_KEYS = ("image", "old_captions", "new_captions", *LEVELS)
 _CAPTION_WHITESPACE = "\t\n\r"  # control characters a caption may hold: whitespace, harmless on a terminal
+_UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+ZWJ = "\u200d"  # the zero-width joiner, which also joins emoji sequences (👨‍🍳): allowed between two non-letters
+
+
+def _is_unsafe(text: str, i: int, caption: bool = False) -> bool:
+    """Whether ``text[i]`` is a control, format (bidi, zero-width), surrogate or line/paragraph separator
+    character; a caption's tabs and line breaks are not, nor a zero-width joiner inside an emoji sequence."""
+    ch = text[i]
+    if unicodedata.category(ch) not in _UNSAFE_CATEGORIES or caption and ch in _CAPTION_WHITESPACE:
+        return False
+    if ch == ZWJ and 0 < i < len(text) - 1:
+        return any(unicodedata.category(n)[0] in "LN" for n in (text[i - 1], text[i + 1]))
+    return True
 
 
 def unsafe_chars(text: str, caption: bool = False) -> list[str]:
     """The characters of ``text`` that must not reach a terminal or a dataset unseen, as ``U+XXXX``: control
     characters (a caption may hold tabs and line breaks), format characters (bidi overrides U+202A..U+202E and
-    isolates U+2066..U+2069, zero-width U+200B..U+200D, U+FEFF), lone surrogates and line/paragraph separators."""
-    return [f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
-            and not (caption and ch in _CAPTION_WHITESPACE)]
+    isolates U+2066..U+2069, zero-width U+200B..U+200D, U+FEFF; a zero-width joiner inside an emoji sequence is
+    kept), lone surrogates and line/paragraph separators."""
+    return [f"U+{ord(text[i]):04X}" for i in range(len(text)) if _is_unsafe(text, i, caption)]
 
 
 def clean_text(text: str) -> str:
     """``text`` in NFC form without the characters :func:`unsafe_chars` names: control characters and separators
     become spaces, format characters and surrogates are dropped; whitespace is collapsed."""
-    kept = []
-    for ch in unicodedata.normalize("NFC", text):
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Zl", "Zp"):
-            kept.append(" ")
-        elif category not in ("Cf", "Cs"):
-            kept.append(ch)
+    text = unicodedata.normalize("NFC", text)
+    kept = [(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else "") if _is_unsafe(text, i) else ch
+            for i, ch in enumerate(text)]
     return " ".join("".join(kept).split())
 
 
 def escaped(text: str) -> str:
     """``text`` for a terminal: the characters :func:`unsafe_chars` names written as ``\\uXXXX`` escapes."""
-    return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") else ch
-                   for ch in text)
+    return "".join(f"\\u{ord(ch):04x}" if _is_unsafe(text, i) else ch for i, ch in enumerate(text))
 
 
 def image_key(image: str) -> str:
