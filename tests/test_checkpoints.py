@@ -93,11 +93,36 @@ def test_weights_of_another_architecture_do_not_load(checkpoint):
     wider["vision_cfg"]["width"] = 48
     model = tiny_bundle(wider, "clearglass-test-tiny-wider").model
     message = one_line_error(load_weights, model, checkpoint, read_checkpoint_metadata(checkpoint))
-    assert message.startswith(f"checkpoint {checkpoint}: cannot load its weights into CLIP: ")
+    assert message.startswith(f"checkpoint {checkpoint}: cannot load its weights into CLIP: size mismatch for ")
     fewer = dict(torch.load(checkpoint, weights_only=True))
     fewer.pop("logit_scale")
     torch.save(fewer, checkpoint)
     assert "missing ['logit_scale'] (1)" in one_line_error(load_weights, tiny_bundle().model, checkpoint)
+
+
+def test_a_full_disk_leaves_no_checkpoint_file_without_the_others(tmp_path, monkeypatch):
+    import errno
+
+    import clearglass.checkpoints
+
+    def full(obj):
+        def write(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write
+
+    monkeypatch.setattr(clearglass.checkpoints, "json_writer", full)  # the last of the three files fails
+    path = tmp_path / "ckpt" / "step_000001.pt"
+    message = one_line_error(lambda: save_checkpoint(tiny_bundle(), path, train_config={}, dataset_sha256="d",
+                                                     metrics={}, extra_state={"step": 1}))
+    assert message == f"{metadata_path(path)}: cannot write (No space left on device)"
+    assert sorted(p.name for p in path.parent.iterdir()) == []  # no .pt without its .json, no temporary file
+
+
+def test_an_extra_state_name_that_leaves_the_folder_is_refused(checkpoint):
+    meta = json.loads(metadata_path(checkpoint).read_text())
+    for name in ("../../..", "..", "/etc/passwd", "sub/x.pt", 3):
+        metadata_path(checkpoint).write_text(json.dumps(meta | {"extra_state": name}))
+        assert f"extra_state {name!r}: expected the file name" in one_line_error(load_extra_state, checkpoint)
 
 
 def test_metadata_problems_are_named(checkpoint):

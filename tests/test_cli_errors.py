@@ -1,6 +1,7 @@
 """Bad input through the real entry point, as a hostile user would give it: every case ends in one line naming the
-path and what was expected (exit 2), or in a reported problem (`validate`, exit 1); none in a traceback, a silent
-acceptance, an executed payload or a printed API key.
+path and what was expected (exit 2), in a reported problem (`validate`, exit 1), or in correct handling (exit 0 and
+the check the case names: a cleaned and counted text, an escaped title); none in a traceback, a silent acceptance,
+an executed payload or a printed API key.
 
 ``python tests/test_cli_errors.py`` is the hostile rerun: it runs every case once and prints the counts per outcome.
 """
@@ -8,6 +9,7 @@ acceptance, an executed payload or a printed API key.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -22,6 +24,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -31,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside this file, also when run as a script
 
 from clearglass.cli import main  # noqa: E402
-from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts  # noqa: E402
+from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, unsafe_chars  # noqa: E402
 from clearglass.train import CONFIG_DIR, TrainConfig, train  # noqa: E402
 from clearglass_testing.fake_llm_server import FakeLLMServer, Reply  # noqa: E402
 from tiny_magic import TINY_MODEL_CONFIG, write_tiny_magic, write_tiny_model  # noqa: E402
@@ -138,8 +142,10 @@ def png_header_only(width: int, height: int) -> bytes:
 # ----------------------------------------------------------------------------------------------------------------
 # the cases: each makes its inputs under tmp and returns (argv, what the message must name)
 
-Make = Callable[[World, Path, contextlib.ExitStack], tuple[list[str], str]]
-CASES: dict[str, tuple[str, Make]] = {}  # name -> (expected outcome: "error" | "problem", make)
+Check = Callable[[Path, str], bool]  # a "handled" case's check of (its folder, stdout)
+Make = Callable[[World, Path, contextlib.ExitStack], tuple[list[str], "str | Check"]]
+CASES: dict[str, tuple[str, Make]] = {}  # name -> (expected outcome: "error" | "problem" | "handled", make)
+EXPECTED = {"error": "clear", "problem": "problem", "handled": "handled"}  # expectation -> the outcome it wants
 
 
 def case(name: str, expect: str = "error") -> Callable[[Make], Make]:
@@ -509,6 +515,374 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# round two (issue 25): control characters, markup, full disks, out-of-range options, crafted files, and input that
+# used to be accepted silently
+
+
+def variant(w: World, t: Path, change: Callable[[list], object]) -> Path:
+    """The tiny dataset changed in place by ``change(raw)``, written beside the images under a name of its own."""
+    raw = json.loads(w.data.read_text())
+    change(raw)
+    path = w.data.parent / f"variant-{abs(hash(str(t)))}.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def train_on(w: World, t: Path, data: Path, *overrides: str) -> list[str]:
+    return ["train", "--config", str(w.config), f"data={json.dumps(str(data))}", f"out={json.dumps(str(t / 'out'))}",
+            *overrides]
+
+
+def eval_on(w: World, t: Path, *flags: str) -> list[str]:
+    return ["eval", "--model", str(w.model), "--data", str(w.test_set), "--out", str(t / "r.json"), *flags]
+
+
+class _FullDisk:
+    """A file whose every write fails as on a full disk (the OSError names no file)."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.file, name)
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path) -> Iterator[None]:
+    """Every atomic write of clearglass.io into ``folder`` (or below it) meets a full disk."""
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+    full: set[int] = set()
+
+    def mkstemp(*args: object, dir: str | None = None, **kwargs: object) -> tuple[int, str]:
+        fd, name = real_mkstemp(*args, dir=dir, **kwargs)
+        if Path(name).is_relative_to(folder):
+            full.add(fd)
+        return fd, name
+
+    def fdopen(fd: int, *args: object, **kwargs: object) -> object:
+        file = real_fdopen(fd, *args, **kwargs)
+        return _FullDisk(file) if fd in full else file
+
+    with mock.patch("clearglass.io.tempfile.mkstemp", mkstemp), mock.patch("clearglass.io.os.fdopen", fdopen):
+        yield
+
+
+ESCAPES = "\x1b]0;pwned\x07Party\x1b[2J"  # a terminal title and a screen clear
+
+
+@case("build: LLM answer with terminal escapes, a bidi override and a NUL is cleaned and counted", "handled")
+def _(w, t, s):
+    from magic_fixtures import write_coco
+
+    write_coco(t / "coco", {i: [f"a street number {i}"] for i in range(1, 4)})
+    answer = (f"<output>\n<level1>{ESCAPES}</level1>\n<level2>Cele\u202ebration</level2>\n<level3>Tra\x00dition"
+              "</level3>\n<level4>Culture</level4>\n<caption>Friends gather \u200btogether.</caption>\n"
+              "<hard_negative>Wedding</hard_negative>\n</output>")
+    server = s.enter_context(FakeLLMServer(lambda body, i: Reply(content=answer)))
+    return ["build", "--source", "coco", "--labeler", "llm", "--coco-root", str(t / "coco"), "--out", str(t / "b.json"),
+            "--llm-base-url", server.base_url, "--llm-model", "m", "--llm-structured", "off", "--min-group-size", "1",
+            "--no-progress"], lambda t, out: "cleaned: " in out and not unsafe_chars((t / "b.json").read_text(),
+                                                                                      caption=True)
+
+
+@case("concepts: a label with a bidi override")
+def _(w, t, s):
+    return ["concepts", str(w.data.parent / "images/concept0_0.png"), "--model", str(w.model), "--labels",
+            str(bad_text(t, "l.txt", "cat\ndo\u202eg\n"))], "l.txt:2: the label holds control, bidi or zero-width"
+
+
+@case("concepts: --data whose level holds a terminal escape")
+def _(w, t, s):
+    return ["concepts", str(w.data.parent / "images/concept0_0.png"), "--model", str(w.model), "--data",
+            str(variant(w, t, lambda raw: raw[0]["train_images"][0].update(level1=ESCAPES)))], "U+001B"
+
+
+for label, change, needle in [
+        ("a zero-width space in a concept name", lambda raw: raw[1].update(concept="concept\u200b9"), "U+200B"),
+        ("a terminal escape in a caption", lambda raw: raw[0]["train_images"][0]["new_captions"].append(ESCAPES),
+         "new_captions[2] holds control"),
+        ("a whitespace-only concept name", lambda raw: raw[1].update(concept=" \t "), "field 'concept' must be a "
+         "non-empty string"),
+        ("a misspelt key train_image", lambda raw: raw[0].update(train_image=raw[0].pop("train_images")),
+         "unknown key 'train_image'; did you mean 'train_images'?"),
+        ("an unknown image key", lambda raw: raw[0]["train_images"][0].update(captions=["x"]), "unknown key 'captions'"),
+        ("image id 1.5", lambda raw: raw[0]["train_images"][0].update(image=1.5), "field 'image' must be a string"),
+        ("image id a list", lambda raw: raw[0]["train_images"][0].update(image=["a.png"]),
+         "field 'image' must be a string")]:
+    case(f"validate: {label}")(lambda w, t, s, c=change, n=needle: (["validate", str(variant(w, t, c))], n))
+case("stats: NFC and NFD spellings of one concept name")(lambda w, t, s: (
+    ["stats", str(variant(w, t, lambda raw: (raw[0].update(concept="caf\u00e9"), raw[1].update(concept="cafe\u0301"))))],
+    "are both 'café'"))
+case("validate: duplicate hard negatives", "problem")(lambda w, t, s: (
+    ["validate", str(variant(w, t, lambda raw: raw[1]["hard_negative"].append(raw[1]["hard_negative"][0])))],
+    "repeats hard_negative[0]"))
+case("validate: images/./x.png beside images/x.png", "problem")(lambda w, t, s: (
+    ["validate", str(dataset_with(w, t, "images/./concept0_1.png"))], "duplicate image id"))
+
+
+@case("compare: a --title with HTML is escaped in report.md", "handled")
+def _(w, t, s):
+    title = "<img src=x onerror=alert(1)>"
+    return ["compare", "--models", f"a={w.model}", "--data", str(w.test_set), "--out", str(t / "c"), "--n-boot", "5",
+            "--title", title], lambda t, out: "&lt;img" in (t / "c" / "report.md").read_text() \
+        and title not in (t / "c" / "report.md").read_text()
+
+
+case("compare: a model name with <script>")(lambda w, t, s: (
+    ["compare", "--models", f"{w.model}<script>", "--data", str(w.test_set), "--out", str(t / "c")],
+    "would read as markup"))
+
+
+@case("eval: a full disk under --out")
+def _(w, t, s):
+    s.enter_context(full_disk(t))
+    return eval_on(w, t, "--n-boot", "5"), f"{t / 'r.json'}: cannot write (No space left on device)"
+
+
+@case("train: a full disk under out=")  # a full disk at a checkpoint: tests/test_checkpoints.py
+def _(w, t, s):
+    s.enter_context(full_disk(t))
+    return train_on(w, t, w.data), "out/config.json: cannot write (No space left on device)"
+
+
+@case("build: a full disk under --out")
+def _(w, t, s):
+    s.enter_context(patched_env({"CLEARGLASS_CACHE": str(t / "cache")}))
+    s.enter_context(full_disk(t))
+    return ["build", "--source", "emoji", "--labeler", "truth", "--emoji-subgroups", "food-fruit,animal-bird",
+            "--emoji-per-subgroup", "3", "--image-size", "32", "--min-group-size", "2", "--out", str(t / "b.json"),
+            "--no-progress"], "cannot write (No space left on device)"
+
+
+case("build: emoji --image-size 40000")(lambda w, t, s: (
+    ["build", "--source", "emoji", "--labeler", "truth", "--image-size", "40000", "--out", str(t / "b.json")],
+    "image_size <= 1024"))
+for seed in ("-1", "123456789012345678901234"):
+    case(f"train: seed={seed}")(lambda w, t, s, v=seed: (train_on(w, t, w.data, f"seed={v}"), f"seed = {v}"))
+for flags, needle in [(["--batch-size", "0"], "--batch-size 0"), (["--batch-size", "-3"], "--batch-size -3"),
+                      (["--device", "meta"], "device 'meta'")]:
+    case(f"eval: {' '.join(flags)}")(lambda w, t, s, f=flags, n=needle: (eval_on(w, t, *f), n))
+for top in ("0", "-1"):
+    case(f"concepts: --top {top}")(lambda w, t, s, v=top: (concepts_on(w, w.data.parent / "images/concept0_0.png")
+                                                           + ["--top", v], f"--top {v}"))
+for template in ("a {} in {place}", "a {} of {}", "{.__class__.__doc__}", "a {0} {1}"):
+    case(f"build: --caption-template {template!r}")(lambda w, t, s, v=template: (
+        ["build", "--source", "folder", "--images", str(w.data.parent), "--labeler", "truth", "--caption-template", v,
+         "--allow-concept-captions", "--out", str(t / "b.json")], "expected one {} for the concept and no other"))
+for label, text, needle in [("nested 100,000 deep", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                            ("a 5000-digit number", '[{"concept": ' + "9" * 5000 + "}]", "number too long"),
+                            ("a key given twice", '[{"concept": "a", "concept": "b"}]', "key 'concept' twice")]:
+    case(f"validate: dataset JSON {label}")(lambda w, t, s, x=text, n=needle: (
+        ["validate", str(bad_text(t, "d.json", x))], n))
+
+
+@case("concepts: a labels file with a byte-order mark", "handled")
+def _(w, t, s):
+    (t / "bom.txt").write_bytes("\ufeffcat\ndog\n".encode())
+    return concepts_on(w, w.data.parent / "images/concept0_0.png")[:-2] + ["--labels", str(t / "bom.txt")], \
+        lambda t, out: "cat (" in out and "ufeff" not in out
+
+
+for label, data, needle in [("in Latin-1", b"id,captions,image_url\n1,caf\xe9 => a => b => c,http://x/a.jpg\n",
+                             "not UTF-8"),
+                            ("with a 140,000-character field", b"id,captions,image_url\n1," + b"a" * 140_000 + b",u\n",
+                             "not valid CSV")]:
+    case(f"eval: HierarCaps CSV {label}")(lambda w, t, s, d=data, n=needle: (
+        hierarcaps_eval(w, t, (t / "h.csv").write_bytes(d) and t / "h.csv"), n))
+
+
+def hierarcaps_eval(w: World, t: Path, data: Path) -> list[str]:
+    return ["eval", "--model", str(w.model), "--data", str(data), "--out", str(t / "r.json"), "--format",
+            "hierarcaps-csv"]
+
+
+@case("eval: HierarCaps CSV is a FIFO")
+def _(w, t, s):
+    os.mkfifo(t / "h.csv")
+    return hierarcaps_eval(w, t, t / "h.csv"), "not a regular file"
+
+
+@case("resume: sidecar extra_state of ../../..")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    meta = run / "checkpoints" / "step_000002.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"extra_state": "../../.."}))
+    return ["train", "--config", str(config), "--resume", "auto"], "extra_state '../../..'"
+
+
+@case("concepts: open_clip:RN50:evil.pt with a pickle payload")
+def _(w, t, s):
+    torch.save({"x": Payload(t / PAYLOAD)}, t / "evil.pt")
+    return ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(labels_file(w)), "--model",
+            f"open_clip:RN50:{t / 'evil.pt'}"], "evil.pt holds objects that only arbitrary code can rebuild"
+
+
+def hf_dir(t: Path) -> Path:
+    """A tiny Hugging Face CLIP directory (config and safetensors weights, no tokenizer)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    layers = dict(hidden_size=32, intermediate_size=37, num_attention_heads=2, num_hidden_layers=1)
+    config = CLIPConfig(text_config=dict(layers, vocab_size=99, max_position_embeddings=16),
+                        vision_config=dict(layers, image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(config).save_pretrained(t / "hf")
+    return t / "hf"
+
+
+@case("concepts: hf:DIR whose weights are a pickle payload")
+def _(w, t, s):
+    folder = hf_dir(t)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"x": Payload(t / PAYLOAD)}, folder / "pytorch_model.bin")
+    return ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(labels_file(w)), "--model",
+            f"hf:{folder}"], "hold objects that only arbitrary code can rebuild"
+
+
+@case("concepts: hf:DIR whose config names custom code (auto_map)")
+def _(w, t, s):
+    folder = hf_dir(t)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"auto_map": {"AutoModel": "evil.Model"}}))
+    (folder / "evil.py").write_text(f"open({str(t / PAYLOAD)!r}, 'w').close()\n")
+    return ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(labels_file(w)), "--model",
+            f"hf:{folder}"], "names custom code (auto_map)"
+
+
+@case("train: a text feature cache that holds a list")
+def _(w, t, s):
+    torch.save([1, 2, 3], t / "cache.pt")
+    return ["train", "--config", str(w.config), "model=\"clearglass:scratch\"", "cache_text_features=true",
+            f"text_cache_file={json.dumps(str(t / 'cache.pt'))}", f"out={json.dumps(str(t / 'o'))}"], \
+        "cache.pt: expected a text feature cache"
+
+
+case("eval: --data T T")(lambda w, t, s: (
+    ["eval", "--model", str(w.model), "--data", str(w.test_set), str(w.test_set), "--out", str(t / "r.json")],
+    "given twice; its items would be counted twice"))
+case("train: out=\"\"")(lambda w, t, s: (["train", "--config", str(w.config), "out=\"\""], "out = ''"))
+case("eval: --model a .extra.pt")(lambda w, t, s: (
+    ["eval", "--model", str(w.run / "checkpoints" / "step_000002.extra.pt"), "--data", str(w.test_set), "--out",
+     str(t / "r.json")], "is the resume state (optimizer, sampler) beside a checkpoint"))
+
+
+def _every_caption_empty(raw: list) -> None:
+    for rec in raw:
+        for im in rec["train_images"]:
+            im["new_captions"] = ["", " "]
+
+
+case("train: every caption empty")(lambda w, t, s: (train_on(w, t, variant(w, t, _every_caption_empty)),
+                                                     "18 train image(s) have no non-empty new_captions"))
+case("train: one image in two concepts")(lambda w, t, s: (
+    train_on(w, t, variant(w, t, lambda raw: raw[1]["train_images"].append(raw[0]["train_images"][0]))),
+    "image 'images/concept0_0.png' is in concept 'concept0' and in concept 'concept1'"))
+case("train: images/./x.png and images/x.png in two concepts")(lambda w, t, s: (
+    train_on(w, t, variant(w, t, lambda raw: raw[1]["train_images"].append(
+        dict(raw[0]["train_images"][0], image="images/./concept0_0.png")))), "is in concept 'concept0' and in"))
+case("train: a concept as its own hard negative")(lambda w, t, s: (
+    train_on(w, t, variant(w, t, lambda raw: raw[2]["hard_negative"].append(raw[2]["concept"]))),
+    "concept 'concept2' names itself as a hard negative"))
+
+
+def coco_with(t: Path, change: Callable[[dict], object]) -> Path:
+    from magic_fixtures import write_coco
+
+    path = write_coco(t / "coco", {1: ["a cat"], 2: ["a dog"]})
+    raw = json.loads(path.read_text())
+    change(raw)
+    path.write_text(json.dumps(raw))
+    return t / "coco"
+
+
+for label, change, needle in [
+        ("a COCO id of true", lambda raw: raw["images"][0].update(id=True), "images[0]: expected an object with "
+         "integer 'id'"),
+        ("two COCO images of one id", lambda raw: raw["images"][1].update(id=raw["images"][0]["id"]),
+         "images[1]: id 1 is also images[0]")]:
+    case(f"build: {label}")(lambda w, t, s, c=change, n=needle: (
+        ["build", "--source", "coco", "--labeler", "truth", "--coco-root", str(coco_with(t, c)), "--out",
+         str(t / "b.json"), "--no-progress"], n))
+for n in ("-1", "0"):
+    case(f"build: --max-images {n}")(lambda w, t, s, v=n: (
+        ["build", "--source", "coco", "--labeler", "truth", "--coco-root", str(coco_with(t, lambda raw: None)),
+         "--max-images", v, "--out", str(t / "b.json")], f"--max-images {v}: expected"))
+case("build: a CSV of a header only")(lambda w, t, s: (
+    ["build", "--source", "csv", "--csv", str(bad_text(t, "h.csv", "filepath,title,concept\n")), "--labeler", "truth",
+     "--csv-level-keys", "concept", "--out", str(t / "b.json")], "h.csv: a header and no data rows"))
+
+
+@case("build: a CSV image outside the image root")
+def _(w, t, s):
+    rows = "filepath,title,concept\n" + "".join(f"{w.data.parent / 'images' / f'concept0_{j}.png'},a photo {j},x\n"
+                                                 for j in range(3))
+    return ["build", "--source", "csv", "--csv", str(bad_text(t, "out.csv", rows)), "--labeler", "truth",
+            "--csv-level-keys", "concept", "--min-group-size", "1", "--out", str(t / "b.json"), "--no-progress"], \
+        "is an absolute path: expected a path inside the image root"
+
+
+def folder_of(t: Path, captions: dict[str, str]) -> Path:
+    """ROOT/<concept>/<image>.png with a .txt of each caption text given (image stem -> text)."""
+    for stem, text in captions.items():
+        concept = t / "root" / stem.split("_")[0]
+        concept.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(concept / f"{stem}.png")
+        (concept / f"{stem}.txt").write_text(text)
+    return t / "root"
+
+
+case("build: an empty .txt caption file")(lambda w, t, s: (
+    ["build", "--source", "folder", "--images", str(folder_of(t, {"cat_0": "a cat\n", "cat_1": "\n \n"})), "--labeler",
+     "truth", "--out", str(t / "b.json")], "cat_1.txt: the caption file of 'cat/cat_1.png' is empty"))
+
+
+@case("build: a folder image that is a link out of the root")
+def _(w, t, s):
+    root = folder_of(t, {"cat_0": "a cat", "cat_1": "another cat"})
+    (root / "cat" / "cat_2.png").symlink_to(w.data.parent / "images" / "concept0_0.png")
+    (root / "cat" / "cat_2.txt").write_text("a third cat")
+    return ["build", "--source", "folder", "--images", str(root), "--labeler", "truth", "--min-group-size", "1",
+            "--out", str(t / "b.json"), "--no-progress"], "outside the image root"
+
+
+@case("validate: a truncated PNG", "problem")
+def _(w, t, s):
+    data = (w.data.parent / "images" / "concept0_0.png").read_bytes()
+    name = f"images/cut-{abs(hash(str(t)))}.png"
+    (w.data.parent / name).write_bytes(data[:len(data) // 2])
+    return ["validate", str(dataset_with(w, t, name))], "truncated"
+
+
+@case("validate: a symbolic link loop", "problem")
+def _(w, t, s):
+    name = f"images/loop-{abs(hash(str(t)))}.png"
+    (w.data.parent / name).symlink_to(Path(name).name)
+    return ["validate", str(dataset_with(w, t, name))], "symbolic link that leads nowhere"
+
+
+@case("concepts: a symbolic link loop as the image")
+def _(w, t, s):
+    (t / "loop.png").symlink_to("loop.png")
+    return concepts_on(w, t / "loop.png"), "loop.png: not a readable image: a symbolic link loop"
+
+
+@case("concepts: a float image with NaN pixels")
+def _(w, t, s):
+    pixels = np.full((16, 16), 0.5, dtype=np.float32)
+    pixels[3, 4] = np.nan
+    Image.fromarray(pixels, mode="F").save(t / "nan.tif")
+    return concepts_on(w, t / "nan.tif"), "nan.tif: not a readable image: 1 float pixel(s) are NaN or infinite"
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # running a case and judging its outcome
 
 BAR = re.compile(r"\d+%\||: \d+it \[")  # a progress bar's redraw (with a total, or counting)
@@ -516,7 +890,7 @@ BAR = re.compile(r"\d+%\||: \d+it \[")  # a progress bar's redraw (with a total,
 
 @dataclass
 class Outcome:
-    kind: str  # clear | problem | hidden | traceback | silent | payload | leak
+    kind: str  # clear | problem | handled | hidden | traceback | silent | payload | leak
     code: int | None
     text: str
 
@@ -543,6 +917,9 @@ def run_case(w: World, name: str, tmp: Path) -> Outcome:
     if (tmp / PAYLOAD).exists():
         return Outcome("payload", code, err.getvalue())
     lines = [ln for ln in re.split(r"[\r\n]", err.getvalue()) if ln.strip() and not BAR.search(ln)]
+    if expect == "handled":
+        ok = code == 0 and needle(tmp, out.getvalue())
+        return Outcome("handled" if ok else "silent" if code == 0 else "hidden", code, err.getvalue() or out.getvalue())
     if expect == "problem":
         found = code == 1 and any(needle in ln for ln in out.getvalue().splitlines())
         return Outcome("problem" if found else "silent" if code == 0 else "hidden", code, out.getvalue())
@@ -558,9 +935,8 @@ def world(tmp_path_factory) -> World:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_line_or_a_reported_problem(world, tmp_path, name):
-    expect = CASES[name][0]
     outcome = run_case(world, name, tmp_path)
-    assert outcome.kind == ("clear" if expect == "error" else "problem"), f"{outcome.kind}: {outcome.text}"
+    assert outcome.kind == EXPECTED[CASES[name][0]], f"{outcome.kind}: {outcome.text}"
 
 
 def test_a_dropped_unknown_hard_negative_is_counted_in_the_train_result(world, tmp_path):
@@ -635,7 +1011,7 @@ def hostile_rerun() -> Counter:
         for k, name in enumerate(CASES):
             outcome = run_case(w, name, Path(folder) / f"case{k}")
             counts[outcome.kind] += 1
-            if outcome.kind not in ("clear", "problem"):
+            if outcome.kind not in EXPECTED.values():
                 print(f"{name}: {outcome.kind}: {outcome.text[-600:]}")
     print(f"cases: {sum(counts.values())}; " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     return counts

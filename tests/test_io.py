@@ -105,7 +105,8 @@ def test_pixel_limit_and_decompression_bomb_are_one_line_errors_naming_the_file(
     with pytest.raises(ClearglassError, match="large.png: image of 10000x10000 = 100,000,000 pixels is over the "
                                               "limit of 90,000,000"):
         load_image(tmp_path / "large.png")
-    assert check_image(tmp_path / "large.png", max_pixels=200_000_000) == (10_000, 10_000)  # a raised limit rules
+    with pytest.raises(ClearglassError, match="large.png: not a readable image: image file is truncated"):
+        check_image(tmp_path / "large.png", max_pixels=200_000_000)  # a raised limit rules; then the pixels decode
     (tmp_path / "bomb.png").write_bytes(png_header_only(20_000, 20_000))
     for limit in (90_000_000, 10**12):
         with pytest.raises(ClearglassError) as e:
@@ -129,8 +130,8 @@ def test_unreadable_image_files_name_the_file_and_the_reason(tmp_path):
         with pytest.raises(ClearglassError) as e:
             load_image(tmp_path / name, "rec")
         assert str(e.value).startswith(f"{tmp_path / name}: {message}") and "\n" not in str(e.value), name
-    assert check_image(tmp_path / "cut.png") == (64, 64)  # the header alone is whole
-    for name in ("empty.png", "text.png", "dir.png", "missing.png"):
+    assert check_image(tmp_path / "whole.png") == (64, 64)
+    for name in ("empty.png", "text.png", "dir.png", "missing.png", "cut.png"):  # a whole header is not enough
         with pytest.raises(ClearglassError, match=name):
             check_image(tmp_path / name)
 
@@ -275,3 +276,47 @@ def test_resolve_device_refuses_a_cuda_device_torch_cannot_use(monkeypatch):
         resolve_device("cuda:1")
     with pytest.raises(ClearglassError, match="device 'gpu'"):
         resolve_device("gpu")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_float_pixels_are_refused_not_turned_black(tmp_path, bad):
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[1, 2] = bad
+    Image.fromarray(pixels, mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(ClearglassError, match=r"f.tif: not a readable image \(rec\): 1 float pixel\(s\) are NaN or "
+                                              "infinite"):
+        load_image(tmp_path / "f.tif", "rec")
+
+
+def test_json_that_only_breaks_the_parser_is_named(tmp_path):
+    cases = {"deep.json": ("[" * 100_000 + "]" * 100_000, "is nested too deeply to read"),
+             "digits.json": ('{"id": ' + "7" * 5000 + "}", "holds a number too long to read (Exceeds the limit"),
+             "twice.json": ('{"a": 1, "b": {"c": 1, "c": 2}}', "gives the key 'c' twice in one object"),
+             "bom.json": ("\ufeff[1]", None)}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        if message is None:
+            assert read_json(tmp_path / name, "thing") == [1]
+            continue
+        with pytest.raises(ClearglassError) as e:
+            read_json(tmp_path / name, "thing")
+        assert str(e.value).startswith(f"{tmp_path / name}: thing {message}") and "\n" not in str(e.value), name
+
+
+def test_a_failed_write_names_the_file_and_leaves_neither_it_nor_a_temporary_file(tmp_path):
+    import errno
+
+    from clearglass.io import write_together
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "a.json").write_text("old")
+    with pytest.raises(ClearglassError, match=r"b.bin: cannot write \(No space left on device\)"):
+        write_together({tmp_path / "a.json": lambda f: f.write(b"new"), tmp_path / "b.bin": full})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and (tmp_path / "a.json").read_text() == "old"
+
+
+def test_the_meta_device_is_refused():
+    with pytest.raises(ClearglassError, match="device 'meta': expected auto, cpu, cuda, cuda:N or mps"):
+        resolve_device("meta")

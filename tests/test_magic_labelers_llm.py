@@ -468,6 +468,26 @@ def test_failure_reasons_name_the_cause_and_attempts(reply: Reply, reason: str) 
     assert server.requests == 2 and lab.stats["failures"] == 1
 
 
+def test_timeout_is_a_deadline_for_the_whole_answer_not_per_read() -> None:
+    """A server that trickles a byte every 0.05 s never lets one read wait 0.5 s, but the answer is due by then."""
+    with FakeLLMServer(lambda body, i: Reply(trickle_s=0.05)) as server:
+        lab = labeler(server, max_retries=0, timeout_s=0.5)
+        start = time.monotonic()
+        [failure] = lab.label_many(items(1))
+    assert isinstance(failure, LabelFailure) and failure.reason.startswith("timed out")
+    assert time.monotonic() - start < 2.0
+
+
+def test_an_oversized_answer_is_refused_and_never_cached(tmp_path: Path) -> None:
+    from clearglass.magic.labelers.llm import MAX_ANSWER_BYTES
+
+    with FakeLLMServer(lambda body, i: Reply(content="x" * (MAX_ANSWER_BYTES + 1))) as server:
+        lab = labeler(server, max_retries=0, cache_path=tmp_path / "c.sqlite")
+        [failure] = lab.label_many(items(1))
+    assert isinstance(failure, LabelFailure) and "over 262,144 bytes" in failure.reason
+    assert len(lab.cache) == 0
+
+
 # ---- keys stay home ----------------------------------------------------------------------------------------------
 
 
@@ -549,3 +569,13 @@ def test_auto_does_not_fall_back_for_a_request_refused_either_way() -> None:
     assert all(isinstance(r, ConceptLabel) for r in results[1:])
     assert [wants_json_schema(b) for b in server.bodies] == [True, False, True, True]
     assert lab.stats["structured"] == "json_schema"
+
+
+def test_a_full_disk_under_the_cache_is_named_as_such_not_as_a_bad_file(tmp_path: Path) -> None:
+    cache = LLMCache(tmp_path / "c.sqlite")
+    page_count = cache._db.execute("PRAGMA page_count").fetchone()[0]
+    cache._db.execute(f"PRAGMA max_page_count = {page_count}")  # SQLite's own "database or disk is full"
+    with pytest.raises(ClearglassError, match=r"c.sqlite: cannot store an LLM answer in the cache \(database or disk "
+                                              r"is full\)"):
+        cache.put("k", "x" * 100_000)
+    cache.close()

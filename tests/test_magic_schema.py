@@ -52,3 +52,30 @@ def test_image_ids_stay_in_their_root_unless_allowed(tmp_path):
             resolve_image_path(ImageRoot(root), image)
     assert resolve_image_path(ImageRoot(root), "sub/a.png") == root / "sub" / "a.png"
     assert Path(ImageRoot(root)) == root  # an os.PathLike: it goes wherever an image root folder does
+
+
+def test_text_safety_names_cleans_and_escapes_control_bidi_and_zero_width_characters():
+    from clearglass.magic.schema import clean_text, escaped, unsafe_chars
+
+    text = "\x1b]0;t\x07Bir\u202ethday\u200b Pa\x00rty\tnow"
+    assert unsafe_chars(text) == ["U+001B", "U+0007", "U+202E", "U+200B", "U+0000", "U+0009"]
+    assert unsafe_chars("a\tcaption\n", caption=True) == []
+    assert clean_text(text) == "]0;t Birthday Pa rty now"
+    assert clean_text("cafe\u0301") == "caf\u00e9"  # NFC
+    assert escaped("a\x1b[2J\u202eb") == "a\\u001b[2J\\u202eb"
+
+
+def test_names_are_read_in_nfc_and_unknown_keys_name_the_closest_known_one():
+    [rec] = concepts_from_json([{"concept": "cafe\u0301", "hard_negative": ["the\u0301"]}])
+    assert rec.concept == "caf\u00e9" and rec.hard_negative == ["th\u00e9"]
+    with pytest.raises(ClearglassError, match=r"concept record 0: unknown key 'hard_negatives'; did you mean "
+                                              r"'hard_negative'\?"):
+        concepts_from_json([{"concept": "a", "hard_negatives": []}])
+
+
+def test_a_zero_width_joiner_inside_an_emoji_sequence_is_kept():
+    from clearglass.magic.schema import clean_text, unsafe_chars
+
+    cook = "\U0001F468\u200d\U0001F373"  # man cook
+    assert unsafe_chars(f"a {cook} at work") == [] and clean_text(cook) == cook
+    assert unsafe_chars("con\u200dcept") == ["U+200D"] and clean_text("con\u200dcept") == "concept"

@@ -23,7 +23,7 @@ def test_bad_caption_files_name_file_and_record(tmp_path):
         list(CocoSource(tmp_path))
     path = write_coco(tmp_path, {1: ["a cat"]})
     path.write_text("{not json")
-    with pytest.raises(ClearglassError, match="unreadable COCO caption file"):
+    with pytest.raises(ClearglassError, match="COCO caption file is not valid JSON"):
         list(CocoSource(tmp_path))
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}],
                                 "annotations": [{"image_id": 1, "caption": "ok"}, {"image_id": 2, "caption": "x"}]}))

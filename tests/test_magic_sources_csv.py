@@ -106,3 +106,21 @@ def test_unreadable_image_names_the_row_or_is_skipped_and_counted(tmp_path: Path
     records, build = build_concepts(source, make_labeler("truth"), options, embed=fake_embed)
     assert build["bad_images"]["count"] == 1 and build["bad_images"]["examples"][0]["image"] == "img/bad.png"
     assert build["source_stats"]["rows"] == 7 and {r.concept for r in records} == {"a", "b"}
+
+
+def test_a_byte_order_mark_before_the_header_is_tolerated(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    path.write_bytes("\ufefffilepath,title\nimg/a.png,a red thing\n".encode())
+    assert [(i.image, i.captions) for i in CsvSource(path)] == [("img/a.png", ["a red thing"])]
+
+
+def test_repeated_rows_are_counted_once_and_nul_bytes_are_cleaned_and_counted_by_the_build(tmp_path: Path) -> None:
+    path = write(tmp_path, "filepath,title,concept\nimg/a.png,a red thing,x\nimg/a.png,a red thing,x\n"
+                           "img/b.png,a blue\x00 thing,x\n")
+    source = CsvSource(path, level_keys=["concept"])
+    records, build = build_concepts(source, make_labeler("truth"), BuildOptions(min_group_size=1, progress=False),
+                                    embed=fake_embed, image_root=tmp_path)
+    assert source.stats["repeated_rows"] == {"count": 1, "lines": [3]}
+    assert build["cleaned_texts"]["count"] == 1 and build["cleaned_texts"]["examples"][0]["image"] == "img/b.png"
+    captions = [c for r in records for im in r.train_images + r.test_images for c in im.old_captions]
+    assert sorted(captions) == ["a blue thing", "a red thing"]

@@ -112,3 +112,26 @@ def test_missing_or_empty_root_and_bad_depth(tmp_path: Path) -> None:
     (tmp_path / "dog").mkdir()
     with pytest.raises(ClearglassError, match="no images found"):
         list(FolderSource(tmp_path))
+
+
+def test_links_to_folders_and_fifos_are_counted_as_ignored(tmp_path: Path) -> None:
+    import os
+
+    image(tmp_path / "root" / "cat" / "a.png")
+    (tmp_path / "root" / "cat" / "a.txt").write_text("a cat")
+    image(tmp_path / "elsewhere" / "dog" / "b.png")
+    (tmp_path / "root" / "dog").symlink_to(tmp_path / "elsewhere" / "dog")
+    os.mkfifo(tmp_path / "root" / "cat" / "pipe.png")
+    source = FolderSource(tmp_path / "root")
+    assert [i.image for i in source] == ["cat/a.png"]
+    assert source.stats["ignored_files"]["count"] == 2
+    assert [e.split(" ")[0] for e in source.stats["ignored_files"]["examples"]] == ["cat/pipe.png", "dog"]
+
+
+@pytest.mark.parametrize("template", ["a {} in {place}", "a {} of {}", "{.__class__.__doc__}", "a {0}", "{!r}",
+                                      "a {:>9}", "a {", "}"])
+def test_a_caption_template_has_exactly_one_bare_field(tmp_path: Path, template: str) -> None:
+    image(tmp_path / "cat" / "a.png")
+    with pytest.raises(ClearglassError, match="expected one {} for the concept and no other"):
+        FolderSource(tmp_path, caption_template=template, allow_concept_captions=True)
+    assert FolderSource(tmp_path, caption_template="a {{fine}} {}", allow_concept_captions=True)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from clearglass.errors import ClearglassError
-from clearglass.io import load_torch, read_json, save_torch_atomic, write_json_atomic
+from clearglass.io import json_writer, load_torch, read_json, torch_writer, write_together
 
 FORMAT = "clearglass-checkpoint/2"
 FORMATS = ("clearglass-checkpoint/1", FORMAT)
@@ -90,9 +90,9 @@ def save_checkpoint(bundle_or_model: Any, path: str | os.PathLike, *, train_conf
         raise ClearglassError(f"checkpoint path {path}: expected a .pt or .pth file name")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     omitted = [] if save_frozen else rebuildable_frozen_keys(model)
-    save_torch_atomic({k: v for k, v in state.items() if k not in set(omitted)}, path)
+    writes = {path: torch_writer({k: v for k, v in state.items() if k not in set(omitted)})}
     if extra_state is not None:
-        save_torch_atomic(extra_state, extra_state_path(path))
+        writes[extra_state_path(path)] = torch_writer(extra_state)
     meta = {
         "format": FORMAT,
         "kind": source.kind,
@@ -109,7 +109,8 @@ def save_checkpoint(bundle_or_model: Any, path: str | os.PathLike, *, train_conf
         "metrics": metrics,
         **(info or {}),
     }
-    write_json_atomic(meta, metadata_path(path))
+    writes[metadata_path(path)] = json_writer(meta)  # last: a .json names a complete checkpoint
+    write_together(writes)  # none of the three replaces its file unless all were written
     return path
 
 
@@ -152,8 +153,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, meta: dict | None = 
             "with save_frozen=true")
     try:
         model.load_state_dict(state, strict=omitted is None)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+    except RuntimeError as e:  # "Error(s) in loading state_dict for X:", then one line per tensor
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0]
         raise ClearglassError(f"checkpoint {path}: cannot load its weights into {type(model).__name__}: {first}") \
             from None
 
@@ -163,7 +165,11 @@ def load_extra_state(path: str | os.PathLike) -> dict:
     meta = read_checkpoint_metadata(path)
     if meta.get("extra_state") is None:
         raise ClearglassError(f"checkpoint {path}: saved without a resume state")
-    extra = Path(path).with_name(meta["extra_state"])
+    name = meta["extra_state"]
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise ClearglassError(f"checkpoint metadata {metadata_path(path)}: extra_state {name!r}: expected the file "
+                              "name of the resume state beside the checkpoint")
+    extra = Path(path).with_name(name)
     if meta["format"] != FORMAT:
         raise ClearglassError(f"checkpoint {path}: its resume state {extra.name} was written by clearglass 0.1 as "
                               "pickled Python objects, which are not loaded (a pickle can run code); its weights still "

@@ -142,7 +142,7 @@ def _override_value(text: str, annotation: Any) -> Any:
     list field), whose type error the loader names."""
     try:
         parsed = json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or a number over Python's digit limit
         parsed = text
     readings, fallback = [parsed, text], parsed
     if any(typing.get_origin(a) is list for a in _options(annotation)) and parsed is not None \

@@ -24,7 +24,7 @@ from PIL import Image
 
 from clearglass.errors import ClearglassError
 from clearglass.io import DEFAULT_MAX_PIXELS, load_image
-from clearglass.magic.schema import ConceptRecord, ImageRecord, ImageRoot, resolve_image_path
+from clearglass.magic.schema import ConceptRecord, ImageRecord, ImageRoot, image_key, resolve_image_path
 
 CAPTION_FIELDS = ("new_captions", "old_captions")
 SHORT_GROUP_POLICIES = ("replace", "skip")
@@ -55,9 +55,11 @@ class GroupIndex:
 
     Held-out concepts (no train images) are never groups. Groups with fewer than ``min_images`` usable images are
     kept when ``short_groups='replace'`` (their pairs are drawn with replacement) and dropped, and listed in
-    ``skipped``, when ``short_groups='skip'``. Images without a caption in ``caption_field`` are not pairs; their
-    count is ``images_without_captions``. Hard negatives that name no concept of the dataset are dropped and
-    counted in ``unknown_hard_negatives`` (those naming held-out or skipped concepts are no groups, so they go too).
+    ``skipped``, when ``short_groups='skip'``. Empty captions are left out; images without a non-empty caption in
+    ``caption_field`` are not pairs, and their count is ``images_without_captions``. Hard negatives that name no
+    concept of the dataset are dropped and counted in ``unknown_hard_negatives`` (those naming held-out or skipped
+    concepts are no groups, so they go too). A concept named as its own hard negative, and an image id (``./``
+    and ``//`` aside) in two concepts, are errors: the loss would push an image away from its own concept.
     """
 
     def __init__(
@@ -77,12 +79,18 @@ class GroupIndex:
         self.images_without_captions = 0
         names = {rec.concept for rec in concepts}
         self.unknown_hard_negatives = sum(n not in names for rec in concepts for n in rec.hard_negative)
+        _refuse_shared_images(concepts)
         kept: list[tuple[ConceptRecord, list[ImageRecord]]] = []
         for rec in concepts:
+            if rec.concept in rec.hard_negative:
+                raise ClearglassError(f"concept {rec.concept!r} names itself as a hard negative: expected other "
+                                      "concepts (clearglass validate lists every problem)")
             if not rec.train_images:
                 self.held_out.append(rec.concept)
                 continue
-            usable = [im for im in rec.train_images if getattr(im, caption_field)]
+            with_text = [replace(im, **{caption_field: [c for c in getattr(im, caption_field) if c.strip()]})
+                         for im in rec.train_images]
+            usable = [im for im in with_text if getattr(im, caption_field)]
             self.images_without_captions += len(rec.train_images) - len(usable)
             if not usable or (short_groups == "skip" and len(usable) < min_images):
                 self.skipped.append(rec.concept)
@@ -98,7 +106,7 @@ class GroupIndex:
                 concept=rec.concept,
                 images=usable,
                 hard_negatives=list(dict.fromkeys(
-                    self.index_of[n] for n in rec.hard_negative if n in self.index_of and n != rec.concept
+                    self.index_of[n] for n in rec.hard_negative if n in self.index_of
                 )),
                 level2=min(Counter(im.level2 for im in usable).most_common(),
                            key=lambda item: (-item[1], item[0] or ""))[0],
@@ -121,6 +129,25 @@ class GroupIndex:
         ids = {name: i for i, name in enumerate(names)}
         alone = iter(range(len(names), len(names) + len(self.groups)))
         return [ids[g.level2] if g.level2 is not None else next(alone) for g in self.groups]
+
+
+def _refuse_shared_images(concepts: list[ConceptRecord]) -> None:
+    """An error naming the image and both concepts when one image id (``./`` and ``//`` aside) is in two concepts."""
+    owner: dict[str, str] = {}
+    for rec in concepts:
+        for im in rec.train_images + rec.test_images:
+            first = owner.setdefault(image_key(im.image), rec.concept)
+            if first != rec.concept:
+                raise ClearglassError(f"image {im.image!r} is in concept {first!r} and in concept {rec.concept!r}: "
+                                      "expected each image in one concept (clearglass validate lists every problem)")
+
+
+def _no_pairs_why(index: GroupIndex) -> str:
+    """Why groups were skipped, for the error of a batch that cannot be filled."""
+    if not index.images_without_captions:
+        return ""
+    return (f"; {index.images_without_captions} train image(s) have no non-empty {index.caption_field} (set "
+            "caption_field, or fill the captions)")
 
 
 def _rank_slice(size: int, rank: int, world_size: int, what: str) -> slice:
@@ -222,7 +249,7 @@ class GroupBatchSampler(_EpochSampler):
         if len(index) < groups_per_batch:
             raise ClearglassError(
                 f"the dataset has {len(index)} train groups; a batch needs groups_per_batch = {groups_per_batch}"
-                f" distinct groups (skipped: {len(index.skipped)}, held out: {len(index.held_out)})"
+                f" distinct groups (skipped: {len(index.skipped)}, held out: {len(index.held_out)}){_no_pairs_why(index)}"
             )
         _rank_slice(groups_per_batch, rank, world_size, "groups_per_batch")
         self.index = index
@@ -286,7 +313,8 @@ class RandomPairSampler(_EpochSampler):
         self.batch_size = batch_size
         self.images = [(g, i) for g, group in enumerate(index.groups) for i in range(len(group.images))]
         if len(self.images) < batch_size:
-            raise ClearglassError(f"the dataset has {len(self.images)} train images; a batch needs {batch_size}")
+            raise ClearglassError(f"the dataset has {len(self.images)} train images with a caption; a batch needs "
+                                  f"{batch_size}{_no_pairs_why(index)}")
         _rank_slice(batch_size, rank, world_size, "batch size")
 
     def __len__(self) -> int:

@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 from clearglass.errors import ClearglassError
-from clearglass.io import read_json
+from clearglass.io import read_json, read_text
 from clearglass.magic.schema import COCO_ID_DIGITS, ConceptRecord, ImageRecord, load_concepts
 
 FORMATS = ("magic", "hierarcaps-csv", "hierarcaps-json", "breeds")
@@ -46,11 +47,11 @@ def _string(rec: dict, key: str, where: str) -> str:
 def load_hierarcaps_csv(path: str | os.PathLike) -> list[ConceptRecord]:
     """The official HierarCaps test CSV as one concept per row."""
     path = Path(path)
+    reader = csv.DictReader(io.StringIO(read_text(path, "test set file"), newline=""))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        raise ClearglassError(f"{path}: test set file not found") from None
+        rows = list(reader)
+    except csv.Error as e:  # e.g. a field over the csv module's limit of 131,072 characters
+        raise ClearglassError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
     concepts = []
     for i, row in enumerate(rows):
         where = f"{path}: row {i + 2}"

@@ -10,6 +10,7 @@ needs arbitrary code to unpickle is refused, never run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,34 +30,74 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_PIXELS = 90_000_000  # about PIL's own decompression-bomb warning threshold (89.5 M pixels)
 TEMP_SUFFIX = ".tmp"
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # the torch devices a model can compute on here
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # writes
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
+def _write_temp(path: Path, write: Callable[[IO[bytes]], None]) -> str:
+    """A temporary file beside ``path`` that ``write(file)`` filled; a failed write (a full disk, a lost permission)
+    removes it and is a ClearglassError naming ``path``."""
     if path.is_dir():
         raise ClearglassError(f"{path}: is a folder; expected a file path to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise ClearglassError(f"{path}: cannot write ({e.strerror or e})") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # the mode a plain open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise ClearglassError(f"{path}: cannot write ({e.strerror or e})") from None
         raise
-    return path
+    return tmp
+
+
+def write_together(writes: dict[Path, Callable[[IO[bytes]], None]]) -> list[Path]:
+    """Write several files, each through its ``write(file)``, so that none replaces its target unless all were
+    written: every temporary file first (a failure removes them all), then one ``os.replace`` each, in order."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, write in writes.items():
+            temps[Path(path)] = _write_temp(Path(path), write)
+    except BaseException:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for path, tmp in temps.items():
+        os.replace(tmp, path)
+    return list(temps)
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it over ``path``."""
+    return write_together({Path(path): write})[0]
 
 
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def json_writer(obj: Any) -> Callable[[IO[bytes]], None]:
+    """The writer of ``obj`` as JSON (indent 1, UTF-8), for :func:`write_together`."""
+    data = json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8")
+    return lambda f: f.write(data)
+
+
+def torch_writer(obj: Any) -> Callable[[IO[bytes]], None]:
+    """The writer of ``obj`` through ``torch.save``, for :func:`write_together`; keep ``obj`` to tensors and plain
+    data so :func:`load_torch` can read it."""
+    import torch
+
+    return lambda f: torch.save(obj, f)
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
@@ -71,14 +112,12 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Write JSON (indent 1, UTF-8) atomically."""
-    return write_text_atomic(json.dumps(obj, indent=1, ensure_ascii=False), path)
+    return _write_atomic(path, json_writer(obj))
 
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically; keep ``obj`` to tensors and plain data so :func:`load_torch` can read it."""
-    import torch
-
-    return _write_atomic(path, lambda f: torch.save(obj, f))
+    return _write_atomic(path, torch_writer(obj))
 
 
 def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> Path:
@@ -112,12 +151,12 @@ def _refuse_special(path: Path, what: str) -> None:
 
 
 def read_text(path: str | os.PathLike, what: str) -> str:
-    """A UTF-8 text file; a missing file, a folder, a FIFO or device, unreadable or non-UTF-8 bytes are a
-    ClearglassError naming it."""
+    """A UTF-8 text file, a leading byte-order mark dropped; a missing file, a folder, a FIFO or device, unreadable or
+    non-UTF-8 bytes are a ClearglassError naming it."""
     path = Path(path)
     _refuse_special(path, what)
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ClearglassError(f"{path}: {what} not found") from None
     except IsADirectoryError:
@@ -128,21 +167,42 @@ def read_text(path: str | os.PathLike, what: str) -> str:
         raise ClearglassError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
+def _unique_keys(path: Path, what: str) -> Callable[[list[tuple[str, Any]]], dict]:
+    """A ``json.loads`` object hook that refuses a key given twice in one object (JSON keeps the last silently)."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        obj: dict = {}
+        for key, value in pairs:
+            if key in obj:
+                raise ClearglassError(f"{path}: {what} gives the key {key!r} twice in one object; expected each key "
+                                      "once")
+            obj[key] = value
+        return obj
+    return hook
+
+
 def read_json(path: str | os.PathLike, what: str, expect: type | None = None) -> Any:
-    """Parse a JSON file; a missing file, invalid JSON or a top level not of type ``expect`` is a ClearglassError
-    naming the file and ``what`` it should be (e.g. "dataset file")."""
+    """Parse a JSON file; a missing file, invalid JSON (too deeply nested, an integer of thousands of digits, a key
+    given twice in one object included) or a top level not of type ``expect`` is a ClearglassError naming the file
+    and ``what`` it should be (e.g. "dataset file")."""
+    path = Path(path)
     text = read_text(path, what)
     try:
-        raw = json.loads(text)
+        raw = json.loads(text, object_pairs_hook=_unique_keys(path, what))
+    except ClearglassError:
+        raise
+    except RecursionError:
+        raise ClearglassError(f"{path}: {what} is nested too deeply to read; expected plain JSON data") from None
     except json.JSONDecodeError as e:
         raise ClearglassError(f"{path}: {what} is not valid JSON ({e})") from None
+    except ValueError as e:  # an integer over Python's digit limit
+        raise ClearglassError(f"{path}: {what} holds a number too long to read ({str(e).split(';')[0]})") from None
     if expect is not None and not isinstance(raw, expect):
         raise ClearglassError(f"{path}: expected a JSON {'list' if expect is list else 'object'} ({what}), "
                               f"got {type(raw).__name__}")
     return raw
 
 
-def _torch_reason(error: BaseException) -> str:
+def torch_reason(error: BaseException) -> str:
     """The informative line of a torch.load error: the refused global or operand of a weights-only failure, else
     the first sentence (torch's messages run on with advice that does not apply here)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
@@ -167,9 +227,9 @@ def load_torch(path: str | os.PathLike, what: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ClearglassError(f"{path}: {what} holds objects that only arbitrary code can rebuild; refused (only "
-                              f"tensors and plain data load): {_torch_reason(e)}") from None
+                              f"tensors and plain data load): {torch_reason(e)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({_torch_reason(e)})") from None
+        raise ClearglassError(f"{path}: {what} is truncated or corrupt ({torch_reason(e)})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -179,8 +239,11 @@ def load_torch(path: str | os.PathLike, what: str) -> Any:
 def _scaled_to_uint8(values: np.ndarray, sixteen_bit: bool) -> np.ndarray:
     """Greyscale pixel values scaled (not clipped) to 0..255. ``sixteen_bit`` (modes ``I;16*``): / 257, whatever
     the values. Otherwise (modes ``I`` and ``F``, whose type does not say the range) by the range the values
-    fill: floats within [0, 1] x 255, values within [0, 255] as they are, within [0, 65535] / 257, else min..max."""
+    fill: floats within [0, 1] x 255, values within [0, 255] as they are, within [0, 65535] / 257, else min..max.
+    NaN or infinite pixels are a ValueError (they have no grey level to scale to)."""
     v = values.astype(np.float64)
+    if not np.isfinite(v).all():
+        raise ValueError(f"{int((~np.isfinite(v)).sum())} float pixel(s) are NaN or infinite; expected finite values")
     low, high = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
     if sixteen_bit:
         v = v / 257.0
@@ -238,14 +301,16 @@ def _open_image(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]
     except ClearglassError:
         raise
     except FileNotFoundError:
-        raise ClearglassError(f"{path}: image file not found{about}") from None
+        dangling = f" (a symbolic link to {os.readlink(path)}, which does not exist)" if path.is_symlink() else ""
+        raise ClearglassError(f"{path}: image file not found{dangling}{about}") from None
     except IsADirectoryError:
         raise ClearglassError(f"{path}: is a folder, not an image file{about}") from None
     except Image.DecompressionBombError as e:
         raise ClearglassError(f"{path}: over PIL's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} "
                               f"pixels{about}: {str(e).split(', could be')[0]}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # truncated files are OSErrors
-        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e)
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else \
+            "a symbolic link loop" if getattr(e, "errno", None) == errno.ELOOP else str(e)
         raise ClearglassError(f"{path}: not a readable image{about}: {reason}") from None
 
 
@@ -259,9 +324,10 @@ def load_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAUL
 
 
 def check_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """The (width, height) of an image file from its header, with :func:`load_image`'s errors for a missing, empty,
-    unidentifiable or over-large file; the pixels are not decoded (a file truncated mid-image passes)."""
+    """The (width, height) of an image file, with :func:`load_image`'s errors for a missing, empty, unidentifiable,
+    over-large or truncated file: the pixels are decoded (a header alone does not pass), not converted."""
     with _open_image(Path(path), what, max_pixels) as im:
+        im.load()
         return im.size
 
 
@@ -308,6 +374,8 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except RuntimeError as e:
         raise ClearglassError(f"device {device!r}: {e}") from None
+    if resolved.type not in DEVICE_TYPES:  # e.g. 'meta' holds no data: every score would be made up
+        raise ClearglassError(f"device {device!r}: expected auto, cpu, cuda, cuda:N or mps")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

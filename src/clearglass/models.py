@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ from torch import nn
 from clearglass.checkpoints import load_weights, metadata_path, read_checkpoint_metadata
 from clearglass.errors import ClearglassError
 from clearglass.hierarchy_attention import apply_hier_attention
-from clearglass.io import load_torch, read_json, save_torch_atomic, write_json_atomic
+from clearglass.io import load_torch, read_json, save_torch_atomic, torch_reason, write_json_atomic
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "configs" / "models"
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -203,6 +204,9 @@ def register_open_clip_config(name: str, config: dict | None = None) -> str:
 # loading
 
 
+HF_CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
 def _open_clip_bundle(spec: str, name: str, pretrained: str | None, config: dict, device: str | torch.device,
                       base: str | None, rebuildable: tuple[str, ...]) -> ModelBundle:
     hier = config.get("hier_attention")  # the weights of a hierarchy-aware model load after the blocks are swapped
@@ -211,6 +215,9 @@ def _open_clip_bundle(spec: str, name: str, pretrained: str | None, config: dict
             name, pretrained=None if hier else pretrained, device=device
         )
         tokenizer = open_clip.get_tokenizer(name)
+    except pickle.UnpicklingError as e:
+        raise ClearglassError(f"model spec {spec!r}: {pretrained} holds objects that only arbitrary code can rebuild; "
+                              f"refused (only tensors and plain data load): {torch_reason(e)}") from None
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         raise ClearglassError(f"model spec {spec!r}: open_clip could not load {name!r} with {pretrained!r}: {e}") from e
     if hier:
@@ -227,10 +234,19 @@ def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBu
 
     if not Path(directory).is_dir():
         raise ClearglassError(f"model spec {spec!r}: Hugging Face CLIP directory {directory} not found")
+    for name in HF_CONFIG_FILES:  # custom code a config names (auto_map) would run on load: refused, never asked
+        path = Path(directory) / name
+        if path.is_file() and "auto_map" in read_json(path, "Hugging Face config", dict):
+            raise ClearglassError(f"model spec {spec!r}: {path} names custom code (auto_map), which clearglass never "
+                                  "runs; use a directory of the standard CLIP classes")
     try:
-        clip = CLIPModel.from_pretrained(directory)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        processor = CLIPImageProcessor.from_pretrained(directory)
+        clip = CLIPModel.from_pretrained(directory, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        processor = CLIPImageProcessor.from_pretrained(directory, trust_remote_code=False)
+    except pickle.UnpicklingError as e:
+        raise ClearglassError(f"model spec {spec!r}: the weights in {directory} hold objects that only arbitrary code "
+                              f"can rebuild; refused (only tensors and plain data load): "
+                              f"{torch_reason(e)}") from None
     except (OSError, ValueError, KeyError) as e:
         raise ClearglassError(f"model spec {spec!r}: cannot load a Hugging Face CLIP model from {directory}: {e}") from e
     model = HFCLIPModel(clip)
@@ -323,6 +339,9 @@ def _load_model(spec: str, device: str | torch.device) -> ModelBundle:
     if spec.startswith("hf:"):
         return _hf_bundle(spec, spec.removeprefix("hf:"), device)
     path = Path(spec)
+    if path.name.endswith(".extra.pt"):
+        raise ClearglassError(f"model spec {spec!r}: is the resume state (optimizer, sampler) beside a checkpoint, "
+                              f"not a model; pass the checkpoint {path.name.removesuffix('.extra.pt')}.pt")
     if path.suffix in (".pt", ".pth"):
         if not path.is_file():
             raise ClearglassError(f"checkpoint {path} not found")
@@ -529,7 +548,13 @@ class FrozenTextCache:
     def load(self, path: str | os.PathLike) -> int:
         """Add a stored cache written by :meth:`save` for the same transformer; returns how many rows it held."""
         stored = load_torch(path, "text feature cache")
-        if stored.get("transformer_sha256") != self.transformer_sha256():
+        if not isinstance(stored, dict) or not {"transformer_sha256", "rows", "pooled"} <= set(stored) \
+                or not all(isinstance(stored[k], torch.Tensor) for k in ("rows", "pooled")) \
+                or len(stored["rows"]) != len(stored["pooled"]):
+            raise ClearglassError(f"{path}: expected a text feature cache (transformer_sha256, rows and pooled "
+                                  f"tensors of one length), got a {type(stored).__name__} of another layout; delete "
+                                  "it to rebuild it")
+        if stored["transformer_sha256"] != self.transformer_sha256():
             raise ClearglassError(f"{path}: text feature cache of another text transformer; delete it to rebuild it")
         self.store.update(zip((r.numpy().tobytes() for r in stored["rows"]), stored["pooled"]))
         return len(stored["rows"])

@@ -83,7 +83,8 @@ def last_user_text(body: dict) -> str:
 @dataclass
 class Reply:
     """One scripted reply: `content` (None = a valid answer for the captions), an HTTP error (its JSON body names
-    `error_message`), a raw body, extra headers, a delay."""
+    `error_message`), a raw body, extra headers, a delay, and `trickle_s`: the body sent a byte at a time, one every
+    `trickle_s` seconds (a server that never lets a read time out)."""
 
     status: int = 200
     content: str | None = None
@@ -91,6 +92,7 @@ class Reply:
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     error_message: str = "scripted"
+    trickle_s: float = 0.0
 
 
 def default_script(body: dict, index: int) -> Reply:
@@ -196,7 +198,7 @@ class FakeLLMServer:
                                 {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                             ],
                         }
-                        self._send(200, json.dumps(payload).encode())
+                        self._send(200, json.dumps(payload).encode(), trickle_s=reply.trickle_s)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout); nothing to answer
                 finally:
@@ -209,7 +211,8 @@ class FakeLLMServer:
                     with server._lock:
                         server.in_flight -= 1
 
-            def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+            def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None,
+                      trickle_s: float = 0.0) -> None:
                 self._done()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -217,7 +220,12 @@ class FakeLLMServer:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if not trickle_s:
+                    self.wfile.write(data)
+                for k in range(len(data) if trickle_s else 0):
+                    self.wfile.write(data[k:k + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle_s)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass  # keep test output quiet

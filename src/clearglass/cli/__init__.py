@@ -10,6 +10,7 @@ import sys
 
 from clearglass import __version__
 from clearglass.errors import ClearglassError
+from clearglass.magic.schema import escaped
 
 DESCRIPTION = """\
 Teach CLIP-family models abstract concepts: build a grouped dataset (MAGIC), train with the grouped contrastive
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ClearglassError as e:
-        print(f"clearglass {args.command}: error: {e}", file=sys.stderr)
+        print(f"clearglass {args.command}: error: {escaped(str(e))}", file=sys.stderr)  # one line, nothing raw
         return 2
     except OSError as e:
         if e.filename is None:

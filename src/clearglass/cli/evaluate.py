@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import html
 import json
 import re
 import sys
@@ -15,7 +16,8 @@ from clearglass.evaluate import CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, Mode
 from clearglass.formats import FORMATS, load_test_set
 from clearglass.inference import score_concepts
 from clearglass.io import check_writable, read_text, refuse_overwriting, resolve_device, write_json_atomic
-from clearglass.magic.schema import ImageRoot, dataset_image_root, load_concepts, resolve_image_path
+from clearglass.magic.schema import (ImageRoot, dataset_image_root, escaped, load_concepts, resolve_image_path,
+                                     unsafe_chars)
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.gallery import SCRIPT as GALLERY_SCRIPT
 from clearglass.gallery import STYLE as GALLERY_STYLE
@@ -27,6 +29,7 @@ from clearglass.report import compare, write_report
 
 GALLERY_PICTURES = 48  # test pictures in a comparison's report.html
 NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # a report name: no '/', ':' or '=' (those belong to specs)
+MARKUP = re.compile(r"[<>&|`]")  # characters report.md (Markdown with inline HTML) would read as markup
 
 
 def _load(spec: str, device: str) -> ModelBundle:
@@ -45,6 +48,8 @@ def _load(spec: str, device: str) -> ModelBundle:
 
 
 def _encoder(spec: str, args: argparse.Namespace) -> ModelEncoder:
+    if args.batch_size < 1:
+        raise ClearglassError(f"--batch-size {args.batch_size}: expected an encoder batch size >= 1")
     return ModelEncoder(_load(spec, args.device), batch_size=args.batch_size, device=resolve_device(args.device),
                         cache_dir=args.cache_dir)
 
@@ -95,6 +100,10 @@ def _config(args: argparse.Namespace) -> EvalConfig:
 
 
 def _test_set(args: argparse.Namespace) -> tuple[list, ImageRoot]:
+    files = [p.resolve() for p in args.data]
+    repeated = next((p for k, p in enumerate(args.data) if files[k] in files[:k]), None)
+    if repeated is not None:
+        raise ClearglassError(f"--data {repeated}: given twice; its items would be counted twice")
     concepts = load_test_set(args.data, args.format)
     root = ImageRoot(args.images if args.images is not None else dataset_image_root(args.data[0]),
                      args.allow_outside_root)
@@ -141,6 +150,10 @@ def _named_models(entries: list[str]) -> dict[str, str]:
         for name, spec in named:
             if not spec:
                 raise ClearglassError(f"--models {entry}: expected NAME=SPEC with a model spec after '='")
+            if MARKUP.search(name + spec) or unsafe_chars(name + spec):
+                raise ClearglassError(f"--models {escaped(entry)}: holds a character report.md would read as markup "
+                                      "(< > & | `) or a control, bidi or zero-width character; name the model "
+                                      "NAME=SPEC with plain characters")
             if name in models:
                 raise ClearglassError(f"--models names {name!r} twice: give each model its own name (NAME=SPEC)")
             models[name] = spec
@@ -195,7 +208,7 @@ def run_compare(args: argparse.Namespace) -> int:
     comparison = compare(results, pairs=pairs)
     renamed = {name: spec for name, spec in models.items() if name != spec}
     intro = "Models: " + "; ".join(f"{name} = `{spec}`" for name, spec in renamed.items()) + "." if renamed else ""
-    paths = write_report(comparison, args.out, title=args.title, intro=intro)
+    paths = write_report(comparison, args.out, title=html.escape(args.title), intro=intro)  # report.md reads HTML
     body = markdown_html(read_text(paths["markdown"], "report"), args.out)
     if picks:
         hits = {"test": {name: table_hits(trials, res) for name, res in results.items()}}
@@ -219,7 +232,15 @@ def _model_sets_help() -> str:
 
 
 def _read_labels(path: Path) -> list[str]:
-    labels = [line.strip() for line in read_text(path, "labels file").splitlines() if line.strip()]
+    """The labels of a labels file, one a line (blank lines skipped, repeats dropped); a label holding a control,
+    bidi or zero-width character is an error naming its line."""
+    labels = []
+    for number, line in enumerate(read_text(path, "labels file").splitlines(), start=1):
+        if unsafe_chars(line):
+            raise ClearglassError(f"{path}:{number}: the label holds control, bidi or zero-width characters "
+                                  f"{unsafe_chars(line)}; expected plain text")
+        if line.strip():
+            labels.append(line.strip())
     if len(labels) < 2:
         raise ClearglassError(f"{path}: expected at least 2 labels, one per line; found {len(labels)}")
     return list(dict.fromkeys(labels))
@@ -229,6 +250,8 @@ def run_concepts(args: argparse.Namespace) -> int:
     """`clearglass concepts`: rank concept labels for your own images, per level or from a labels file."""
     if (args.data is None) == (args.labels is None):
         raise ClearglassError("give either --data MAGIC.json (labels per level) or --labels FILE (one label a line)")
+    if args.top < 1:
+        raise ClearglassError(f"--top {args.top}: expected the number of labels to show per image and level, >= 1")
     if args.labels is not None:
         label_sets = {"labels": _read_labels(args.labels)}
     else:
@@ -244,12 +267,12 @@ def run_concepts(args: argparse.Namespace) -> int:
             ranked = score_concepts(bundle, path, labels, args.template)[:args.top]
             out[str(path)][name] = [{"label": label, "score": score} for label, score in ranked]
     if args.json:
-        print(json.dumps(out, indent=1, ensure_ascii=False))
+        print(json.dumps(out, indent=1))  # ASCII: no character of the data reaches the terminal raw
         return 0
     for path, per_set in out.items():
-        print(path)
+        print(escaped(path))
         for name, ranked in per_set.items():
-            print(f"  {name}: " + ", ".join(f"{x['label']} ({x['score']:.4f})" for x in ranked))
+            print(f"  {name}: " + ", ".join(f"{escaped(x['label'])} ({x['score']:.4f})" for x in ranked))
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Steps, each counted in the build stats:
 1. verify every image with PIL (a bad one is an error naming it, or skipped with ``skip_bad_images``);
+   clean its captions of control, bidi and zero-width characters (`clearglass.magic.schema.clean_text`; counted);
 2. label every item (`LabelFailure`s are counted with examples, never silently dropped; when every image
-   fails, `LabellingFailed` counts the reasons);
+   fails, `LabellingFailed` counts the reasons); the labels' concepts and captions are cleaned as in 1;
 3. make chains consistent: every image of a level1 concept gets that concept's most common chain
    (ties broken by the sorted chain);
 4. merge concepts with fewer than ``min_group_size`` images into their level2 parent, shifting the chain up
@@ -24,7 +25,7 @@ import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from clearglass.io import load_image, load_torch, save_torch_atomic, write_json_
 from clearglass.magic import cache_root
 from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, stats_path
+from clearglass.magic.schema import (ConceptRecord, ImageRecord, clean_text, escaped, resolve_image_path, save_concepts,
+                                     stats_path, unsafe_chars)
 from clearglass.magic.sources import SourceItem
 from clearglass.magic.stats import dataset_stats, format_stats
 
@@ -211,18 +213,49 @@ def _nothing_left(labelled: int, dropped: dict[str, int], lost: int, min_size: i
     return "; ".join(parts)
 
 
-def _verified(items: Iterable[SourceItem], options: BuildOptions, build: dict) -> list[SourceItem]:
-    """Step 1: the items whose image loads; a bad one is an error, or counted with ``skip_bad_images``."""
+def _cleaned(texts: list[str], image: str, changed: list[dict]) -> list[str]:
+    """``texts`` through `clean_text`, those left empty dropped; each text that held a character it removes is noted
+    (escaped) in ``changed``."""
+    out = []
+    for text in texts:
+        clean = clean_text(text)
+        if unsafe_chars(text, caption=True):
+            changed.append({"image": image, "text": escaped(text)})
+        if clean:
+            out.append(clean)
+    return out
+
+
+def _clean_label(label: ConceptLabel, image: str, changed: list[dict]) -> ConceptLabel:
+    """The label with its concepts and captions cleaned (`_cleaned`); a concept left empty is None."""
+    levels = tuple((_cleaned([level], image, changed) or [None])[0] if level is not None else None
+                   for level in label.levels)
+    return replace(label, levels=levels, new_captions=_cleaned(label.new_captions, image, changed),
+                   hard_negatives=_cleaned(label.hard_negatives, image, changed))
+
+
+def _verified(items: Iterable[SourceItem], options: BuildOptions, build: dict,
+              image_root: Path | None) -> list[SourceItem]:
+    """Step 1: the items whose image loads, their captions cleaned (counted); a bad image is an error, or counted
+    with ``skip_bad_images``. Given ``image_root``, an image id that leaves it (absolute, ``..``, a symbolic link
+    out of it), which training would refuse, is an error now."""
     good: list[SourceItem] = []
+    changed: list[dict] = []
     bad: list[dict] = []
     seen: set[str] = set()
     for item in tqdm(items, desc="verify images", disable=not options.progress, delay=1.0):  # none if sub-second
         if item.image in seen:
             raise ClearglassError(f"source yields image {item.image!r} ({item.path}) twice: expected unique image ids")
         seen.add(item.image)
+        if image_root is not None:
+            try:
+                resolve_image_path(image_root, item.image)
+            except ClearglassError as e:
+                origin = f" ({item.origin})" if item.origin else ""
+                raise ClearglassError(f"{item.path}{origin}: {e}; the built dataset could not be read") from None
         reason = verify_image(item.path)
         if reason is None:
-            good.append(item)
+            good.append(replace(item, captions=_cleaned(item.captions, item.image, changed)))
         elif options.skip_bad_images:
             bad.append({"image": item.image, "path": str(item.path), "reason": reason})
         else:
@@ -231,6 +264,7 @@ def _verified(items: Iterable[SourceItem], options: BuildOptions, build: dict) -
                                   "(pass --skip-bad-images to skip it)")
     build["images_in"] = len(seen)
     build["bad_images"] = {"count": len(bad), "examples": bad[:MAX_EXAMPLES]}
+    build["cleaned_texts"] = {"count": len(changed), "examples": changed[:MAX_EXAMPLES]}
     if hasattr(items, "stats"):
         build["source_stats"] = dict(items.stats)
     if not good:
@@ -245,16 +279,22 @@ def _labelled(good: list[SourceItem], labeler: Labeler, build: dict) -> dict[str
         raise ClearglassError(f"labeler {labeler.name!r} answered {len(answers)} times for {len(good)} images")
     labels: dict[str, ConceptLabel] = {}
     failures: list[dict] = []
+    changed: list[dict] = []
     for item, answer in zip(good, answers):
         if isinstance(answer, LabelFailure):
             failures.append({"image": answer.image, "reason": answer.reason})
-        elif not answer.levels[0]:
+            continue
+        answer = _clean_label(answer, item.image, changed)
+        if not answer.levels[0]:
             failures.append({"image": item.image, "reason": "no level1 concept"})
         elif not answer.new_captions:
             failures.append({"image": item.image, "reason": "no new captions"})
         else:
             labels[item.image] = answer
     build["label_failures"] = {"count": len(failures), "examples": failures[:MAX_EXAMPLES]}
+    cleaned = build.setdefault("cleaned_texts", {"count": 0, "examples": []})
+    cleaned["count"] += len(changed)
+    cleaned["examples"] = (cleaned["examples"] + changed)[:MAX_EXAMPLES]
     if hasattr(labeler, "stats"):
         build["labeler_stats"] = dict(labeler.stats)
     if not labels:
@@ -305,11 +345,12 @@ def _negatives(concepts: list[str], members: dict[str, list[str]], chains: dict[
 
 
 def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: BuildOptions = BuildOptions(),
-                   embed: Callable[[list[str]], torch.Tensor] = embed_names) -> tuple[list[ConceptRecord], dict]:
+                   embed: Callable[[list[str]], torch.Tensor] = embed_names,
+                   image_root: Path | None = None) -> tuple[list[ConceptRecord], dict]:
     """Concept records and the build stats (counts with examples of everything skipped, failed, merged or leaked),
-    by the steps of the module docstring."""
+    by the steps of the module docstring; given ``image_root``, every image id must stay inside it."""
     build: dict[str, Any] = {"options": asdict(options)}
-    good = _verified(items, options, build)
+    good = _verified(items, options, build, image_root)
     labels = _labelled(good, labeler, build)
     chains, build["chains_relabelled"] = consistent_chains({i: tuple(lab.levels) for i, lab in labels.items()})
     chains, build["merged_concepts"], dropped = merge_small(chains, options.min_group_size)
@@ -350,7 +391,7 @@ def build_dataset(items: Iterable[SourceItem], labeler: Labeler, out: str | os.P
     out = Path(out)
     root = out.parent if image_root is None else Path(image_root)
     try:
-        records, build = build_concepts(items, labeler, options)
+        records, build = build_concepts(items, labeler, options, image_root=root)
     except LabellingFailed as e:
         write_json_atomic({"image_root": str(root), "error": str(e), "build": e.build}, stats_path(out))
         raise ClearglassError(f"{e} (build stats: {stats_path(out)})") from None

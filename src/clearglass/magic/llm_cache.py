@@ -39,6 +39,8 @@ class LLMCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
             self._db.commit()
+        except sqlite3.OperationalError as e:  # a full disk, no permission, a lock held elsewhere: not the file's fault
+            raise ClearglassError(f"{self.path}: cannot open the LLM answer cache ({e})") from None
         except sqlite3.DatabaseError as e:
             raise ClearglassError(f"{self.path}: not a usable LLM answer cache (expected SQLite): {e}") from None
 
@@ -51,8 +53,12 @@ class LLMCache:
     def put(self, key: str, answer: str) -> None:
         """Store (or replace) the answer for a key and commit at once."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO answers (key, answer) VALUES (?, ?)", (key, answer))
-            self._db.commit()
+            try:
+                self._db.execute("INSERT OR REPLACE INTO answers (key, answer) VALUES (?, ?)", (key, answer))
+                self._db.commit()
+            except sqlite3.OperationalError as e:  # e.g. "database or disk is full"
+                self._db.rollback()
+                raise ClearglassError(f"{self.path}: cannot store an LLM answer in the cache ({e})") from None
 
     def __len__(self) -> int:
         with self._lock:

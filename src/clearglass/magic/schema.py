@@ -8,8 +8,11 @@ A concept whose ``train_images`` is empty is a held-out (unseen) concept.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
+import posixpath
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,23 +104,93 @@ def resolve_image_path(image_root: str | os.PathLike, image: str, allow_outside_
     return Path(joined)
 
 
+CONCEPT_KEYS = ("concept", "hard_negative", "train_images", "test_images")
+IMAGE_KEYS = ("image", "old_captions", "new_captions", *LEVELS)
+_CAPTION_WHITESPACE = "\t\n\r"  # control characters a caption may hold: whitespace, harmless on a terminal
+_UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+ZWJ = "\u200d"  # the zero-width joiner, which also joins emoji sequences (👨‍🍳): allowed between two non-letters
+
+
+def _is_unsafe(text: str, i: int, caption: bool = False) -> bool:
+    """Whether ``text[i]`` is a control, format (bidi, zero-width), surrogate or line/paragraph separator
+    character; a caption's tabs and line breaks are not, nor a zero-width joiner inside an emoji sequence."""
+    ch = text[i]
+    if unicodedata.category(ch) not in _UNSAFE_CATEGORIES or caption and ch in _CAPTION_WHITESPACE:
+        return False
+    if ch == ZWJ and 0 < i < len(text) - 1:
+        return any(unicodedata.category(n)[0] in "LN" for n in (text[i - 1], text[i + 1]))
+    return True
+
+
+def unsafe_chars(text: str, caption: bool = False) -> list[str]:
+    """The characters of ``text`` that must not reach a terminal or a dataset unseen, as ``U+XXXX``: control
+    characters (a caption may hold tabs and line breaks), format characters (bidi overrides U+202A..U+202E and
+    isolates U+2066..U+2069, zero-width U+200B..U+200D, U+FEFF; a zero-width joiner inside an emoji sequence is
+    kept), lone surrogates and line/paragraph separators."""
+    return [f"U+{ord(text[i]):04X}" for i in range(len(text)) if _is_unsafe(text, i, caption)]
+
+
+def clean_text(text: str) -> str:
+    """``text`` in NFC form without the characters :func:`unsafe_chars` names: control characters and separators
+    become spaces, format characters and surrogates are dropped; whitespace is collapsed."""
+    text = unicodedata.normalize("NFC", text)
+    kept = [(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else "") if _is_unsafe(text, i) else ch
+            for i, ch in enumerate(text)]
+    return " ".join("".join(kept).split())
+
+
+def escaped(text: str) -> str:
+    """``text`` for a terminal: the characters :func:`unsafe_chars` names written as ``\\uXXXX`` escapes."""
+    return "".join(f"\\u{ord(ch):04x}" if _is_unsafe(text, i) else ch for i, ch in enumerate(text))
+
+
+def image_key(image: str) -> str:
+    """The identity of an image id: ``images/./a.png``, ``images//a.png`` and ``images/a.png`` are one image."""
+    return posixpath.normpath(image)
+
+
+def _refuse_unknown_keys(raw: dict, known: tuple[str, ...], where: str) -> None:
+    """A key the layout does not have (``train_image`` for ``train_images``) would leave its data unread."""
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"expected the keys {list(known)}"
+            raise ClearglassError(f"{where}: unknown key {key!r}; {hint}")
+
+
+def _name(value: Any, key: str, where: str) -> str:
+    """A concept name (a concept, a level, a hard negative) in NFC form: a string with a visible character and no
+    control, bidi or zero-width character."""
+    if not isinstance(value, str) or not value.strip():
+        raise ClearglassError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    bad = unsafe_chars(value)
+    if bad:
+        raise ClearglassError(f"{where}: field {key!r} = {value!r} holds control, bidi or zero-width characters "
+                              f"{bad}; expected plain text")
+    return unicodedata.normalize("NFC", value)
+
+
 def _image_from_json(raw: Any, where: str) -> ImageRecord:
     if not isinstance(raw, dict):
         raise ClearglassError(f"{where}: expected an image object, got {type(raw).__name__}")
+    _refuse_unknown_keys(raw, IMAGE_KEYS, where)
     if "image" not in raw:
         raise ClearglassError(f"{where}: missing field 'image'")
+    if not isinstance(raw["image"], str):
+        raise ClearglassError(f"{where}: field 'image' must be a string (a path relative to the image root), got "
+                              f"{type(raw['image']).__name__} {raw['image']!r}")
     for key in ("old_captions", "new_captions"):
         value = raw.get(key, [])
         if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
             raise ClearglassError(f"{where}: field {key!r} must be a list of strings")
-    levels = {}
-    for key in LEVELS:
-        value = raw.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ClearglassError(f"{where}: field {key!r} must be a string or null")
-        levels[key] = value
+        for k, caption in enumerate(value):
+            bad = unsafe_chars(caption, caption=True)
+            if bad:
+                raise ClearglassError(f"{where}: {key}[{k}] holds control, bidi or zero-width characters {bad}; "
+                                      "expected plain text")
+    levels = {key: None if raw.get(key) is None else _name(raw[key], key, where) for key in LEVELS}
     return ImageRecord(
-        image=str(raw["image"]),
+        image=raw["image"],
         old_captions=list(raw.get("old_captions", [])),
         new_captions=list(raw.get("new_captions", [])),
         **levels,
@@ -125,7 +198,8 @@ def _image_from_json(raw: Any, where: str) -> ImageRecord:
 
 
 def concepts_from_json(raw: Any, source: str = "<memory>") -> list[ConceptRecord]:
-    """Parse the reference JSON layout; errors name the source, the record index and the field."""
+    """Parse the reference JSON layout; errors name the source, the record index and the field. Concept names are
+    read in Unicode NFC form, so a name written composed and decomposed is one name."""
     if not isinstance(raw, list):
         raise ClearglassError(f"{source}: expected a JSON list of concept records, got {type(raw).__name__}")
     concepts = []
@@ -133,19 +207,20 @@ def concepts_from_json(raw: Any, source: str = "<memory>") -> list[ConceptRecord
         where = f"{source}: concept record {i}"
         if not isinstance(rec, dict):
             raise ClearglassError(f"{where}: expected an object, got {type(rec).__name__}")
-        if not isinstance(rec.get("concept"), str) or not rec["concept"]:
-            raise ClearglassError(f"{where}: field 'concept' must be a non-empty string")
+        _refuse_unknown_keys(rec, CONCEPT_KEYS, where)
+        name = _name(rec.get("concept"), "concept", where)
         negatives = rec.get("hard_negative", [])
         if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
-            raise ClearglassError(f"{where} ({rec['concept']!r}): field 'hard_negative' must be a list of strings")
+            raise ClearglassError(f"{where} ({name!r}): field 'hard_negative' must be a list of strings")
+        negatives = [_name(n, f"hard_negative[{k}]", f"{where} ({name!r})") for k, n in enumerate(negatives)]
         splits = {}
         for split in SPLITS:
             key = f"{split}_images"
             images = rec.get(key, [])
             if not isinstance(images, list):
-                raise ClearglassError(f"{where} ({rec['concept']!r}): field {key!r} must be a list")
-            splits[key] = [_image_from_json(im, f"{where} ({rec['concept']!r}) {key}[{j}]") for j, im in enumerate(images)]
-        concepts.append(ConceptRecord(concept=rec["concept"], hard_negative=list(negatives), **splits))
+                raise ClearglassError(f"{where} ({name!r}): field {key!r} must be a list")
+            splits[key] = [_image_from_json(im, f"{where} ({name!r}) {key}[{j}]") for j, im in enumerate(images)]
+        concepts.append(ConceptRecord(concept=name, hard_negative=negatives, **splits))
     return concepts
 
 

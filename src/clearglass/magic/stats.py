@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.schema import LEVELS, SPLITS, ConceptRecord
+from clearglass.magic.schema import LEVELS, SPLITS, ConceptRecord, escaped
 
 GROUP_SIZE_BINS = (1, 2, 5, 10, 20, 50, 100, 1000)
 
@@ -81,8 +81,11 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"build: {build['images_in']} images in, {build['bad_images']['count']} bad images skipped, "
                      f"{build['label_failures']['count']} label failures, {build['chains_relabelled']} chains relabelled, "
                      f"{len(build['merged_concepts'])} concepts merged, {len(build['dropped_small_concepts'])} dropped")
+        if build.get("cleaned_texts", {}).get("count"):
+            lines.append(f"cleaned: {build['cleaned_texts']['count']} captions or concepts held control, bidi or "
+                         "zero-width characters (removed)")
         leaks = build["leaks"]
         lines.append(f"leaks: {leaks['count']} captions name a concept word"
                      + (f" (filtered; {leaks['images_dropped']} images dropped)" if leaks["filtered"] else ""))
-        lines.extend(f"  leak: {e['image']}: {e['caption']!r} names {e['words']}" for e in leaks["examples"][:3])
+        lines.extend(f"  leak: {escaped(e['image'])}: {e['caption']!r} names {e['words']}" for e in leaks["examples"][:3])
     return "\n".join(lines)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from clearglass.errors import ClearglassError
 from clearglass.io import DEFAULT_MAX_PIXELS, check_image
-from clearglass.magic.schema import (LEVELS, SPLITS, ConceptRecord, ImageRoot, dataset_image_root, load_concepts,
-                                     resolve_image_path)
+from clearglass.magic.schema import (LEVELS, SPLITS, ConceptRecord, ImageRoot, dataset_image_root, image_key,
+                                     load_concepts, resolve_image_path)
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ def _image_problem(image_root: ImageRoot, image: str, check_files: bool, max_pix
     file is missing, empty, not an image or over ``max_pixels``; None when it is fine."""
     try:
         path = resolve_image_path(image_root, image)
+        if check_files and path.is_symlink() and not path.exists():  # a loop, or a link to nothing
+            return f"image file {path} is a symbolic link that leads nowhere (a loop, or a missing target)"
         if check_files and not path.exists():
             return f"image file {path}{MISSING}"
         if check_files:
@@ -63,7 +65,10 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
             problems.append(Problem(file, r, "concept", f"{c.concept!r} repeats concept record {first_concept[c.concept]}"))
         first_concept.setdefault(c.concept, r)
         for k, negative in enumerate(c.hard_negative):
-            if negative not in names:
+            if negative in c.hard_negative[:k]:
+                problems.append(Problem(file, r, f"hard_negative[{k}]", f"{negative!r} repeats hard_negative"
+                                                                         f"[{c.hard_negative.index(negative)}]"))
+            elif negative not in names:
                 problems.append(Problem(file, r, f"hard_negative[{k}]", f"{negative!r} is not a concept of the dataset"))
             elif negative == c.concept:
                 problems.append(Problem(file, r, f"hard_negative[{k}]", "a concept is not its own hard negative"))
@@ -71,11 +76,12 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
         for split in SPLITS:
             for j, im in enumerate(c.images(split)):
                 where = f"{split}_images[{j}]"
-                if im.image in first_image:
+                key = image_key(im.image)  # images/./a.png is images/a.png
+                if key in first_image:
                     problems.append(Problem(file, r, f"{where}.image", f"duplicate image id {im.image!r} "
-                                                                        f"(first at {first_image[im.image]})"))
+                                                                        f"(first at {first_image[key]})"))
                 else:
-                    first_image[im.image] = f"concept record {r} {where}"
+                    first_image[key] = f"concept record {r} {where}"
                     why = None if root is None else _image_problem(root, im.image, check_files, max_pixels)
                     if why is not None:
                         problems.append(Problem(file, r, f"{where}.image", why, why.endswith(MISSING)))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 OUTER = Literal["pairwise", "centroid", "clip"]
+MAX_SEED = 2**63  # torch.manual_seed and numpy's generators take any seed below it
 INNER = Literal["pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
 
 
@@ -169,6 +170,12 @@ class TrainConfig(Config):
         if self.warmup >= self.steps:
             raise ClearglassError(f"warmup = {self.warmup} >= steps = {self.steps}: training would end still warming "
                                   "up; expected warmup < steps (set warmup, or more steps)")
+        if not self.out.strip():
+            raise ClearglassError("out = '': expected the run folder to write (an empty one would be the working "
+                                  "folder)")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ClearglassError(f"seed = {self.seed}: expected 0 <= seed < 2**63 (the range every generator it "
+                                  "seeds accepts)")
         if self.anchors_per_batch is not None and self.anchors_per_batch < 1:
             raise ClearglassError(f"anchors_per_batch = {self.anchors_per_batch}: expected >= 1 or null")
         if self.synthetic_negatives.caption and self.loss.kind != "clip" and self.loss.outer == "centroid":

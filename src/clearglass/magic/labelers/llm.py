@@ -34,14 +34,16 @@ import json
 import os
 import re
 import threading
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
+import httpx
 import openai
 from tqdm import tqdm
 
@@ -50,9 +52,6 @@ from clearglass.magic.labelers import ConceptLabel, LabelFailure
 from clearglass.magic.leak import leaked_words
 from clearglass.magic.llm_cache import LLMCache, request_key
 from clearglass.magic.sources import SourceItem
-
-if TYPE_CHECKING:
-    import httpx
 
 URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)  # scheme://user:pw@host
 ENV_PREFIX = "CLEARGLASS_LLM_"  # CLEARGLASS_LLM_BASE_URL, _MODEL, _API_KEY, _TIMEOUT_S, ...: one per LLMConfig field
@@ -161,6 +160,7 @@ _OUTPUT = re.compile(r"<output>(.*?)</output>", re.S)
 _THINK = re.compile(r"<think>.*?</think>", re.S)  # reasoning models served locally often prepend one
 _TAG = re.compile(r"<(level[1-4]|caption|hard_negative)>(.*?)</\1>", re.S)
 _MAX_CONCEPT_WORDS = 6
+MAX_ANSWER_BYTES = 256 * 1024  # a whole answer is a few hundred bytes; a larger one is refused, never stored
 
 
 class MalformedAnswer(ValueError):
@@ -500,27 +500,46 @@ class LLMLabeler:
                       "asking for <output> tags instead (--llm-structured off skips the attempt)", stacklevel=2)
 
     def _complete(self, captions: list[str], structured: bool) -> str:
-        """Send one chat-completions request (the client retries transient failures) and return the answer text."""
+        """Send one chat-completions request (the client retries transient failures) and return the answer text.
+        Each attempt must be answered whole within ``timeout_s`` (a server trickling bytes does not extend it) and
+        in at most `MAX_ANSWER_BYTES`."""
         extra = {"response_format": RESPONSE_FORMAT} if structured else {}
         try:
-            response = self.client.chat.completions.with_raw_response.create(
-                model=self.config.model, messages=build_messages(captions, self.config, structured),
-                temperature=self.config.temperature, extra_headers=self._headers, **extra)
-        except openai.APITimeoutError:
+            with self.client.chat.completions.with_streaming_response.create(
+                    model=self.config.model, messages=build_messages(captions, self.config, structured),
+                    temperature=self.config.temperature, extra_headers=self._headers, **extra) as response:
+                body = self._body(response.iter_bytes())
+        except (openai.APITimeoutError, httpx.TimeoutException):
             raise _Unavailable(f"timed out (timeout {self.config.timeout_s:g} s)") from None
         except openai.APIConnectionError as e:
             raise _Unavailable(_connection_failure(e, self.config.base_url)) from None
+        except httpx.HTTPError as e:  # the connection broke while the body was read
+            raise _Unavailable(f"the answer broke off: {e}") from None
         except openai.APIStatusError as e:
             self._status_error(e)
         try:
-            content = response.parse().choices[0].message.content
-        except (ValueError, TypeError, IndexError, AttributeError):  # not JSON, or JSON of another shape
-            raise MalformedAnswer(f"not a chat-completions response: {response.http_response.content[:80]!r}") from None
+            content = json.loads(body)["choices"][0]["message"]["content"]
+        except (ValueError, TypeError, IndexError, KeyError):  # not JSON, or JSON of another shape
+            raise MalformedAnswer(f"not a chat-completions response: {body[:80]!r}") from None
         if not isinstance(content, str):
             raise MalformedAnswer(f"message content is {type(content).__name__}, expected text")
         if self.config.api_key and self.config.api_key in content:
             raise MalformedAnswer("the answer repeats the API key")  # never cached, never in a dataset
         return content
+
+    def _body(self, chunks: Iterator[bytes]) -> bytes:
+        """The answer's bytes, read until ``timeout_s`` after the request was sent and up to `MAX_ANSWER_BYTES`."""
+        deadline = self._local.sent_at + self.config.timeout_s
+        parts: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise MalformedAnswer(f"the answer runs over {MAX_ANSWER_BYTES:,} bytes; refused")
+            if time.monotonic() > deadline:
+                raise _Unavailable(f"timed out (the whole answer takes over the timeout of {self.config.timeout_s:g} s)")
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _status_error(self, error: openai.APIStatusError) -> NoReturn:
         """Map an HTTP error answer (after the client's retries) to a configuration error, a failure or a refusal."""
@@ -541,6 +560,7 @@ class LLMLabeler:
     def _on_request(self, request: httpx.Request) -> None:
         """httpx event hook: count every request sent, the client's retries included."""
         self._local.sent = getattr(self._local, "sent", 0) + 1
+        self._local.sent_at = time.monotonic()  # an attempt's answer is due timeout_s after it is sent
         self._count("requests")
 
     def _scrub(self, text: str) -> str:

@@ -9,15 +9,20 @@ Images are yielded in id order; ``max_images`` keeps the first n.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
+from clearglass.io import read_json
 from clearglass.magic.schema import resolve_image_path
 from clearglass.magic.sources import SourceItem
+
+
+def _is_int(value: object) -> bool:
+    """An integer, not a JSON true or false (Python's bool is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class CocoSource:
@@ -28,29 +33,32 @@ class CocoSource:
         self.split = split
         self.image_root = self.root / split
         self.annotations = self.root / "annotations" / f"captions_{split}.json"
+        if max_images is not None and max_images < 1:
+            raise ClearglassError(f"--max-images {max_images}: expected the number of images to keep, >= 1 (leave it "
+                                  "out for all)")
         self.max_images = max_images
 
     def _read(self) -> tuple[list[dict], dict[int, list[str]]]:
         path = self.annotations
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not path.exists():
             raise ClearglassError(f"{path}: COCO caption file not found (expected <coco-root>/annotations/"
-                                  f"captions_{self.split}.json)") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ClearglassError(f"{path}: unreadable COCO caption file ({e})") from None
+                                  f"captions_{self.split}.json)")
+        raw = read_json(path, "COCO caption file")
         if not isinstance(raw, dict) or not isinstance(raw.get("images"), list) \
                 or not isinstance(raw.get("annotations"), list):
             raise ClearglassError(f"{path}: expected an object with lists 'images' and 'annotations'")
         images = raw["images"]
+        known: dict[int, int] = {}  # image id -> its index in 'images'
         for i, im in enumerate(images):
-            if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
+            if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
                 raise ClearglassError(f"{path}: images[{i}]: expected an object with integer 'id' and string 'file_name'")
-        known = {im["id"] for im in images}
+            if im["id"] in known:
+                raise ClearglassError(f"{path}: images[{i}]: id {im['id']} is also images[{known[im['id']]}]; "
+                                      "expected unique image ids")
+            known[im["id"]] = i
         captions: dict[int, list[str]] = defaultdict(list)
         for i, ann in enumerate(raw["annotations"]):
-            if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) \
-                    or not isinstance(ann.get("image_id"), int):
+            if not isinstance(ann, dict) or not isinstance(ann.get("caption"), str) or not _is_int(ann.get("image_id")):
                 raise ClearglassError(f"{path}: annotations[{i}]: expected an object with integer 'image_id' "
                                       "and string 'caption'")
             if ann["image_id"] not in known:

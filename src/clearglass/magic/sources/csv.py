@@ -9,8 +9,9 @@ root (``--images`` / ``images=``); an absolute path under the root is made relat
 
 Bad input is a `ClearglassError` naming the file and line: a missing or repeated header column, one header column
 only (a wrong separator: the message names the likely one), a row with another number of fields than the header,
-an empty image path or a path without a file suffix, two chains for one image, a gap in a chain. An empty caption
-is skipped and counted in ``stats`` (an error with ``strict``); so is an image left without captions.
+an empty image path or a path without a file suffix, two chains for one image, a gap in a chain, no data row. An
+empty caption is skipped and counted in ``stats`` (an error with ``strict``); so are an image left without captions
+and a row that repeats an earlier (image, caption).
 """
 
 from __future__ import annotations
@@ -136,7 +137,10 @@ class CsvSource:
         """Every image by id, in first-row order, with its captions; fills ``stats``."""
         images: dict[str, _Image] = {}
         empty: list[int] = []
+        repeated: list[int] = []
         rows = read_csv(self.path, self.separator, self.columns)
+        if not rows:
+            raise ClearglassError(f"{self.path}: a header and no data rows; expected one row per (image, caption)")
         for line, row in rows:
             where = f"{self.path}:{line}"
             if not row[self.img_key]:
@@ -148,7 +152,9 @@ class CsvSource:
                 raise ClearglassError(f"{where}: image {image!r} has concepts {hierarchy}, but line {entry.line} gave "
                                       f"{entry.hierarchy}; expected one concept chain per image")
             caption = " ".join(row[self.caption_key].split())
-            if caption:
+            if caption in entry.captions:
+                repeated.append(line)
+            elif caption:
                 entry.captions.append(caption)
             elif self.strict:
                 raise ClearglassError(f"{where}: empty caption in column {self.caption_key!r} (image {image!r}); "
@@ -158,6 +164,7 @@ class CsvSource:
         bare = [image for image, entry in images.items() if not entry.captions]
         self.stats = {"file": str(self.path), "rows": len(rows), "images": len(images) - len(bare),
                       "empty_captions": {"count": len(empty), "lines": empty[:MAX_EXAMPLES]},
+                      "repeated_rows": {"count": len(repeated), "lines": repeated[:MAX_EXAMPLES]},
                       "images_without_captions": {"count": len(bare), "examples": bare[:MAX_EXAMPLES]}}
         return {image: entry for image, entry in images.items() if entry.captions}
 

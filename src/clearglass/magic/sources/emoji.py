@@ -42,6 +42,7 @@ NOTO_EMOJI = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 GLYPH_SIZE = 109  # the only size NotoColorEmoji's bitmap strikes render at
 MIN_EMOJI_PER_SUBGROUP = 3
 MAX_EMOJI_PER_SCENE = 3
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024  # a scene's side in pixels; glyphs render at 109, so more adds nothing
 
 SUBGROUP_CONCEPTS: dict[str, str] = {
     "animal-mammal": "mammal",
@@ -226,9 +227,9 @@ class EmojiSource:
     def __init__(self, image_root: str | os.PathLike, subgroups: list[str] | None = None,
                  images_per_subgroup: int = 12, image_size: int = 64, seed: int = 0,
                  emoji_test: str | os.PathLike = EMOJI_TEST, font_path: str | os.PathLike = NOTO_EMOJI) -> None:
-        if images_per_subgroup < 1 or image_size < 16:
-            raise ClearglassError(f"emoji source: need images_per_subgroup >= 1 and image_size >= 16, "
-                                  f"got {images_per_subgroup} and {image_size}")
+        if images_per_subgroup < 1 or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+            raise ClearglassError(f"emoji source: need images_per_subgroup >= 1 and {MIN_IMAGE_SIZE} <= image_size <= "
+                                  f"{MAX_IMAGE_SIZE} (--image-size), got {images_per_subgroup} and {image_size}")
         self.image_root = Path(image_root)
         self.images_per_subgroup = images_per_subgroup
         self.image_size = image_size

@@ -20,6 +20,7 @@ that are neither images nor captions, and ``.txt`` files without an image are le
 from __future__ import annotations
 
 import os
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def concept_name(folder: str) -> str:
     return " ".join(folder.replace("_", " ").split())
 
 
+def _one_blank_field(template: str) -> bool:
+    """Whether a format template has exactly one replacement field, a bare ``{}`` (no name, attribute, index,
+    conversion or format spec: ``{.__class__.__doc__}`` would print a docstring)."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # a lone { or }
+        return False
+    return fields == [("", "", None)]
+
+
 class FolderSource:
     """The images under ROOT's concept folders, with captions from captions.csv, .txt files or a template."""
 
@@ -50,8 +62,9 @@ class FolderSource:
         if depth not in LAYOUTS:
             raise ClearglassError(f"--folder-depth {depth}: expected 1 ({LAYOUTS[1]}) or 2 ({LAYOUTS[2]})")
         if caption_template is not None:
-            if caption_template.count("{}") != 1:
-                raise ClearglassError(f"--caption-template {caption_template!r}: expected one {{}} for the concept")
+            if not _one_blank_field(caption_template):
+                raise ClearglassError(f"--caption-template {caption_template!r}: expected one {{}} for the concept "
+                                      "and no other {...} field (write {{ and }} for braces)")
             if not allow_concept_captions:
                 raise ClearglassError(f"--caption-template {caption_template!r} writes the concept name into every "
                                       "caption it makes, which the concept-word leak check forbids; pass "
@@ -70,11 +83,13 @@ class FolderSource:
         images: dict[str, Path] = {}
         texts: list[Path] = []
         ignored: list[str] = []
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
+        for path in sorted(self.root.rglob("*")):  # symbolic links to folders are not descended into
             rel = path.relative_to(self.root)
-            if rel.as_posix() == SIDECAR:
+            if rel.as_posix() == SIDECAR or path.is_dir() and not path.is_symlink():
                 continue
-            if any(part.startswith(".") for part in rel.parts):
+            if path.is_symlink() and path.is_dir() or not path.is_file():
+                ignored.append(f"{rel.as_posix()} (not a regular file or folder: a link to a folder, a FIFO, ...)")
+            elif any(part.startswith(".") for part in rel.parts):
                 ignored.append(rel.as_posix())
             elif len(rel.parts) == 1:
                 raise ClearglassError(f"{path}: a file directly in the image folder; expected {LAYOUTS[self.depth]}")
@@ -147,6 +162,9 @@ class FolderSource:
             own = captions[image]
             from_template = not own
             if from_template:
+                if self.caption_template is None and path.with_suffix(".txt").is_file():
+                    raise ClearglassError(f"{path.with_suffix('.txt')}: the caption file of {image!r} is empty (no "
+                                          "line with text); write its captions there, one a line")
                 if self.caption_template is None:
                     raise ClearglassError(f"{path}: no caption (no row in {SIDECAR}, no {path.stem}.txt beside it); "
                                           "add one, or pass --caption-template with --allow-concept-captions")
