@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 
-from clearglass.config import Config
+from clearglass.config import Config, Overrides
 from clearglass.errors import ClearglassError
 from clearglass.train import TrainConfig
 
@@ -89,3 +89,33 @@ def test_key_defaults_list_every_key_of_the_nested_json_with_its_default():
 def test_a_value_that_fits_no_reading_is_reported_as_typed(tmp_path):
     with pytest.raises(ClearglassError, match=r"steps = 1\.5: expected int"):
         load(tmp_path, "steps=1.5")
+
+
+@dataclass
+class Maker(Config):
+    """A config holding sparse settings for another config it makes (as the demo holds TrainConfig's)."""
+
+    settings: Annotated[dict[str, Any], Overrides(Outer)] = field(default_factory=dict)
+    grid: list[Annotated[dict[str, Any], Overrides(Outer)]] = field(default_factory=list)
+
+
+def test_overrides_of_another_config_are_checked_key_by_key_and_kept_as_written(tmp_path):
+    raw = {"settings": {"steps": 4, "inner": {"alpha": 1}}, "grid": [{}, {"inner": {"names": ["a"]}}]}
+    path = tmp_path / "maker.json"
+    path.write_text(json.dumps(raw))
+    maker = Maker.load(path, ["settings.inner.names=x"])
+    assert maker.settings == {"steps": 4, "inner": {"alpha": 1, "names": ["x"]}}  # partial sections, 1 stays an int
+    assert isinstance(maker.settings["inner"]["alpha"], int) and maker.to_dict()["grid"] == raw["grid"]
+    for bad, message in [({"settings": {"inner": {"alhpa": 1}}},
+                          r"maker\.json: unknown key\(s\) \['settings\.inner\.alhpa'\]; did you mean "
+                          r"'settings\.inner\.alpha'\?"),
+                         ({"grid": [{"stpes": 1}]}, r"unknown key\(s\) \['grid\[0\]\.stpes'\]"),
+                         ({"settings": {"steps": "many"}}, r"maker\.json: settings\.steps = 'many': expected int"),
+                         ({"settings": {"inner": 3}}, r"settings\.inner: expected an object, got int"),
+                         ({"settings": []}, r"settings = \[\]: expected dict")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ClearglassError, match=message):
+            Maker.load(path)
+    with pytest.raises(ClearglassError, match=r"unknown key 'settings\.inner\.alpah'; did you mean "
+                                              r"'settings\.inner\.alpha'\?"):
+        Maker.load(tmp_path / "maker.json", ["settings.inner.alpah=1"])

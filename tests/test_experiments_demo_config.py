@@ -44,6 +44,40 @@ def test_bad_demo_configs_name_the_file_and_key(tmp_path: Path) -> None:
         assert "bad.json" in str(err.value) or "demo model" in str(err.value)
 
 
+def test_a_misspelt_train_key_names_the_file_and_the_dotted_key(tmp_path: Path) -> None:
+    raw = json.loads((demo_config.CONFIG_DIR / "quick.json").read_text(encoding="utf-8"))
+    path = tmp_path / "bad.json"
+    for section, message in [
+            (lambda r: r["models"]["clear_glass"]["train"]["loss"],
+             r"\['models\.clear_glass\.train\.loss\.alhpa'\]; did you mean 'models\.clear_glass\.train\.loss\.alpha'"),
+            (lambda r: r["train"]["lock"], r"\['train\.lock\.alhpa'\]")]:
+        bad = json.loads(json.dumps(raw))
+        section(bad)["alhpa"] = 0.5
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ClearglassError, match=r"bad\.json: unknown key\(s\) " + message):
+            DemoConfig.load(path)
+    bad = json.loads(json.dumps(raw))
+    bad["models"]["clip"]["train"]["steps"] = "many"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ClearglassError, match=r"bad\.json: models\.clip\.train\.steps = 'many': expected int"):
+        DemoConfig.load(path)
+    grid = {"settings": {"clip": [{"lr": 1e-3}], "clear_glass": [{"lrr": 1e-3}]}}
+    path.write_text(json.dumps(grid))
+    with pytest.raises(ClearglassError, match=r"\['settings\.clear_glass\[0\]\.lrr'\]; did you mean"):
+        SearchGrid.load(path)
+
+
+def test_the_shipped_search_record_matches_the_default_config_and_reports_its_settings() -> None:
+    """Typing the train settings keeps them as written: the identity the shipped record was made for is unchanged,
+    and results.json's ``models`` settings are the model's own merged with the chosen one."""
+    config = DemoConfig.load("default")
+    record = read_search_record(config)
+    assert sorted(record["chosen"]) == ["clear_glass", "clip"]
+    chosen = record["chosen"]["clip"]["setting"]
+    assert config.model_settings("clip", chosen) == {**config.models["clip"].train, **chosen}
+    assert config.first_seed == config.train["seed"] == 0
+
+
 def test_search_grids_need_equal_effort(tmp_path: Path) -> None:
     with pytest.raises(ClearglassError, match="same number of settings"):
         SearchGrid(settings={"clip": [{"lr": 1e-3}], "clear_glass": [{"lr": 1e-3}, {"lr": 3e-3}]})
@@ -61,6 +95,10 @@ def test_a_search_record_of_other_settings_is_refused(tmp_path: Path, monkeypatc
     config.search = "rec.json"
     (tmp_path / "rec.json").write_text(json.dumps({"config_identity": config.identity(), "chosen": {}}))
     assert read_search_record(config)["chosen"] == {}
+    (tmp_path / "rec.json").write_text(json.dumps({"config_identity": config.identity(),
+                                                   "chosen": {"clip": {"setting": {"lrr": 1}, "wise_ft": 1.0}}}))
+    with pytest.raises(ClearglassError, match=r"rec\.json: unknown key\(s\) \['chosen\.clip\.setting\.lrr'\]"):
+        read_search_record(config)
     for change in ("steps", "k", "retention"):
         changed = DemoConfig.load(Path(__file__).resolve().parents[1] / "src/clearglass/configs/demo/quick.json")
         changed.search = "rec.json"

@@ -19,3 +19,4 @@ def test_merge_seeds_averages_hits_per_item() -> None:
     row = merged["metrics"][0]
     assert merged["per_item"]["t/s"]["arrays"]["m_hit"] == pytest.approx([2 / 3, 2 / 3, 2 / 3, 0.0])
     assert row["value"] == pytest.approx(0.5) and row["ci_low"] <= 0.5 <= row["ci_high"]
+    assert row["stat"] == {"stat": "mean", "array": "m_hit"} and row["unit"] == "t/s/m_hit"

@@ -1,7 +1,8 @@
 """One config system: dataclasses read from nested JSON by one strict loader.
 
 * Types come from ``typing.get_type_hints``: bool, int, float (an int is accepted), str, ``Literal[...]``,
-  ``X | None``, ``list[X]``, ``dict[str, X]``, ``Any`` and nested config dataclasses.
+  ``X | None``, ``list[X]``, ``dict[str, X]``, ``Any``, nested config dataclasses, and sparse overrides of another
+  config (``Annotated[dict[str, Any], Overrides(SomeConfig)]``: some of its keys, each checked against its type).
 * Unknown keys and wrong types are a ``ClearglassError`` naming the file and the dotted key, with the closest known
   key ("did you mean").
 * Files hold nested JSON; dotted ``key=value`` items are command-line overrides only (:func:`apply_override`), read
@@ -20,8 +21,9 @@ import math
 import os
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from clearglass.errors import ClearglassError
 from clearglass.io import read_json
@@ -70,6 +72,16 @@ class Config:
     def key_defaults(cls) -> list[tuple[str, str, Any]]:
         """Every dotted key of a default-constructible config with its type (as text) and default value."""
         return _key_defaults(cls(), "")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """The metadata of a field ``Annotated[dict[str, Any], Overrides(SomeConfig)]``: nested JSON holding some of
+    ``SomeConfig``'s keys (sections may be partial), such as a config's settings for another config it makes. The
+    loader checks every key and the type of every value; ``validate()`` runs when the whole config is made. The
+    dict stays as written (``to_dict`` and digests see the file's keys and values)."""
+
+    config: type
 
 
 def _key_defaults(config: Any, prefix: str) -> list[tuple[str, str, Any]]:
@@ -124,8 +136,23 @@ def _key_annotation(cls: type, key: str, item: str) -> Any:
         if parts[i] not in names:
             key_so_far = ".".join(parts[:i + 1])
             raise ClearglassError(f"override {item!r}: unknown key {key_so_far!r}; {suggestion(key_so_far, names)}")
-        annotation, i = typing.get_type_hints(section)[parts[i]], i + 1
+        annotation, i = _unwrap(typing.get_type_hints(section, include_extras=True)[parts[i]]), i + 1
     return annotation
+
+
+def _overrides_of(annotation: Any) -> type | None:
+    """The config class of an ``Overrides`` field, else None."""
+    if typing.get_origin(annotation) is not Annotated:
+        return None
+    return next((m.config for m in annotation.__metadata__ if isinstance(m, Overrides)), None)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The config class of an ``Overrides`` field (its keys are that config's), the type of another ``Annotated``
+    field, else the annotation itself."""
+    if typing.get_origin(annotation) is not Annotated:
+        return annotation
+    return _overrides_of(annotation) or typing.get_args(annotation)[0]
 
 
 def _fits(value: Any, annotation: Any) -> bool:
@@ -180,17 +207,40 @@ def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ClearglassError(f"{source}: {prefix.rstrip('.') or 'config'}: expected an object, got "
                               f"{type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _checked_keys(cls, raw, source, prefix)
+    kwargs = {name: _coerce(raw[name], hints[name], source, f"{prefix}{name}") for name in hints if name in raw}
+    try:
+        return cls(**kwargs)
+    except ClearglassError as e:  # validate() names the key inside its own section
+        raise ClearglassError(f"{source}: {prefix}{e}") from None
+
+
+def _checked_keys(cls: type, raw: dict, source: str, prefix: str) -> dict[str, Any]:
+    """The type hints of config class ``cls`` by field name, once every key of ``raw`` is known to be one."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ClearglassError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}; "
                               f"{suggestion(prefix + unknown[0], names)}")
-    kwargs = {name: _coerce(raw[name], hints[name], source, f"{prefix}{name}") for name in names if name in raw}
-    try:
-        return cls(**kwargs)
-    except ClearglassError as e:  # validate() names the key inside its own section
-        raise ClearglassError(f"{source}: {prefix}{e}") from None
+    return {name: hints[name] for name in names}
+
+
+def check_overrides(cls: type, raw: Any, source: str, key: str) -> dict:
+    """Sparse nested JSON ``raw`` of config class ``cls`` checked key by key (see :class:`Overrides`); returned as
+    written."""
+    if not isinstance(raw, dict):
+        raise _type_error(raw, dict, source, key)
+    prefix = f"{key}." if key else ""
+    for name, annotation in _checked_keys(cls, raw, source, prefix).items():
+        if name not in raw:
+            continue
+        section = _dataclass_of(annotation)
+        if section is not None and isinstance(raw[name], dict):
+            check_overrides(section, raw[name], source, prefix + name)
+        else:
+            _coerce(raw[name], annotation, source, prefix + name)
+    return raw
 
 
 def _describe(annotation: Any) -> str:
@@ -203,6 +253,9 @@ def _coerce(value: Any, annotation: Any, source: str, key: str) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return value
+    if origin is Annotated:
+        config = _overrides_of(annotation)
+        return check_overrides(config, value, source, key) if config else _coerce(value, args[0], source, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -158,8 +158,9 @@ def _rank_slice(size: int, rank: int, world_size: int, what: str) -> slice:
     return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
-class _EpochSampler(abc.ABC):
-    """Seeded, resumable iteration shared by both samplers: batch ``b`` of epoch ``e`` depends only on (seed, e, b)."""
+class EpochSampler(abc.ABC):
+    """Seeded, resumable iteration shared by every sampler here (the base type ``train`` builds and resumes):
+    batch ``b`` of epoch ``e`` depends only on (seed, e, b)."""
 
     def __init__(self, seed: int, rank: int, world_size: int) -> None:
         if not 0 <= rank < world_size:
@@ -220,7 +221,7 @@ class _EpochSampler(abc.ABC):
         return self._order_cache
 
 
-class GroupBatchSampler(_EpochSampler):
+class GroupBatchSampler(EpochSampler):
     """Global batches of M groups x N pairs: ``anchors`` anchor groups, each followed by its hard-negative groups.
 
     An epoch visits every group once as an anchor (a seeded permutation; the last incomplete batch is dropped).
@@ -302,7 +303,7 @@ class GroupBatchSampler(_EpochSampler):
         return keys[part.start * n:part.stop * n]
 
 
-class RandomPairSampler(_EpochSampler):
+class RandomPairSampler(EpochSampler):
     """Global batches of B random pairs (the CLIP baseline): each epoch is a seeded permutation of the train images,
     each with one random caption; the last incomplete batch is dropped. Rank r takes pairs [r*B/W, (r+1)*B/W).
     """
@@ -402,7 +403,8 @@ class PairDataset(torch.utils.data.Dataset):
         record = self.index.groups[key.group].images[key.image]
         caption = getattr(record, self.index.caption_field)[key.caption]
         image = self.load_image(key.group, key.image)
-        torch.default_generator.manual_seed(key.seed)  # CPU transforms; torch.manual_seed (all devices) costs ~100x more
+        # seeds the CPU transforms only: torch.manual_seed (all devices) costs ~100x more
+        torch.default_generator.manual_seed(key.seed)
         return self.transform(image), self.tokens(caption)
 
     def __getitem__(self, key: PairKey) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,7 +453,7 @@ class GroupCollate:
 
 def make_loader(
     dataset: torch.utils.data.Dataset,
-    sampler: _EpochSampler,
+    sampler: EpochSampler,
     collate: Callable[[list[Any]], Any],
     num_workers: int = 0,
     pin_memory: bool = False,
@@ -469,7 +471,8 @@ def make_loader(
 
 
 def text_pretrain_pairs(concepts: list[ConceptRecord]) -> list[tuple[str, str]]:
-    """Caption pre-training pairs from train images: (original caption, new caption) and (original caption, level word)."""
+    """Caption pre-training pairs from train images: (original caption, new caption) and (original caption, level
+    word)."""
     pairs = []
     for rec in concepts:
         for im in rec.train_images:
@@ -478,7 +481,7 @@ def text_pretrain_pairs(concepts: list[ConceptRecord]) -> list[tuple[str, str]]:
     return pairs
 
 
-class TextPairSampler(_EpochSampler):
+class TextPairSampler(EpochSampler):
     """Global batches of B text pairs for caption pre-training: a seeded permutation per epoch, last batch dropped."""
 
     def __init__(self, num_pairs: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from clearglass.evaluate import bootstrap, metric_stat
+from clearglass.results import MetricSpec
 
 
 def merge_seeds(per_seed: list[dict]) -> dict:
@@ -13,18 +14,18 @@ def merge_seeds(per_seed: list[dict]) -> dict:
     first = per_seed[0]
     merged = {**first, "metrics": [], "per_item": {}, "seeds": len(per_seed)}
     for row in first["metrics"]:
-        if row["stat"]["stat"] != "hit":
+        hit = MetricSpec.from_dict(row["stat"])
+        if hit.stat != "hit":
             continue
         group = row["unit"].rsplit("/", 1)[0]
         name = f"{row['metric']}_hit"
-        hits = np.mean([np.asarray(r["per_item"][group]["arrays"][row["stat"]["array"]]) < row["stat"]["k"]
-                        for r in per_seed], axis=0)
-        spec = {"stat": "mean", "array": name}
+        hits = np.mean([np.asarray(r["per_item"][group]["arrays"][hit.array]) < hit.k for r in per_seed], axis=0)
+        spec = MetricSpec("mean", name)
         stat = metric_stat(spec, {name: hits})
         cfg = first["config"]
         low, high = bootstrap(stat, len(hits), cfg["n_boot"], cfg["seed"], cfg["ci_level"])
         merged["metrics"].append({**row, "value": float(hits.mean()), "ci_low": low, "ci_high": high,
-                                  "unit": f"{group}/{name}", "stat": spec})
+                                  "unit": f"{group}/{name}", "stat": spec.to_dict()})
         slot = merged["per_item"].setdefault(group, {"items_hash": first["per_item"][group]["items_hash"],
                                                      "arrays": {}})
         slot["arrays"][name] = hits.tolist()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from dataclasses import dataclass
 import json
 import math
 import os
@@ -27,6 +26,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,13 @@ from torch import nn
 from tqdm import tqdm
 
 from clearglass import data as cg_data
-from clearglass.checkpoints import (checkpoint_dataset_sha256, load_extra_state, load_weights,
-                                    read_checkpoint_metadata, save_checkpoint)
+from clearglass.checkpoints import (
+    checkpoint_dataset_sha256,
+    load_extra_state,
+    load_weights,
+    read_checkpoint_metadata,
+    save_checkpoint,
+)
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
@@ -106,7 +111,7 @@ class Features(nn.Module):
 
 
 def make_sampler(config: TrainConfig, index: cg_data.GroupIndex, rank: int = 0,
-                 world_size: int = 1) -> cg_data._EpochSampler:
+                 world_size: int = 1) -> cg_data.EpochSampler:
     """The main stage's batch sampler over ``index``: M x N groups for a grouped loss, M*N random pairs for the CLIP
     loss; a dataset too small for one batch is an error naming the setting."""
     c = config
@@ -152,7 +157,7 @@ class TrainData:
     filled: list[str]
     image_root: ImageRoot
     index: cg_data.GroupIndex
-    sampler: cg_data._EpochSampler
+    sampler: cg_data.EpochSampler
     negative_captions: CaptionNegatives | None
     sha256: str
 
@@ -274,7 +279,8 @@ def _sources(c: TrainConfig, data: TrainData, bundle: Any, device: torch.device,
     if not c.pretrain.steps:
         return main, None
     if not any(p.requires_grad for name, p in bundle.model.named_parameters() if not name.startswith("visual")):
-        raise ClearglassError("train config: pretrain.steps > 0 trains the text tower, but lock.lock_text freezes all of it")
+        raise ClearglassError("train config: pretrain.steps > 0 trains the text tower, but lock.lock_text freezes "
+                              "all of it")
     pairs = cg_data.text_pretrain_pairs(data.concepts)
     sampler = cg_data.TextPairSampler(len(pairs), c.pretrain.batch_size, c.seed, rank, world_size)
     return main, Source(cg_data.make_loader(cg_data.TextPairDataset(pairs, bundle.tokenizer), sampler,
@@ -385,7 +391,8 @@ class Run:
         dev = self.parts.device
         if isinstance(batch, cg_data.TextBatch):
             with self._autocast():  # one forward (DDP allows one per backward)
-                _, text_f, _ = self.parts.features(None, torch.cat([batch.old, batch.target], dim=1).to(dev))  # (B, 2, D)
+                pairs = torch.cat([batch.old, batch.target], dim=1).to(dev)
+                _, text_f, _ = self.parts.features(None, pairs)  # (B, 2, D)
             return _loss_terms(self.parts.pre_loss_fn, text_f[:, :1], text_f[:, 1:], self.step_count)
         negatives = None if batch.negatives is None else batch.negatives.to(dev, non_blocking=True)
         images, tokens = batch.images.to(dev, non_blocking=True), batch.tokens.to(dev, non_blocking=True)
@@ -441,8 +448,8 @@ class Run:
                 self.parts.scale_owner.logit_scale.clamp_(0, LN_100)
         self.step_count += 1
         stage = "pretrain" if step < c.pretrain.steps else "main"
-        return {**reduced, "stage": stage, "lr": lr, "logit_scale": float(torch.as_tensor(self.parts.scale_owner.outer_scale()).detach()),
-                "grad_norm": grad_norm}
+        scale = float(torch.as_tensor(self.parts.scale_owner.outer_scale()).detach())
+        return {**reduced, "stage": stage, "lr": lr, "logit_scale": scale, "grad_norm": grad_norm}
 
     # -- validation and checkpoints ---------------------------------------------------------------------------
 
@@ -503,13 +510,14 @@ class Run:
 
     def result(self, checkpoint: Path | None) -> dict:
         """What a finished run reports: step, metrics, paths, data identity, skips and fills, the best validation."""
+        data = self.parts.data
         return {"step": self.step_count, "metrics": self.metrics, "out": str(self.out),
                 "checkpoint": str(checkpoint) if checkpoint is not None else None,
-                "metrics_path": str(self.out / "metrics.jsonl"), "dataset_sha256": self.parts.data.sha256,
-                "skipped_groups": self.parts.data.index.skipped, "world_size": self.world_size,
-                "unknown_hard_negatives": self.parts.data.index.unknown_hard_negatives, "filled_hard_negatives": self.parts.data.filled,
+                "metrics_path": str(self.out / "metrics.jsonl"), "dataset_sha256": data.sha256,
+                "skipped_groups": data.index.skipped, "world_size": self.world_size,
+                "unknown_hard_negatives": data.index.unknown_hard_negatives, "filled_hard_negatives": data.filled,
                 "best": dataclasses.asdict(self.best), "stopped_early": self.should_stop(),
-                "synthetic_negatives": dict(self.parts.data.negative_captions.stats) if self.parts.data.negative_captions else {}}
+                "synthetic_negatives": dict(data.negative_captions.stats) if data.negative_captions else {}}
 
 
 class _FrozenBase:

@@ -1,18 +1,21 @@
 """The demo's configs, as data (``configs/demo/*.json``, read by the one strict loader): the experiment
 (:class:`DemoConfig`), an equal-effort search grid (:class:`SearchGrid`) and the record a search writes.
 
-A model's training config is, merged in this order: ``configs/train/default-grouped.json``, the demo's ``train``
-section, the model's own ``train`` section, and the setting the search record chose for the model's ``family``
-(``clip`` or ``clear_glass``); then the demo sets data, output folder, seed and ``model`` = the demo's ``base``.
+A model's training config is, merged in this order (:meth:`DemoConfig.train_config`, the one place):
+``configs/train/default-grouped.json``, the demo's ``train`` section, the model's own ``train`` section, and the
+setting the search record chose for the model's ``family`` (``clip`` or ``clear_glass``); then the demo sets data,
+output folder, seed and ``model`` = the demo's ``base``. Every such section is :data:`TrainSettings`: some of
+``TrainConfig``'s keys, each checked against its type when the file loads, so a misspelt key is an error naming the
+file and the dotted key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from clearglass.config import Config, merge
+from clearglass.config import Config, Overrides, check_overrides, merge
 from clearglass.errors import ClearglassError
 from clearglass.io import json_digest, read_json
 from clearglass.train import CONFIG_DIR as TRAIN_CONFIG_DIR
@@ -20,6 +23,10 @@ from clearglass.train import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "demo"
 FAMILIES = ("clip", "clear_glass")
+
+TrainSettings = Annotated[dict[str, Any], Overrides(TrainConfig)]
+"""Some of ``TrainConfig``'s keys as nested JSON (sections may be partial), checked key by key when loaded and kept
+as written: the search record's identity digests them as the file holds them."""
 
 
 @dataclass
@@ -52,7 +59,7 @@ class DemoModel(Config):
     """One trained model of the demo: its loss family (whose search choice it takes) and its own train settings."""
 
     family: str = "clip"
-    train: dict[str, Any] = field(default_factory=dict)
+    train: TrainSettings = field(default_factory=dict)
 
     def validate(self) -> None:
         """A known family."""
@@ -92,7 +99,7 @@ class DemoConfig(Config):
     retention: bool = True
     require_unseen_held_out: bool = True
     data: DemoData = field(default_factory=DemoData)
-    train: dict[str, Any] = field(default_factory=dict)
+    train: TrainSettings = field(default_factory=dict)
     models: dict[str, DemoModel] = field(default_factory=dict)
     baseline: str = "clip"
     method: str = "clear_glass"
@@ -111,10 +118,23 @@ class DemoConfig(Config):
         for name in self.models:
             self.train_config(name, {}, "data.json", Path("out"), 0)
 
+    def model_settings(self, name: str, chosen: dict) -> dict:
+        """Model ``name``'s own train settings with the search's ``chosen`` setting for its family merged over them
+        (what ``results.json`` reports under ``models``)."""
+        return merge(self.models[name].train, chosen)
+
+    def _shared_train(self) -> dict:
+        """The train template with the demo's ``train`` section merged over it."""
+        return merge(read_json(TRAIN_CONFIG_DIR / "default-grouped.json", "train config", dict), self.train)
+
+    @property
+    def first_seed(self) -> int:
+        """The shared train settings' seed: the first of the demo's seeds and the search's seed."""
+        return int(self._shared_train().get("seed", TrainConfig.seed))
+
     def train_config(self, name: str, chosen: dict, data: str, out: Path, seed: int) -> TrainConfig:
         """The training config of model ``name`` with the search's ``chosen`` setting for its family."""
-        template = read_json(TRAIN_CONFIG_DIR / "default-grouped.json", "train config", dict)
-        raw = merge(merge(merge(template, self.train), self.models[name].train), chosen)
+        raw = merge(self._shared_train(), self.model_settings(name, chosen))
         raw.update(data=data, out=str(out / "runs" / f"{name}-seed{seed}"), seed=seed, model=self.base)
         if self.validation_every:
             raw.update(eval_every=self.validation_every, eval_data=str(Path(data).with_name("val_seen.json")),
@@ -135,7 +155,7 @@ class SearchGrid(Config):
     and scored on the validation split at every WiSE-FT weight in ``wise_ft``."""
 
     description: str = ""
-    settings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    settings: dict[str, list[TrainSettings]] = field(default_factory=dict)
     wise_ft: list[float] = field(default_factory=lambda: [1.0])
     max_retention_drop: float | None = 0.05
 
@@ -153,7 +173,8 @@ class SearchGrid(Config):
 
 
 def read_search_record(config: DemoConfig) -> dict | None:
-    """The search record the demo config names, checked to have been made for this config's settings."""
+    """The search record the demo config names, checked to have been made for this config's settings, its chosen
+    settings checked as :data:`TrainSettings`."""
     if config.search is None:
         return None
     path = CONFIG_DIR / config.search
@@ -162,4 +183,6 @@ def read_search_record(config: DemoConfig) -> dict | None:
         raise ClearglassError(f"{path}: made for other demo settings (identity {record.get('config_identity')}, this "
                               f"config {config.identity()}); rerun `clearglass demo --search GRID` and copy its "
                               "search.json here")
+    for family, chosen in record.get("chosen", {}).items():
+        check_overrides(TrainConfig, chosen.get("setting", {}), str(path), f"chosen.{family}.setting")
     return record

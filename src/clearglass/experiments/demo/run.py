@@ -17,7 +17,6 @@ import torch
 
 from clearglass.base_to_novel import harmonic_comparison
 from clearglass.checkpoints import extra_state_path, metadata_path, save_checkpoint
-from clearglass.config import merge
 from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig, read_search_record
 from clearglass.experiments.demo.data import build_demo_data
@@ -49,7 +48,7 @@ def effective_settings(config: DemoConfig, record: dict | None) -> dict[str, dic
     settings = {}
     for name, model in config.models.items():
         chosen, w = chosen_for(record, model.family)
-        settings[name] = {"family": model.family, "train": merge(model.train, chosen), "wise_ft": w}
+        settings[name] = {"family": model.family, "train": config.model_settings(name, chosen), "wise_ft": w}
     return settings
 
 
@@ -154,12 +153,13 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
               file=sys.stderr)
     per_model[BASE].append(evaluator.evaluate(base, BASE))
     del base
-    seed_list = list(range(config.train.get("seed", 0), config.train.get("seed", 0) + seeds))
+    seed_list = list(range(config.first_seed, config.first_seed + seeds))
     for seed in seed_list:
         for name in names:
             result = train_model(config, name, record, paths["train"], out, seed)
             training[name].append({k: result[k] for k in ("step", "metrics", "seconds", "checkpoint", "metrics_path")})
-            final = final_model(config, name, record, result["checkpoint"], out / "checkpoints" / f"{name}-seed{seed}.pt")
+            final = final_model(config, name, record, result["checkpoint"],
+                                out / "checkpoints" / f"{name}-seed{seed}.pt")
             finals[name].append(str(final))
             per_model[name].append(evaluator.evaluate(load_model(str(final)), name))
     comparisons = compare_models(per_model, config.baseline, config.method, seeds)
@@ -167,7 +167,8 @@ def run_demo(out: str | os.PathLike, seeds: int = 1, config_name: str = "default
         "command": f"clearglass demo --out {out} --seeds {seeds}" + (f" --config {config_name}"
                                                                      if config_name != "default" else "")
                    + (f" --only {' '.join(names)}" if only else ""),
-        "config_name": config_name, "config": config.to_dict(), "base_untrained": untrained, "seeds": seed_list, "data": data_summary,
+        "config_name": config_name, "config": config.to_dict(), "base_untrained": untrained, "seeds": seed_list,
+        "data": data_summary,
         "models": {m: o for m, o in effective_settings(config, record).items() if m in names}, "training": training,
         "checkpoints": finals, "search": record, "comparisons": comparisons,
         "seconds": time.perf_counter() - start,

@@ -82,7 +82,7 @@ def run_search(out: str | os.PathLike, grid_path: str | os.PathLike, config_name
     evaluator = DemoEvaluator(paths, config.eval.k, config.eval.n_boot, config.eval.seed)
     base_scores = _scores(evaluator, load_model(config.base), "base", config.retention)
     base_retention = base_scores.get("/".join(RETENTION_METRIC))
-    seed = int(config.train.get("seed", 0))
+    seed = config.first_seed
     rows = []
     (out / "search.jsonl").unlink(missing_ok=True)  # a search run again into its folder starts its rows afresh
     for family, settings in grid.settings.items():
