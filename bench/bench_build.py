@@ -13,11 +13,10 @@ import argparse
 import time
 from pathlib import Path
 
-from clearglass_testing.fake_llm_server import FakeLLMServer
-
 from clearglass.magic.labelers import ConceptLabel
 from clearglass.magic.labelers.llm import LLMLabeler
 from clearglass.magic.sources import SourceItem
+from clearglass_testing.fake_llm_server import FakeLLMServer
 
 TOPIC_WORDS = ("pizza", "baseball", "giraffe", "street")
 

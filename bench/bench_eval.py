@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 from clearglass.evaluate import ModelEncoder, make_recognition_items, score_recognition
-from clearglass_testing.recognition_oracle import score_recognition_per_item
 from clearglass.magic.schema import ConceptRecord, ImageRecord
 from clearglass.models import load_model
+from clearglass_testing.recognition_oracle import score_recognition_per_item
 
 
 def make_test_set(root: Path, n_concepts: int, n_images: int) -> list[ConceptRecord]:

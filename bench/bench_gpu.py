@@ -81,8 +81,7 @@ from clearglass.checkpoints import save_checkpoint
 from clearglass.io import load_torch, read_json, resolve_device, save_image_atomic, write_json_atomic
 from clearglass.losses import make_loss
 from clearglass.magic.schema import COCO_ID_DIGITS, ConceptRecord, ImageRecord, save_concepts
-from clearglass.models import (ModelBundle, ModelSource, frozen_modules_to_eval, quiet_loading,
-                               register_open_clip_config)
+from clearglass.models import ModelBundle, ModelSource, frozen_modules_to_eval, quiet_loading, register_open_clip_config
 from clearglass.train import TrainConfig
 from clearglass.train.run import Run
 

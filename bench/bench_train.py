@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from clearglass import data as cg_data
-from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts, save_concepts
 from clearglass.losses import GroupedContrastiveLoss
+from clearglass.magic.schema import ConceptRecord, ImageRecord, load_concepts, save_concepts
 from clearglass.models import load_model, lock_towers
 from clearglass.train import TrainConfig
 from clearglass.train.run import Features, make_optimizer

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clearglass.experiments.ablation import VARIANTS, AblationOptions, run_ablation, variant_config
 from clearglass.cli import main
 from clearglass.errors import ClearglassError
+from clearglass.experiments.ablation import VARIANTS, AblationOptions, run_ablation, variant_config
 from clearglass.report import fmt_pct
 
 

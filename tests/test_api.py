@@ -13,9 +13,20 @@ import clearglass
 
 
 def test_the_exports_resolve_and_importing_clearglass_loads_no_model_code() -> None:
-    from clearglass import (EvalConfig, GroupedContrastiveLoss, ModelBundle, ModelEncoder, encode_images,  # noqa: F401
-                            encode_texts, evaluate_model, load_concepts, load_model, lock_towers, make_loss,
-                            score_concepts)
+    from clearglass import (  # noqa: F401
+        EvalConfig,
+        GroupedContrastiveLoss,
+        ModelBundle,
+        ModelEncoder,
+        encode_images,
+        encode_texts,
+        evaluate_model,
+        load_concepts,
+        load_model,
+        lock_towers,
+        make_loss,
+        score_concepts,
+    )
 
     assert set(clearglass.__all__) <= set(dir(clearglass)) and "score_concepts" in clearglass.__all__
     assert load_model.__module__ == "clearglass.models" and score_concepts.__module__ == "clearglass.inference"
@@ -45,6 +56,7 @@ def test_the_readme_usage_example(tmp_path, monkeypatch) -> None:
     _pictures(tmp_path)
     # --- README example ---
     import torch
+
     from clearglass import GroupedContrastiveLoss, encode_images, encode_texts, load_model, lock_towers, score_concepts
 
     bundle = load_model("clearglass-mini")  # eval mode; its MiniLM text transformer frozen

@@ -12,8 +12,14 @@ import open_clip
 import pytest
 import torch
 
-from clearglass.checkpoints import (extra_state_path, load_extra_state, load_weights, metadata_path,
-                                    read_checkpoint_metadata, save_checkpoint)
+from clearglass.checkpoints import (
+    extra_state_path,
+    load_extra_state,
+    load_weights,
+    metadata_path,
+    read_checkpoint_metadata,
+    save_checkpoint,
+)
 from clearglass.errors import ClearglassError
 from clearglass.models import ModelBundle, ModelSource, load_model, register_open_clip_config
 from clearglass.train.state import latest_checkpoint

@@ -11,12 +11,12 @@ from torchvision import transforms
 
 from clearglass.data import (
     GroupBatchSampler,
+    GroupCollate,
     GroupIndex,
     PairDataset,
     PairKey,
     RandomPairSampler,
     TextPairSampler,
-    GroupCollate,
     make_loader,
     text_pretrain_pairs,
 )

@@ -16,8 +16,14 @@ from PIL import Image
 
 from clearglass.evaluate import evaluate_model, level_labels
 from clearglass.experiments.demo.diagnostics import add_clustering
-from clearglass.experiments.demo.report import (HEADLINE, SPLIT_NAMES, demo_gallery, loss_plot, report_parts,
-                                                write_demo_page)
+from clearglass.experiments.demo.report import (
+    HEADLINE,
+    SPLIT_NAMES,
+    demo_gallery,
+    loss_plot,
+    report_parts,
+    write_demo_page,
+)
 from clearglass.experiments.demo.run import compare_models
 from clearglass.page import CHROMIUM_FLAGS, screenshot
 from clearglass.report import fmt_pct, write_plots

@@ -11,8 +11,15 @@ import pytest
 from clearglass.errors import ClearglassError
 from clearglass.experiments.demo.config import DemoConfig
 from clearglass.experiments.demo.data import base_excluded, build_splits, concept_emoji
-from clearglass.experiments.demo.splits import (SUBSETS, _allocate, concept_vocabulary, drop_concept_word_captions,
-                                                 filter_training_captions, pick_concepts, split_demo)
+from clearglass.experiments.demo.splits import (
+    SUBSETS,
+    _allocate,
+    concept_vocabulary,
+    drop_concept_word_captions,
+    filter_training_captions,
+    pick_concepts,
+    split_demo,
+)
 from clearglass.magic.leak import leaked_words
 from demo_fixtures import make_concepts as _concepts
 

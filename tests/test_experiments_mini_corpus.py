@@ -9,11 +9,23 @@ from PIL import Image
 
 from clearglass.errors import ClearglassError
 from clearglass.experiments.mini import corpus_sources
-from clearglass.experiments.mini.corpus import (CorpusConfig, build_corpus, exclusion_rule, item_file_stem,
-                                                prepare_base, render_folder)
-from clearglass.experiments.mini.corpus_sources import (CorpusItem, font_glyphs, parse_cldr_annotations,
-                                                        read_unicode_data, source_items, symbol_items,
-                                                        symbol_skip_reason)
+from clearglass.experiments.mini.corpus import (
+    CorpusConfig,
+    build_corpus,
+    exclusion_rule,
+    item_file_stem,
+    prepare_base,
+    render_folder,
+)
+from clearglass.experiments.mini.corpus_sources import (
+    CorpusItem,
+    font_glyphs,
+    parse_cldr_annotations,
+    read_unicode_data,
+    source_items,
+    symbol_items,
+    symbol_skip_reason,
+)
 from clearglass.magic.leak import leaked_words
 from clearglass.magic.schema import load_concepts
 

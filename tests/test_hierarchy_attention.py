@@ -21,6 +21,7 @@ from clearglass.hierarchy_attention import (
     sequence_log_prior,
 )
 
+
 @pytest.fixture(autouse=True)
 def _seed_and_float64():
     """Oracle comparisons run in float64 at tight tolerance; the default dtype is restored afterwards."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clearglass.cli import main
 from clearglass.checkpoints import read_checkpoint_metadata, save_checkpoint
+from clearglass.cli import main
 from clearglass.errors import ClearglassError
 from clearglass.interpolate import interpolate, interpolate_state
 from clearglass.models import load_model

@@ -15,8 +15,18 @@ import torch
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass.io import (check_image, check_writable, load_image, load_torch, read_json, read_text,
-                           remove_orphan_temps, resolve_device, save_torch_atomic, write_json_atomic)
+from clearglass.io import (
+    check_image,
+    check_writable,
+    load_image,
+    load_torch,
+    read_json,
+    read_text,
+    remove_orphan_temps,
+    resolve_device,
+    save_torch_atomic,
+    write_json_atomic,
+)
 
 RGB = np.random.default_rng(0).integers(0, 256, (6, 7, 3)).astype(np.uint8)  # the 8-bit originals
 RGB[0, 0], RGB[0, 1] = 0, 255  # full range

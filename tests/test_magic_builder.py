@@ -5,8 +5,14 @@ import pytest
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.builder import (BuildOptions, build_concepts, consistent_chains, merge_small, rank_negatives,
-                                      split_images)
+from clearglass.magic.builder import (
+    BuildOptions,
+    build_concepts,
+    consistent_chains,
+    merge_small,
+    rank_negatives,
+    split_images,
+)
 from clearglass.magic.labelers import ConceptLabel
 from clearglass.magic.sources import SourceItem
 from clearglass.magic.validate import validate_concepts

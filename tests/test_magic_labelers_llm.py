@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
+from clearglass.magic.labelers import ConceptLabel, Labeler, LabelFailure, make_labeler
 from clearglass.magic.labelers.llm import (
     EXAMPLES,
     JSON_SYSTEM_PROMPT,

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
+from clearglass.magic.labelers import ConceptLabel, Labeler, LabelFailure, make_labeler
 from clearglass.magic.sources import SourceItem
 
 

@@ -4,8 +4,15 @@ from pathlib import Path
 import pytest
 
 from clearglass.errors import ClearglassError
-from clearglass.magic.schema import (ConceptRecord, ImageRecord, ImageRoot, concepts_from_json, load_concepts,
-                                     resolve_image_path, save_concepts)
+from clearglass.magic.schema import (
+    ConceptRecord,
+    ImageRecord,
+    ImageRoot,
+    concepts_from_json,
+    load_concepts,
+    resolve_image_path,
+    save_concepts,
+)
 
 
 def test_round_trip(tmp_path):

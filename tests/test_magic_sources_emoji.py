@@ -3,8 +3,14 @@ from PIL import Image
 
 from clearglass.errors import ClearglassError
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.sources.emoji import (SUBGROUP_CONCEPTS, EmojiSource, group_concept, parse_emoji_test,
-                                            usable_emoji, with_article)
+from clearglass.magic.sources.emoji import (
+    SUBGROUP_CONCEPTS,
+    EmojiSource,
+    group_concept,
+    parse_emoji_test,
+    usable_emoji,
+    with_article,
+)
 
 SUBGROUPS = ["food-fruit", "animal-bird", "drink"]
 

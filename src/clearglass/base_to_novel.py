@@ -8,7 +8,7 @@ harmonic mean of any metric of both subsets comes out of the same per-item outco
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -14,16 +14,29 @@ from pathlib import Path
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import CAPTION_SOURCES, FIELDS, TASKS, EvalConfig, ModelEncoder, evaluate_model, level_labels
 from clearglass.formats import FORMATS, load_test_set
-from clearglass.inference import score_concepts
-from clearglass.io import check_writable, read_text, refuse_overwriting, resolve_device, write_json_atomic
-from clearglass.magic.schema import (ImageRoot, dataset_image_root, escaped, load_concepts, resolve_image_path,
-                                     unsafe_chars)
-from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.gallery import SCRIPT as GALLERY_SCRIPT
 from clearglass.gallery import STYLE as GALLERY_STYLE
-from clearglass.gallery import (GalleryItem, Trials, gallery_html, gallery_picks, sample_gallery, split_trials,
-                                table_hits)
+from clearglass.gallery import (
+    GalleryItem,
+    Trials,
+    gallery_html,
+    gallery_picks,
+    sample_gallery,
+    split_trials,
+    table_hits,
+)
+from clearglass.inference import score_concepts
+from clearglass.io import check_writable, read_text, refuse_overwriting, resolve_device, write_json_atomic
+from clearglass.magic.schema import (
+    ImageRoot,
+    dataset_image_root,
+    escaped,
+    load_concepts,
+    resolve_image_path,
+    unsafe_chars,
+)
 from clearglass.model_sets import ModelSet, model_set_names
+from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.page import markdown_html, write_page
 from clearglass.report import compare, write_report
 

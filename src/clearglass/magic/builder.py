@@ -37,10 +37,18 @@ from clearglass.config import Config
 from clearglass.errors import ClearglassError
 from clearglass.io import load_image, load_torch, save_torch_atomic, write_json_atomic
 from clearglass.magic import cache_root
-from clearglass.magic.labelers import ConceptLabel, LabelFailure, Labeler, make_labeler
+from clearglass.magic.labelers import ConceptLabel, Labeler, LabelFailure, make_labeler
 from clearglass.magic.leak import leaked_words
-from clearglass.magic.schema import (ConceptRecord, ImageRecord, clean_text, escaped, resolve_image_path, save_concepts,
-                                     stats_path, unsafe_chars)
+from clearglass.magic.schema import (
+    ConceptRecord,
+    ImageRecord,
+    clean_text,
+    escaped,
+    resolve_image_path,
+    save_concepts,
+    stats_path,
+    unsafe_chars,
+)
 from clearglass.magic.sources import SourceItem
 from clearglass.magic.stats import dataset_stats, format_stats
 

@@ -9,8 +9,16 @@ from pathlib import Path
 
 from clearglass.errors import ClearglassError
 from clearglass.io import DEFAULT_MAX_PIXELS, check_image
-from clearglass.magic.schema import (LEVELS, SPLITS, ConceptRecord, ImageRoot, dataset_image_root, image_key,
-                                     load_concepts, resolve_image_path)
+from clearglass.magic.schema import (
+    LEVELS,
+    SPLITS,
+    ConceptRecord,
+    ImageRoot,
+    dataset_image_root,
+    image_key,
+    load_concepts,
+    resolve_image_path,
+)
 
 
 @dataclass(frozen=True)

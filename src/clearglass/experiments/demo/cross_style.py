@@ -19,8 +19,17 @@ from PIL import Image, ImageDraw, ImageFont
 from clearglass.errors import ClearglassError
 from clearglass.io import save_image_atomic
 from clearglass.magic.schema import ConceptRecord, ImageRecord
-from clearglass.magic.sources.emoji import (CAPTIONS_PER_IMAGE, MAX_EMOJI_PER_SCENE, PHRASINGS, SUBGROUP_CONCEPTS,
-                                            Emoji, render_scene, truetype_font, usable_emoji, with_article)
+from clearglass.magic.sources.emoji import (
+    CAPTIONS_PER_IMAGE,
+    MAX_EMOJI_PER_SCENE,
+    PHRASINGS,
+    SUBGROUP_CONCEPTS,
+    Emoji,
+    render_scene,
+    truetype_font,
+    usable_emoji,
+    with_article,
+)
 
 SYMBOLA = Path("/usr/share/fonts/truetype/ancient-scripts/Symbola_hint.ttf")
 GLYPH_SIZE = 96

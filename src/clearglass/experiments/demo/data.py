@@ -17,6 +17,7 @@ from clearglass.magic.schema import ConceptRecord, load_concepts, save_concepts
 from clearglass.magic.sources.emoji import SUBGROUP_CONCEPTS, usable_emoji
 from clearglass.models import PRETRAINED_DIR, pretrained_tags
 
+
 def concept_emoji(data: DemoData) -> dict[str, set[str]]:
     """Every emoji each concept of the demo's dataset can draw (its subgroup's), by concept name."""
     out: dict[str, set[str]] = {}

@@ -16,7 +16,6 @@ from clearglass.evaluate import Encoder, EvalConfig, bootstrap, items_hash, metr
 from clearglass.magic.schema import ConceptRecord, resolve_image_path
 
 
-
 def centroid_ranks(encoder: Encoder, train: list[ConceptRecord], test: list[ConceptRecord],
                    image_root: str | os.PathLike, level: int) -> dict[str, Any]:
     """Image-only diagnostic: the strict rank of each test image's true level-``level`` label among the centroids

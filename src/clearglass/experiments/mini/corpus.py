@@ -36,10 +36,15 @@ from tqdm import tqdm
 
 from clearglass.config import Config
 from clearglass.errors import ClearglassError
-from clearglass.experiments.mini.corpus_sources import (MONOCHROME_FONT_SOURCES, SOURCES, CorpusItem, require,
-                                                        source_items)
-from clearglass.magic.leak import leaked_words
+from clearglass.experiments.mini.corpus_sources import (
+    MONOCHROME_FONT_SOURCES,
+    SOURCES,
+    CorpusItem,
+    require,
+    source_items,
+)
 from clearglass.io import file_sha256, json_digest, save_image_atomic, write_json_atomic
+from clearglass.magic.leak import leaked_words
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts
 from clearglass.magic.sources.emoji import render_glyph, slug, truetype_font, with_article
 

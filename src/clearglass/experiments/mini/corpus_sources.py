@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fontTools.ttLib import TTFont, TTLibError
+
 from clearglass.errors import ClearglassError
 from clearglass.magic.sources import emoji as emoji_source
 from clearglass.magic.sources.emoji import parse_emoji_test, render_glyph

@@ -55,9 +55,9 @@ MIN_DEPTH = 3
 PLANT_ROOTS = ("plant.n.02", "plant_part.n.01")
 FOOD_ROOT = "food.n.02"
 MAX_NEGATIVES = 20
-SKIP_WORDS = frozenset(("is are was be it its there this that picture image photo photograph view background "
+SKIP_WORDS = frozenset("is are was be it its there this that picture image photo photograph view background "
                         "top front side left right middle center plain next some two three several one just "
-                        "very other".split()))
+                        "very other".split())
 
 
 def lexnames_text() -> str:
