@@ -1,6 +1,6 @@
 # Three entry points, each doing all set-up on a fresh Debian machine (apt packages, a virtual environment, pip):
 #   make demo      the embedded default (fine-tunes the shipped clearglass-mini base; no corpus needed)
-#   make test      the whole suite
+#   make test      the linter and the whole suite (make test-fast: without the slow end-to-end runs)
 #   make pretrain  rebuilds the clearglass-mini base from its corpus and ships it into src/clearglass/pretrained/
 SHELL := /bin/bash
 VENV ?= .venv
@@ -20,7 +20,7 @@ else
 TORCH_PIN := torch==2.9.1 torchvision==0.24.1
 endif
 
-.PHONY: apt-demo apt-test apt-pretrain venv venv-test demo results search test pretrain bench
+.PHONY: apt-demo apt-test apt-pretrain venv venv-test demo results search test test-fast lint pretrain bench
 
 define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -66,8 +66,15 @@ search: apt-demo venv
 	$(VENV)/bin/clearglass demo --search src/clearglass/configs/demo/search-grid.json --out runs/search \
 	  --publish src/clearglass/configs/demo/default.search.json
 
-test: apt-test venv-test
+# the whole suite after the linter (a lint error fails it); test-fast skips the end-to-end runs marked slow
+test: apt-test venv-test lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: apt-test venv-test lint
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: venv-test
+	$(VENV)/bin/ruff check src tests bench
 
 pretrain: apt-pretrain venv
 	$(PY) -m pip install -q -e '.[pretrain]'
