@@ -1,7 +1,8 @@
 """Benchmark: images labelled per second by the `llm` labeler at concurrency 1 and 16, side by side.
 
-The endpoint is the tests' local chat-completions server (clearglass_testing/fake_llm_server.py) with a fixed latency per
-request, standing in for a real one; the labeler talks to it through the openai client with its default answer layout
+The endpoint is the tests' local chat-completions server (clearglass_testing/fake_llm_server.py) with a fixed latency
+per request, standing in for a real one; the labeler talks to it through the openai client with its default answer
+layout
 (auto: the server accepts the JSON schema); the cache is off, so every image costs one request.
 
     .venv/bin/python bench/bench_build.py [--images 64] [--latency-ms 50] [--concurrency 16]

@@ -72,7 +72,8 @@ def main() -> None:
     print(f"items: {len(items)}")
     print(f"k: {args.k}")
     print(f"field: {args.field}")
-    print(f"encode_once_forward_passes: {fast_n} ({fast_enc.n_images_encoded} images + {fast_enc.n_texts_encoded} texts)")
+    print(f"encode_once_forward_passes: {fast_n} "
+          f"({fast_enc.n_images_encoded} images + {fast_enc.n_texts_encoded} texts)")
     print(f"per_item_forward_passes: {slow_n} ({slow_enc.n_images_encoded} images + {slow_enc.n_texts_encoded} texts)")
     print(f"forward_pass_ratio: {slow_n / fast_n:.2f}")
     print(f"encode_once_seconds: {fast_s:.3f}")

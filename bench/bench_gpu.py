@@ -164,8 +164,8 @@ def random_init_checkpoint(sizes: Sizes, path: Path) -> Path:
 
 def train_config(sizes: Sizes, data: Path, images: Path, device: torch.device, model: str, out: Path,
                  **overrides: Any) -> TrainConfig:
-    """coco-vitb32 on the synthetic data and ``model``: bf16 (not its fp16 'amp'), the batch and loader workers of ``sizes``, no caption
-    pre-training unless ``overrides`` ask for it."""
+    """coco-vitb32 on the synthetic data and ``model``: bf16 (not its fp16 'amp'), the batch and loader workers of
+    ``sizes``, no caption pre-training unless ``overrides`` ask for it."""
     items = {"data": str(data), "images": str(images), "model": model, "out": str(out), "device": device.type,
              "precision": PRECISION, "groups_per_batch": sizes.groups, "pairs_per_group": sizes.pairs,
              "num_workers": sizes.num_workers, "pretrain.steps": 0, **overrides}

@@ -1,6 +1,7 @@
 """How fast each built-in vision tower learns from scratch: CLIP loss on synthetic coloured shapes, text frozen.
 
-Usage: python bench/bench_model_learning.py [--models clearglass:scratch clearglass:clearglass-vit] [--steps 60] [--batch 32]
+Usage: python bench/bench_model_learning.py [--models clearglass:scratch clearglass:clearglass-vit]
+       [--steps 60] [--batch 32]
 Prints ``name: value`` lines: zero-shot accuracy over the 12 "a {colour} {shape}" captions on held-out images
 after the same number of steps, and seconds per step, for each model side by side.
 """

@@ -23,7 +23,8 @@ from clearglass.models import FrozenTextCache, frozen_modules_to_eval, load_mode
 
 def step_time(spec: str, lock_text: bool, steps: int, batch: int, trim: bool = False,
               cache: bool = False) -> tuple[float, float]:
-    """(median wall seconds, median CPU seconds) of one forward + backward + AdamW step of the CLIP loss on random images and real captions."""
+    """(median wall seconds, median CPU seconds) of one forward + backward + AdamW step of the CLIP loss on random
+    images and real captions."""
     bundle = load_model(spec)
     lock_towers(bundle, lock_text=lock_text)
     encode_text = FrozenTextCache(bundle) if cache else bundle.model.encode_text

@@ -84,7 +84,8 @@ def test_rerun_into_the_same_folder_resumes_and_other_settings_are_refused(tmp_p
     written = {k: Path(v["checkpoint"]).stat().st_mtime_ns for k, v in first["runs"].items()}
     again = run_ablation(tmp_path, options)  # both runs finished: nothing is retrained, the same results
     assert {k: Path(v["checkpoint"]).stat().st_mtime_ns for k, v in again["runs"].items()} == written
-    assert again["runs"] == {k: {**v, "train_seconds": again["runs"][k]["train_seconds"]} for k, v in first["runs"].items()}
+    assert again["runs"] == {k: {**v, "train_seconds": again["runs"][k]["train_seconds"]}
+                             for k, v in first["runs"].items()}
     assert again["results"] == first["results"]
     with pytest.raises(ClearglassError, match="an earlier run with other settings"):
         run_ablation(tmp_path, AblationOptions(quick=True, variants=["grouped-vit"], steps=3))

@@ -73,7 +73,7 @@ def test_the_readme_usage_example(tmp_path, monkeypatch) -> None:
     captions = ["a red disc", "a round red shape", "a blue square", "a square in blue"]
     pixels = torch.stack([bundle.preprocess_train(Image.open(f).convert("RGB")) for f in files])
     tokens = bundle.tokenizer(captions)
-    for step in range(3):  # eval mode kept: fixed batch-norm statistics, no dropout
+    for _ in range(3):  # eval mode kept: fixed batch-norm statistics, no dropout
         image_features = bundle.model.encode_image(pixels).view(2, 2, -1)  # (M groups, N pairs, D)
         text_features = bundle.model.encode_text(tokens).view(2, 2, -1)
         loss = loss_fn(image_features, text_features)["loss"]

@@ -92,7 +92,8 @@ def test_csv_build_train_eval(tmp_path, capsys, one_thread, monkeypatch):
     assert stats["build"]["source_stats"]["rows"] == 36 and stats["build"]["source_stats"]["images"] == 18
 
     model = write_tiny_model(tmp_path / "tiny-model.pt")
-    overrides = [f"data={json.dumps(str(out))}", f"out={json.dumps(str(tmp_path / 'run'))}", f"model={json.dumps(str(model))}", "groups_per_batch=4",
+    overrides = [f"data={json.dumps(str(out))}", f"out={json.dumps(str(tmp_path / 'run'))}",
+                 f"model={json.dumps(str(model))}", "groups_per_batch=4",
                  "pairs_per_group=2", "steps=2", "warmup=1", "log_every=1", "checkpoint_every=100",
                  'device="cpu"', "deterministic=true", "lr=0.001"]
     assert main(["train", "--config", "default-grouped", *overrides]) == 0

@@ -51,7 +51,8 @@ def write_coco(root: Path) -> dict[int, str]:
         images.append({"id": i, "file_name": name, "height": 16, "width": 16})
         texts = [t.format(i) for t in TOPICS[topic]] if topic != "broken" else [f"broken picture {i}", "static"]
         annotations += [{"id": 100 * i + k, "image_id": i, "caption": c} for k, c in enumerate(texts)]
-    (root / "annotations" / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    (root / "annotations" / "captions_val2017.json").write_text(
+        json.dumps({"images": images, "annotations": annotations}))
     return topics
 
 

@@ -27,7 +27,8 @@ def write_pictures(folder: Path) -> Path:
             rel = f"pics/{concept.replace(' ', '-')}-{j}.png"
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             image.save(folder / rel)
-            rows += [f"{rel},a drawing number {j} in colour {c},{concept},{parent}", f"{rel},a simple drawing,{concept},{parent}"]
+            rows += [f"{rel},a drawing number {j} in colour {c},{concept},{parent}",
+                     f"{rel},a simple drawing,{concept},{parent}"]
     (folder / "captions.csv").write_text("\n".join(rows) + "\n")
     return folder / "captions.csv"
 

@@ -58,7 +58,8 @@ def test_every_artefact_is_present_and_parses(quick_demo: tuple[Path, str]) -> N
         for model in models:
             for r in comp["results"][model]["metrics"]:
                 assert 0.0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1.0, (subset, model, r)
-    keys = {(r["task"], r["subset"], r["metric"]) for r in results["comparisons"]["test_seen"]["results"]["base"]["metrics"]}
+    keys = {(r["task"], r["subset"], r["metric"])
+            for r in results["comparisons"]["test_seen"]["results"]["base"]["metrics"]}
     assert {("recognition", "concept_level1", "i2t_R@1"), ("zero_shot", "level2", "top1"),
             ("retrieval", "old_captions", "i2t_R@1"), ("image_clustering", "level1", "centroid_acc")} <= keys
     for png in results["plots"]:
@@ -104,7 +105,8 @@ def test_the_report_leads_with_the_targets_and_quotes_the_json(quick_demo: tuple
 
 def test_a_tiny_search_records_every_row_and_its_choice(tmp_path: Path) -> None:
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps({"description": "d", "settings": {"clip": [{"lr": 0.001}], "clear_glass": [{"lr": 0.001}]},
+    grid.write_text(json.dumps({"description": "d",
+                                "settings": {"clip": [{"lr": 0.001}], "clear_glass": [{"lr": 0.001}]},
                                 "wise_ft": [0.5, 1.0]}))
     assert main(["demo", "--quick", "--search", str(grid), "--out", str(tmp_path / "s")]) == 0
     record = json.loads((tmp_path / "s" / "search.json").read_text(encoding="utf-8"))

@@ -183,7 +183,7 @@ def test_held_out_names_never_reach_train(tmp_path, tiny_cldr):
     names_by_stem = _names_by_stem(sources, 30)
     val, test = ({im.level1 for im in _images(tmp_path, s)} for s in ("val", "test"))
     assert len(val) == len(test) == round(0.2 * len(set(names_by_stem.values()))) and not val & test
-    for split, held in (("val", val), ("test", test)):
+    for split, _held in (("val", val), ("test", test)):
         assert all(_item_names(im.image, names_by_stem) == [im.level1] for im in _images(tmp_path, split))
     train = _images(tmp_path, "train")
     assert any("/two/" in im.image for im in train)

@@ -185,7 +185,7 @@ def test_gallery_cards_show_every_model_pick_marked_by_the_tables_hits(section):
     html, items, picks, hits = section
     assert html.count('class="card"') == len(items) == 12
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) == len(items)
-    for n, (split, label) in enumerate(KINDS.items()):
+    for n, (_split, label) in enumerate(KINDS.items()):
         assert html.count(f'<span class="badge kind{n}">{label}</span>') == 4 + 1  # 4 cards and the legend
     cells = re.findall(r'<td class="(right|wrong|part)" data-key="(\d)-(\w+)-(\d)" data-hits="(\d)"', html)
     assert len(cells) == len(items) * len(picks) * 2

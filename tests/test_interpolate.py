@@ -27,7 +27,8 @@ def test_interpolate_state_ends_are_exact_and_the_middle_is_the_formula() -> Non
     mid = interpolate_state(base, tuned, 0.25)
     for i in range(5):
         for j in range(3):
-            assert float(mid["w"][i, j]) == pytest.approx(0.75 * float(base["w"][i, j]) + 0.25 * float(tuned["w"][i, j]))
+            assert float(mid["w"][i, j]) == pytest.approx(0.75 * float(base["w"][i, j])
+                                                          + 0.25 * float(tuned["w"][i, j]))
     assert int(mid["count"]) == 9  # integer buffers come from the fine-tune
     with pytest.raises(ClearglassError, match="0 <= w <= 1"):
         interpolate_state(base, tuned, 1.5)
@@ -62,7 +63,8 @@ def test_a_slim_interpolation_stores_only_what_the_fine_tune_changed(tmp_path) -
     path = save_checkpoint(mixed, tmp_path / "mid.pt", train_config={}, dataset_sha256="", metrics={})
     assert set(torch.load(path, weights_only=True)) == {"visual.proj"}
     assert read_checkpoint_metadata(path)["base"] == str(base_path.resolve())
-    torch.testing.assert_close(load_model(str(path)).model.visual.proj, 1.5 * load_model(str(base_path)).model.visual.proj)
+    torch.testing.assert_close(load_model(str(path)).model.visual.proj,
+                               1.5 * load_model(str(base_path)).model.visual.proj)
 
 
 def test_interpolate_checks_its_output_before_loading_anything(tmp_path, capsys) -> None:

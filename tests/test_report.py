@@ -81,7 +81,8 @@ def test_report_numbers_equal_json_numbers(results, tmp_path):
     for name in ["onehot", "random"]:
         for r in saved["results"][name]["metrics"]:
             cell = f"{fmt_pct(r['value'])} [{fmt_pct(r['ci_low'])}, {fmt_pct(r['ci_high'])}]"
-            line = next(l for l in md.splitlines() if l.startswith(f"| {r['task']} | {r['subset']} | {r['metric']} |"))
+            line = next(row for row in md.splitlines()
+                        if row.startswith(f"| {r['task']} | {r['subset']} | {r['metric']} |"))
             assert cell in line
     for d in saved["differences"]:
         assert _cell(d, signed=True) in md

@@ -90,7 +90,8 @@ def test_sigint_checkpoints_and_resume_auto_matches_an_uninterrupted_run(dataset
     done = subprocess.run([sys.executable, "-m", "clearglass", *args], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, STEPS + 1))
+    assert ([json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
+            == list(range(1, STEPS + 1)))
     full = train(tiny_config(dataset, tmp_path / "full"))
     resumed, reference = weights(out / "checkpoints" / f"step_{STEPS:06d}.pt"), weights(Path(full["checkpoint"]))
     assert resumed.keys() == reference.keys()

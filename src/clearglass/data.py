@@ -250,7 +250,8 @@ class GroupBatchSampler(EpochSampler):
         if len(index) < groups_per_batch:
             raise ClearglassError(
                 f"the dataset has {len(index)} train groups; a batch needs groups_per_batch = {groups_per_batch}"
-                f" distinct groups (skipped: {len(index.skipped)}, held out: {len(index.held_out)}){_no_pairs_why(index)}"
+                f" distinct groups (skipped: {len(index.skipped)}, held out: {len(index.held_out)})"
+                f"{_no_pairs_why(index)}"
             )
         _rank_slice(groups_per_batch, rank, world_size, "groups_per_batch")
         self.index = index

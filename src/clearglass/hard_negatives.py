@@ -3,7 +3,8 @@
 Caption level. A caption's *concept-bearing words* are its content words (letters only, at least 3 of them, not a
 function or filler word) that are specific to its group: more than ``specificity`` of the train captions
 containing the word belong to that group (at the default 0.5 a word is specific to at most one group; template
-words such as "picture" or "left" are shared by every group and never qualify). A negative replaces every concept-bearing word of the caption:
+words such as "picture" or "left" are shared by every group and never qualify). A negative replaces every
+concept-bearing word of the caption:
 
 - ``wordnet``: with a co-hyponym of the word's first WordNet noun sense (another hyponym of one of its hypernyms,
   named by its first lemma), excluding co-hyponyms that are a word of the group's own captions or that descend

@@ -315,9 +315,10 @@ def _open_image(path: Path, what: str, max_pixels: int) -> Iterator[Image.Image]
 
 
 def load_image(path: str | os.PathLike, what: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The decoded image as 8-bit RGB (:func:`to_rgb8`), turned upright by its EXIF orientation. A missing, unreadable, empty or over-large file is a
-    ClearglassError "PATH: reason (what)", ``what`` saying which record it is (e.g. "concept 'fruit', image 'a.png'").
-    Images over PIL's own decompression-bomb limit (twice ``PIL.Image.MAX_IMAGE_PIXELS``) are refused by PIL."""
+    """The decoded image as 8-bit RGB (:func:`to_rgb8`), turned upright by its EXIF orientation. A missing, unreadable,
+    empty or over-large file is a ClearglassError "PATH: reason (what)", ``what`` saying which record it is (e.g.
+    "concept 'fruit', image 'a.png'"). Images over PIL's own decompression-bomb limit (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``) are refused by PIL."""
     with _open_image(Path(path), what, max_pixels) as im:
         im.load()
         return to_rgb8(ImageOps.exif_transpose(im))

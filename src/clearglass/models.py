@@ -194,7 +194,8 @@ def register_open_clip_config(name: str, config: dict | None = None) -> str:
     config = read_model_config(name) if config is None else config
     registry = Path(tempfile.gettempdir()) / f"clearglass-open-clip-configs-{os.getuid()}"
     registry.mkdir(parents=True, exist_ok=True)
-    open_clip_config = {k: v for k, v in resolve_config(config).items() if k != "hier_attention"}  # ours, not open_clip's
+    open_clip_config = {k: v for k, v in resolve_config(config).items()
+                        if k != "hier_attention"}  # ours, not open_clip's
     write_json_atomic(open_clip_config, registry / f"{name}.json")
     open_clip.add_model_config(registry / f"{name}.json")
     return name
@@ -248,7 +249,8 @@ def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBu
                               f"can rebuild; refused (only tensors and plain data load): "
                               f"{torch_reason(e)}") from None
     except (OSError, ValueError, KeyError) as e:
-        raise ClearglassError(f"model spec {spec!r}: cannot load a Hugging Face CLIP model from {directory}: {e}") from e
+        raise ClearglassError(f"model spec {spec!r}: cannot load a Hugging Face CLIP model from {directory}: "
+                              f"{e}") from e
     model = HFCLIPModel(clip)
     size = processor.crop_size["height"] if processor.do_center_crop else processor.size["shortest_edge"]
     transforms = [

@@ -195,7 +195,8 @@ class FakeLLMServer:
                             "object": "chat.completion",
                             "model": body.get("model"),
                             "choices": [
-                                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                                {"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}
                             ],
                         }
                         self._send(200, json.dumps(payload).encode(), trickle_s=reply.trickle_s)

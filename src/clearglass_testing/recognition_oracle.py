@@ -1,4 +1,5 @@
-"""The reference's concept-recognition protocol, item by item: the slow twin of `clearglass.evaluate.score_recognition`."""
+"""The reference's concept-recognition protocol, item by item: the slow twin of
+`clearglass.evaluate.score_recognition`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from clearglass.evaluate import Encoder, Item
 from clearglass.magic.schema import resolve_image_path
 
 
-def score_recognition_per_item(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
+def score_recognition_per_item(encoder: Encoder, items: list[Item],
+                               image_root: str | os.PathLike) -> dict[str, np.ndarray]:
     """The reference's protocol: re-encode the K images and K texts of every item (slow; the parity oracle)."""
     i2t, t2i = [], []
     for it in items:

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labeler", required=True, choices=("truth", "wordnet", "llm"))
     p.add_argument("--out", required=True, type=Path, help="output JSON; stats go to <stem>.stats.json beside it")
     p.add_argument("--coco-root", type=Path, help="COCO folder with annotations/ and the split's image folder")
-    p.add_argument("--split", default="val2017", help="COCO split (default val2017); images root is <coco-root>/<split>")
+    p.add_argument("--split", default="val2017",
+                   help="COCO split (default val2017); images root is <coco-root>/<split>")
     p.add_argument("--max-images", type=int, help="COCO: first n images by id")
     p.add_argument("--emoji-subgroups", help="comma-separated emoji subgroup ids (default: all usable)")
     p.add_argument("--emoji-per-subgroup", type=int, default=12)

@@ -74,7 +74,8 @@ def _add_device_option(p: argparse.ArgumentParser) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     _add_device_option(p)
     p.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache embeddings here, keyed by model weights and data")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache embeddings here, keyed by model weights and data")
 
 
 DEFAULTS = EvalConfig()  # the option defaults are the config's
@@ -83,7 +84,8 @@ DEFAULTS = EvalConfig()  # the option defaults are the config's
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", required=True, type=Path, help="test set file(s)")
     p.add_argument("--format", default="magic", choices=FORMATS, help="test set layout (default magic)")
-    p.add_argument("--images", type=Path, default=None, help="image root (default: the one `build` recorded beside the data file, else its folder)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="image root (default: the one `build` recorded beside the data file, else its folder)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept image ids that are absolute paths or lead out of the image root")
     p.add_argument("--k", type=int, default=DEFAULTS.k, help=f"candidates per recognition item (default {DEFAULTS.k})")
@@ -142,7 +144,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for what, why in results["skipped"].items():
         print(f"skipped {what}: {why}")
     for r in results["metrics"]:
-        print(f"{r['task']}/{r['subset']}/{r['metric']}: {r['value']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] n={r['n']}")
+        print(f"{r['task']}/{r['subset']}/{r['metric']}: {r['value']:.4f} "
+              f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] n={r['n']}")
     print(f"wrote {args.out}")
     return 0
 

@@ -1,7 +1,9 @@
 """`clearglass interpolate`: WiSE-FT weight-space interpolation of a fine-tuned model with its base,
 theta = (1 - w) * base + w * fine_tuned, written as a checkpoint that every command accepts as a model spec.
 
-Example: clearglass interpolate --base clearglass-mini --fine-tuned runs/cg/checkpoints/step_000300.pt --w 0.5 --out cg-w0.5.pt
+Example:
+  clearglass interpolate --base clearglass-mini --fine-tuned runs/cg/checkpoints/step_000300.pt --w 0.5 \\
+      --out cg-w0.5.pt
 """
 
 from __future__ import annotations

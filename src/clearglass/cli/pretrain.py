@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
                                   "so they do not go with it")
         card = remeasure_card(args.remeasure, args.out, recipe, command)
         print(json.dumps({"tag": str(args.remeasure), "figures": {
-            split: {k: round(v["value"], 4) for k, v in figures.items()} for split, figures in card["figures"].items()}}))
+            split: {k: round(v["value"], 4) for k, v in figures.items()}
+            for split, figures in card["figures"].items()}}))
         return 0
     card = run_pretrain(args.out, recipe, list(args.overrides), args.ship, command)
     print(json.dumps({"tag": card["tag"], "steps": card["steps"], "best": card["best"],

@@ -147,7 +147,8 @@ def consistent_chains(labels: dict[str, Chain]) -> tuple[dict[str, Chain], int]:
     by_concept: dict[str, Counter] = defaultdict(Counter)
     for chain in labels.values():
         by_concept[chain[0]][chain] += 1
-    best = {c: min(counts, key=lambda ch: (-counts[ch], tuple(x or "" for x in ch))) for c, counts in by_concept.items()}
+    best = {c: min(counts, key=lambda ch: (-counts[ch], tuple(x or "" for x in ch)))
+            for c, counts in by_concept.items()}
     out = {image: best[chain[0]] for image, chain in labels.items()}
     return out, sum(out[i] != labels[i] for i in labels)
 
@@ -199,8 +200,11 @@ def rank_negatives(concepts: list[str], parents: dict[str, str | None], named: d
     out = {}
     for c in concepts:
         others = [o for o in concepts if o != c]
-        key = lambda o: (-named[c][o], parents[o] != parents[c] or parents[c] is None,
-                         up.get(o) != up.get(c) or up.get(c) is None, -float(sim[index[c], index[o]]), o)
+
+        def key(o: str) -> tuple:
+            return (-named[c][o], parents[o] != parents[c] or parents[c] is None,
+                    up.get(o) != up.get(c) or up.get(c) is None, -float(sim[index[c], index[o]]), o)
+
         out[c] = sorted(others, key=key)[:k]
     return out
 
@@ -416,7 +420,8 @@ def build_emoji_dataset(out_dir: str | os.PathLike, subgroups: list[str] | None 
                         images_per_subgroup: int = 12, image_size: int = 64, holdout_concepts: int = 0,
                         seed: int = 0, min_group_size: int = 5, test_fraction: float = 0.2,
                         progress: bool = False) -> Path:
-    """Render emoji scenes under ``out_dir/images``, label them with their true hierarchy, write ``out_dir/magic.json``."""
+    """Render emoji scenes under ``out_dir/images``, label them with their true hierarchy, write
+    ``out_dir/magic.json``."""
     from clearglass.magic.sources.emoji import EmojiSource
 
     out_dir = Path(out_dir)

@@ -75,11 +75,13 @@ def format_stats(stats: dict[str, Any]) -> str:
     h = stats["hard_negatives"]
     lines.append(f"hard negatives: {h['concepts_with_any']} concepts covered ({h['coverage']:.0%}), "
                  f"{h['mean_per_concept']:.1f} per concept")
-    lines.append("distinct concepts per level: " + ", ".join(f"{k} {v}" for k, v in stats["distinct_per_level"].items()))
+    lines.append("distinct concepts per level: "
+                 + ", ".join(f"{k} {v}" for k, v in stats["distinct_per_level"].items()))
     build = stats.get("build")
     if build:
         lines.append(f"build: {build['images_in']} images in, {build['bad_images']['count']} bad images skipped, "
-                     f"{build['label_failures']['count']} label failures, {build['chains_relabelled']} chains relabelled, "
+                     f"{build['label_failures']['count']} label failures, "
+                     f"{build['chains_relabelled']} chains relabelled, "
                      f"{len(build['merged_concepts'])} concepts merged, {len(build['dropped_small_concepts'])} dropped")
         if build.get("cleaned_texts", {}).get("count"):
             lines.append(f"cleaned: {build['cleaned_texts']['count']} captions or concepts held control, bidi or "
@@ -87,5 +89,6 @@ def format_stats(stats: dict[str, Any]) -> str:
         leaks = build["leaks"]
         lines.append(f"leaks: {leaks['count']} captions name a concept word"
                      + (f" (filtered; {leaks['images_dropped']} images dropped)" if leaks["filtered"] else ""))
-        lines.extend(f"  leak: {escaped(e['image'])}: {e['caption']!r} names {e['words']}" for e in leaks["examples"][:3])
+        lines.extend(f"  leak: {escaped(e['image'])}: {e['caption']!r} names {e['words']}"
+                     for e in leaks["examples"][:3])
     return "\n".join(lines)

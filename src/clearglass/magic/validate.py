@@ -70,14 +70,16 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
     first_image: dict[str, str] = {}
     for r, c in enumerate(concepts):
         if c.concept in first_concept:
-            problems.append(Problem(file, r, "concept", f"{c.concept!r} repeats concept record {first_concept[c.concept]}"))
+            problems.append(Problem(file, r, "concept",
+                                    f"{c.concept!r} repeats concept record {first_concept[c.concept]}"))
         first_concept.setdefault(c.concept, r)
         for k, negative in enumerate(c.hard_negative):
             if negative in c.hard_negative[:k]:
                 problems.append(Problem(file, r, f"hard_negative[{k}]", f"{negative!r} repeats hard_negative"
                                                                          f"[{c.hard_negative.index(negative)}]"))
             elif negative not in names:
-                problems.append(Problem(file, r, f"hard_negative[{k}]", f"{negative!r} is not a concept of the dataset"))
+                problems.append(Problem(file, r, f"hard_negative[{k}]",
+                                        f"{negative!r} is not a concept of the dataset"))
             elif negative == c.concept:
                 problems.append(Problem(file, r, f"hard_negative[{k}]", "a concept is not its own hard negative"))
         chains: dict[tuple, list[str]] = defaultdict(list)

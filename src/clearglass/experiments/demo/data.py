@@ -95,7 +95,8 @@ def build_splits(out: Path, config: DemoConfig, progress: bool) -> tuple[dict[st
         "build_leaks": leaks, "concept_word_filter": dropped,
         "concepts": {name: len(recs) for name, recs in splits.items()},
         "train_images": sum(len(c.train_images) for c in splits["train"]),
-        "test_images": {name: sum(len(c.test_images) for c in recs) for name, recs in splits.items() if name != "train"},
+        "test_images": {name: sum(len(c.test_images) for c in recs)
+                        for name, recs in splits.items() if name != "train"},
         "level2_groups": sorted({im.level2 for c in concepts for im in c.train_images + c.test_images if im.level2}),
         "kinds": {kind: sorted(names) for kind, names in kinds.items()},
         "base_corpus": seen_by_base(config, splits),

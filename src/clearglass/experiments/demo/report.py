@@ -141,10 +141,12 @@ def _setup(summary: dict) -> str:
                        for m, o in summary["models"].items())
     return ("## Set-up\n\n"
             f"Base: `{config['base']}`"
-            + (" (untrained: random weights, so its own scores are chance level)" if summary.get("base_untrained") else "")
+            + (" (untrained: random weights, so its own scores are chance level)"
+               if summary.get("base_untrained") else "")
             + ", fine-tuned by every model with the same steps, optimiser, schedule, seeds and "
-            f"data order. Emoji MAGIC dataset built offline with the `truth` labeler (level1 = emoji subgroup, level2 = "
-            f"emoji group; {len(data['level2_groups'])} groups); build leaks {data['build_leaks']}; training captions "
+            f"data order. Emoji MAGIC dataset built offline with the `truth` labeler (level1 = emoji subgroup, "
+            f"level2 = emoji group; {len(data['level2_groups'])} groups); build leaks {data['build_leaks']}; "
+            f"training captions "
             f"naming a concept word removed: {data['concept_word_filter']['captions_removed']}. Concepts per split: "
             f"{data['concepts']}; training images {data['train_images']}; evaluation images {data['test_images']}. "
             f"Base concepts (fine-tuned): {', '.join(data['kinds']['base'])}. Novel test concepts (never fine-tuned; "

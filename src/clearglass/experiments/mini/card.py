@@ -75,8 +75,9 @@ def write_card(card: dict, path: Path) -> Path:
         "weights file holds the image tower and the projections only; the text transformer loads from its package.\n",
         f"Command: `{card['command']}`. Steps: {card['steps']} (best validation step {best['step']}, score "
         f"{pct(best['score'])}%; stopped early: {card['stopped_early']}). Training wall time "
-        f"{card['train_seconds'] / 60:.0f} min on {card['machine']}; corpus build {card['corpus']['stats']['seconds']:.0f} s "
-        f"({_cached(stats['total'])}). Weights {card['weights_bytes'] / 1e6:.1f} MB.\n",
+        f"{card['train_seconds'] / 60:.0f} min on {card['machine']}; corpus build "
+        f"{card['corpus']['stats']['seconds']:.0f} s ({_cached(stats['total'])}). "
+        f"Weights {card['weights_bytes'] / 1e6:.1f} MB.\n",
         "## Corpus\n",
         "\n".join(rows) + "\n",
         "No caption names a level-1 or level-2 concept word of the demo's dataset, no emoji of a held-out demo "

@@ -389,7 +389,8 @@ def _render(out: Path, pictures: list[Picture], size: int, stats: dict, bar: tqd
         if any(bases[item.key] is None for item in picture.items):
             stats["images"]["unrenderable"] += 1
             continue
-        save_image_atomic(render_picture([bases[i.key] for i in picture.items], size, random.Random(picture.seed)), path)
+        save_image_atomic(render_picture([bases[i.key] for i in picture.items], size, random.Random(picture.seed)),
+                          path)
         stats["rendered"] += 1
         kept.append(picture)
     return kept

@@ -147,7 +147,8 @@ def remeasure_card(tag: Path, out: Path, recipe: PretrainRecipe, command: str, p
     found = file_sha256(corpus / "test.json")
     if found != card["corpus"]["test_sha256"]:
         raise ClearglassError(f"{corpus / 'test.json'}: sha256 {found}, but {tag / 'card.json'} was measured on "
-                              f"{card['corpus']['test_sha256']}: the recipe {recipe.tag!r} does not rebuild its test split")
+                              f"{card['corpus']['test_sha256']}: the recipe {recipe.tag!r} does not rebuild its "
+                              "test split")
     encoder = ModelEncoder(load_model(str(tag / "model.pt")), batch_size=256, progress=False)
     card["figures"] = {"shipped_test": card_figures(encoder, tag / card["shipped"]["test"]["file"]),
                        "corpus_test": card_figures(encoder, corpus / "test.json")}

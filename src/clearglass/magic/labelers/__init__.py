@@ -62,7 +62,8 @@ LABELERS = {
 
 
 def make_labeler(name: str, **opts: Any) -> Labeler:
-    """The labeler called `name` ('truth', 'wordnet' or 'llm'), built with keyword options; imports its module lazily."""
+    """The labeler called `name` ('truth', 'wordnet' or 'llm'), built with keyword options; imports its module
+    lazily."""
     if name not in LABELERS:
         raise ClearglassError(f"unknown labeler {name!r}: expected one of {sorted(LABELERS)}")
     module_name, class_name = LABELERS[name]

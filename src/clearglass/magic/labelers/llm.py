@@ -537,7 +537,8 @@ class LLMLabeler:
             if size > MAX_ANSWER_BYTES:
                 raise MalformedAnswer(f"the answer runs over {MAX_ANSWER_BYTES:,} bytes; refused")
             if time.monotonic() > deadline:
-                raise _Unavailable(f"timed out (the whole answer takes over the timeout of {self.config.timeout_s:g} s)")
+                raise _Unavailable("timed out (the whole answer takes over the timeout of "
+                                   f"{self.config.timeout_s:g} s)")
             parts.append(chunk)
         return b"".join(parts)
 

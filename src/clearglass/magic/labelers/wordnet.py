@@ -3,8 +3,8 @@
 WordNet 3.0 comes from the Debian files in /usr/share/wordnet. nltk's reader needs a ``lexnames`` file (Debian
 ships none) and only reads from folders in ``nltk.data.path``, so `wordnet_reader` builds
 ``cache_root()/nltk_data/corpora/wordnet/`` with copies of the Debian files (nltk rejects symlinks that leave
-its root) plus the standard 45-line
-``lexnames`` (and an empty ``index.sense`` that nltk's OMW version map opens) and adds ``cache_root()/nltk_data`` to ``nltk.data.path``.
+its root) plus the standard 45-line ``lexnames`` (and an empty ``index.sense`` that nltk's OMW version map opens) and
+adds ``cache_root()/nltk_data`` to ``nltk.data.path``.
 
 Rule, deterministic (no tagger models are available offline, so tokens are tried as nouns):
 1. tokens = lower-case letter runs of every caption, minus function words and `SKIP_WORDS`;
@@ -14,13 +14,14 @@ Rule, deterministic (no tagger models are available offline, so tokens are tried
    a banana, broccoli or carrot is food, not a herb (a dog stays a dog: its first sense is no plant);
 2. the head noun is the most frequent such noun over the image's captions (ties: first seen);
 3. its ancestors along its longest hypernym path through `FOOD_ROOT` if it has one (an apple is edible fruit,
-   not a pome), else its longest hypernym path (ties: smaller list of synset names), nearest first, minus those of depth < `MIN_DEPTH`
-   (entity, physical entity, object/matter/...), give a[0..n-1]; level k (k = 0..3) is
+   not a pome), else its longest hypernym path (ties: smaller list of synset names), nearest first, minus those of
+   depth < `MIN_DEPTH` (entity, physical entity, object/matter/...), give a[0..n-1]; level k (k = 0..3) is
    a[round(k (n - 1) / 3)], consecutive repeats dropped, padded with None (dog -> canine, mammal, animal, whole);
    a token counts as a physical thing if any hypernym path of its first sense passes physical_entity.n.01;
 4. concept names are the synsets' first lemmas with spaces; new captions are the captions with every level word
    removed; hard negatives are the siblings (other hyponyms of level1's parent on its longest path) then cousins
-   (grandparent's grandchildren), by name, at most `MAX_NEGATIVES` (the builder keeps those that are concepts of the dataset).
+   (grandparent's grandchildren), by name, at most `MAX_NEGATIVES` (the builder keeps those that are concepts of the
+   dataset).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class WordNetLabeler:
 
     @lru_cache(maxsize=100_000)
     def noun_synset(self, token: str):
-        """The first sense of a token read as a noun if it is a physical thing (a plant yields to a food sense); else None."""
+        """The first sense of a token read as a noun if it is a physical thing (a plant yields to a food sense); else
+        None."""
         if token in FUNCTION_WORDS or token in SKIP_WORDS or len(token) < 3:
             return None
         lemma = self.wn.morphy(token, self.wn.NOUN)

@@ -1,4 +1,5 @@
-"""Image sources for MAGIC builds: each yields `SourceItem`s (an image id, its file, its captions, an optional hierarchy).
+"""Image sources for MAGIC builds: each yields `SourceItem`s (an image id, its file, its captions, an optional
+hierarchy).
 
 `coco.py` reads MS-COCO captions; `emoji.py` renders scenes of Noto Color Emoji offline; `csv.py` reads a CSV of
 image paths and captions (open_clip's layout); `folder.py` reads ROOT/<concept>/<image> folders. A source may
@@ -13,7 +14,8 @@ from pathlib import Path
 
 @dataclass
 class SourceItem:
-    """One source image: the id stored in `ImageRecord.image`, its absolute path, its captions, its own concept chain."""
+    """One source image: the id stored in `ImageRecord.image`, its absolute path, its captions, its own concept
+    chain."""
 
     image: str
     path: Path

@@ -51,7 +51,8 @@ class CocoSource:
         known: dict[int, int] = {}  # image id -> its index in 'images'
         for i, im in enumerate(images):
             if not isinstance(im, dict) or not _is_int(im.get("id")) or not isinstance(im.get("file_name"), str):
-                raise ClearglassError(f"{path}: images[{i}]: expected an object with integer 'id' and string 'file_name'")
+                raise ClearglassError(f"{path}: images[{i}]: expected an object with integer 'id' and string "
+                                      "'file_name'")
             if im["id"] in known:
                 raise ClearglassError(f"{path}: images[{i}]: id {im['id']} is also images[{known[im['id']]}]; "
                                       "expected unique image ids")

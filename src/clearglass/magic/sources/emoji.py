@@ -151,7 +151,8 @@ def parse_emoji_test(path: str | os.PathLike = EMOJI_TEST) -> list[Emoji]:
         elif line.strip() and not line.startswith("#"):
             m = _LINE.match(line)
             if m is None or group is None or subgroup is None:
-                raise ClearglassError(f"{path}:{number}: expected 'CODES ; status # emoji E<version> name', got {line!r}")
+                raise ClearglassError(f"{path}:{number}: expected 'CODES ; status # emoji E<version> name', "
+                                      f"got {line!r}")
             if m["status"] != "fully-qualified" or "skin tone" in m["name"]:
                 continue
             chars = "".join(chr(int(c, 16)) for c in m["codes"].split())
@@ -182,7 +183,8 @@ def render_glyph(chars: str, font_path: str = str(NOTO_EMOJI)) -> Image.Image | 
 
 def usable_emoji(subgroups: list[str] | None = None, emoji_test: str | os.PathLike = EMOJI_TEST,
                  font_path: str | os.PathLike = NOTO_EMOJI) -> dict[str, list[Emoji]]:
-    """Subgroup id -> its usable emoji (renderable, name free of the chain's words), for subgroups with enough of them."""
+    """Subgroup id -> its usable emoji (renderable, name free of the chain's words), for subgroups with enough of
+    them."""
     wanted = list(SUBGROUP_CONCEPTS) if subgroups is None else subgroups
     unknown = [s for s in wanted if s not in SUBGROUP_CONCEPTS]
     if unknown:
