@@ -80,6 +80,15 @@ def last_user_text(body: dict) -> str:
     return next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
 
 
+def completion(body: dict, index: int, content: str | None) -> bytes:
+    """A chat.completion body answering request ``index``: ``content``, or the topic answer to its last user text."""
+    make = json_answer_for if wants_json_schema(body) else answer_for
+    content = content if content is not None else make(last_user_text(body))
+    payload = {"id": f"chatcmpl-{index}", "object": "chat.completion", "model": body.get("model"),
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    return json.dumps(payload).encode()
+
+
 @dataclass
 class Reply:
     """One scripted reply: `content` (None = a valid answer for the captions), an HTTP error (its JSON body names
@@ -188,18 +197,7 @@ class FakeLLMServer:
                         error = json.dumps({"error": {"message": reply.error_message}}).encode()
                         self._send(reply.status, error, reply.headers)
                     else:
-                        make = json_answer_for if wants_json_schema(body) else answer_for
-                        content = reply.content if reply.content is not None else make(last_user_text(body))
-                        payload = {
-                            "id": f"chatcmpl-{index}",
-                            "object": "chat.completion",
-                            "model": body.get("model"),
-                            "choices": [
-                                {"index": 0, "message": {"role": "assistant", "content": content},
-                                 "finish_reason": "stop"}
-                            ],
-                        }
-                        self._send(200, json.dumps(payload).encode(), trickle_s=reply.trickle_s)
+                        self._send(200, completion(body, index, reply.content), trickle_s=reply.trickle_s)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout); nothing to answer
                 finally:
