@@ -874,6 +874,16 @@ def _(w, t, s):
     return concepts_on(w, t / "loop.png"), "loop.png: not a readable image: a symbolic link loop"
 
 
+@case("eval: a checkpoint whose every float tensor is NaN")
+def _(w, t, s):
+    run, _ = copy_run(w, t)
+    pt = run / "checkpoints" / "step_000002.pt"
+    weights = torch.load(pt, weights_only=True)
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()}, pt)
+    return ["eval", "--model", str(pt), "--data", str(w.test_set), "--out", str(t / "r.json")], \
+        f"model spec {str(pt)!r}: weight tensor"
+
+
 @case("concepts: a float image with NaN pixels")
 def _(w, t, s):
     pixels = np.full((16, 16), 0.5, dtype=np.float32)

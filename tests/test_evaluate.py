@@ -16,6 +16,7 @@ from clearglass_testing.recognition_oracle import score_recognition_per_item
 from clearglass.evaluate import (
     EvalConfig,
     ModelEncoder,
+    _best_correct_rank,
     _class_recall,
     _kendall_tau_vs_order,
     bootstrap,
@@ -24,6 +25,7 @@ from clearglass.evaluate import (
     make_recognition_items,
     retrieval,
     score_recognition,
+    strict_rank,
     zero_shot,
 )
 from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path
@@ -144,6 +146,30 @@ def test_recognition_fast_matches_per_item_oracle():
     assert len(np.unique(fast["i2t_rank"])) > 2  # random embeddings: ranks spread, not a constant answer
 
 
+def test_nan_scores_never_make_a_hit_strict_rank_and_best_correct_rank_match_their_oracle():
+    """A NaN compares false with everything, so `score >= true` alone counted no wrong candidate against a NaN
+    truth (rank -1, a hit): the oracle counts every wrong candidate not certainly below the truth."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(40, 6))
+    scores[rng.random(scores.shape) < 0.2] = np.nan
+    truth = rng.integers(0, 6, 40)
+    slow = [sum(1 for j in range(6) if j != t and not s[j] < s[t]) for s, t in zip(scores, truth)]
+    assert strict_rank(scores, truth).tolist() == slow
+    assert (strict_rank(np.full((3, 5), np.nan), np.zeros(3, dtype=int)) == 4).all()  # all NaN: the worst, not 100%
+    correct = rng.random((40, 6)) < 0.3
+    correct[np.arange(40), truth] = True
+    queries, candidates = rng.normal(size=(40, 3)), rng.normal(size=(6, 3))
+    candidates[2, 0] = np.nan  # NaN scores for every query against candidate 2
+    queries[5] = np.nan  # NaN scores for query 5 against everything
+    sims = queries @ candidates.T
+    slow = []
+    for s, mine in zip(sims, correct):
+        best = max((s[j] for j in range(6) if mine[j]), key=lambda v: np.inf if np.isnan(v) else v)
+        slow.append(sum(1 for j in range(6) if not mine[j] and not s[j] < best))
+    assert _best_correct_rank(queries, candidates, correct, chunk=7).tolist() == slow
+    assert slow[5] == (~correct[5]).sum()
+
+
 def test_zero_shot_known_answers():
     concepts = make_concepts()
     out = zero_shot(ConceptEncoder(concepts), concepts, ROOT, 1)
@@ -218,6 +244,8 @@ def test_non_finite_embeddings_are_refused_not_scored():
     concepts = make_concepts()
     with pytest.raises(ClearglassError, match="'nan-model': .* image embeddings are not finite"):
         retrieval(NaNEncoder(), concepts, ROOT)
+    with pytest.raises(ClearglassError, match="model 'runs/x.pt': .* image embeddings are not finite"):
+        evaluate_model(NaNEncoder(), concepts, ROOT, EvalConfig(k=3, n_boot=2), model="runs/x.pt")  # the CLI's spec
 
 
 # ---------------------------------------------------------------- hierarchical metrics

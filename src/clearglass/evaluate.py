@@ -144,9 +144,9 @@ class _Once:
     """An ``Encoder`` that asks the one it wraps only for images and texts it has not embedded yet, so tasks run
     one after another still embed every unique image and text once."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, name: str = "") -> None:
         self.encoder = encoder
-        self.name = getattr(getattr(encoder, "bundle", encoder), "name", "?")  # for _embed's errors
+        self.name = name or getattr(getattr(encoder, "bundle", encoder), "name", "?")  # for _embed's errors
         self.images: dict[Path, torch.Tensor] = {}
         self.texts: dict[str, torch.Tensor] = {}
 
@@ -262,9 +262,11 @@ def items_hash(items: Sequence[Any]) -> str:
 
 
 def strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
-    """rank = #{wrong candidates with score >= the true score}; scores (n, C), true_index (n,)."""
+    """rank = #{wrong candidates with score >= the true score}; scores (n, C), true_index (n,). A NaN score
+    (which compares false with everything) counts against the truth: a NaN truth has the worst rank, a NaN wrong
+    candidate beats it, so NaN scores never make a hit."""
     true = np.take_along_axis(scores, true_index[:, None], axis=1)  # (n, 1)
-    return (scores >= true).sum(axis=1) - 1
+    return ((scores >= true) | np.isnan(scores) | np.isnan(true)).sum(axis=1) - 1
 
 
 def score_recognition(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -355,13 +357,15 @@ def retrieval(encoder: Encoder, concepts: list[ConceptRecord], image_root: str |
 
 
 def _best_correct_rank(queries: np.ndarray, candidates: np.ndarray, correct: np.ndarray, chunk: int) -> np.ndarray:
-    """Per query: #{wrong candidates scoring >= its best correct candidate}; correct (Q, C) has a True per row."""
+    """Per query: #{wrong candidates scoring >= its best correct candidate}; correct (Q, C) has a True per row. A
+    NaN score counts against the truth, as in :func:`strict_rank`."""
     ranks = np.empty(len(queries), dtype=int)
     for s in range(0, len(queries), chunk):
         sims = queries[s:s + chunk] @ candidates.T  # (b, C)
         mine = correct[s:s + chunk]
-        best = np.where(mine, sims, -np.inf).max(axis=1, keepdims=True)  # (b, 1)
-        ranks[s:s + chunk] = (np.where(mine, -np.inf, sims) >= best).sum(axis=1)
+        best = np.where(mine, sims, -np.inf).max(axis=1, keepdims=True)  # (b, 1); NaN if any correct one is NaN
+        beats = (sims >= best) | np.isnan(sims) | np.isnan(best)  # (b, C)
+        ranks[s:s + chunk] = (beats & ~mine).sum(axis=1)
     return ranks
 
 
@@ -739,7 +743,7 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
         skipped.update({f"zero_shot/{lv}": why for lv, why in skipped_levels.items()})
     for im in (im for c in concepts for im in c.test_images):  # every task reads test images only
         resolve_image_path(image_root, im.image)
-    once = _Once(encoder)
+    once = _Once(encoder, model)
     units = [(t, subset, out) for t in config.tasks for subset, out in TASKS[t].run(once, concepts, image_root, config)]
     rows, per_item = metric_rows(units, config)
     return {"model": model, "data": data, "test_set_hash": test_set_hash(concepts), "config": asdict(config),
