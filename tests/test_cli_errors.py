@@ -113,11 +113,11 @@ def tiny_config(w: World, out: Path, **overrides) -> TrainConfig:
 
 
 def copy_run(w: World, tmp: Path) -> tuple[Path, Path]:
-    """A copy of the finished run and a config (3 steps) that resumes it: (run folder, config file)."""
+    """A copy of the finished run and a config of its settings that resumes it: (run folder, config file)."""
     run = tmp / "run"
     shutil.copytree(w.run, run)
     config = tmp / "resume.json"
-    config.write_text(json.dumps(tiny_config(w, run, steps=3).to_dict()))
+    config.write_text(json.dumps(tiny_config(w, run).to_dict()))
     return run, config
 
 
@@ -255,7 +255,8 @@ def _(w, t, s):
                             dataset_sha256="", metrics={})
     raw["model"] = str(other)
     config.write_text(json.dumps(raw))
-    return ["train", "--config", str(config), "--resume", str(run / "checkpoints" / "step_000002.pt")], "step_000002.pt"
+    return ["train", "--config", str(config), "--resume", str(run / "checkpoints" / "step_000002.pt"),
+            "--resume-allow-changes"], "step_000002.pt"
 
 
 @case("resume: crafted .extra.pt")
@@ -882,6 +883,51 @@ def _(w, t, s):
     torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()}, pt)
     return ["eval", "--model", str(pt), "--data", str(w.test_set), "--out", str(t / "r.json")], \
         f"model spec {str(pt)!r}: weight tensor"
+
+
+case("train: into a folder that holds a run, without --resume")(lambda w, t, s: (
+    ["train", "--config", str(w.config)], f"out = {w.run}: holds a run already (metrics.jsonl, latest.json, "
+    "checkpoints); continue it with --resume auto, or train into another --out"))
+
+
+@case("train: into a folder another run holds the lock of")
+def _(w, t, s):
+    import fcntl
+
+    (t / "out").mkdir()
+    lock = s.enter_context(open(t / "out" / "train.lock", "w"))
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train does; a new open of the file conflicts
+    return train_on(w, t, w.data), f"another run is training into this folder (it holds {t / 'out' / 'train.lock'})"
+
+
+@case("resume: a changed lr and loss.tau")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    old = json.loads(config.read_text())
+    return ["train", "--config", str(config), "--resume", "auto", "lr=0.125", "loss.tau=0.25", "log_every=2"], \
+        f"2 setting(s) that decide the result differ from the run's: loss.tau {old['loss']['tau']!r} -> 0.25; " \
+        f"lr {old['lr']!r} -> 0.125; resume with its settings ({run / 'config.json'})"
+
+
+@case("resume: a changed batch shape")
+def _(w, t, s):
+    _, config = copy_run(w, t)
+    return ["train", "--config", str(config), "--resume", "auto", "--batch-size", "3x2"], \
+        "groups_per_batch 4 -> 3; resume with its settings"
+
+
+@case("resume: changed log_every, checkpoint_every and device continue", "handled")
+def _(w, t, s):
+    _, config = copy_run(w, t)
+    return ["train", "--config", str(config), "--resume", "auto", "log_every=5", "checkpoint_every=7",
+            "device=\"cpu\""], lambda t, out: json.loads(out)["step"] == 2
+
+
+@case("resume: more steps with --resume-allow-changes continue", "handled")
+def _(w, t, s):
+    _, config = copy_run(w, t)
+    return ["train", "--config", str(config), "--resume", "auto", "steps=3", "--resume-allow-changes"], \
+        lambda t, out: json.loads(out)["step"] == 3 and (t / "run" / "checkpoints" / "step_000003.pt").is_file()
 
 
 @case("concepts: a float image with NaN pixels")
