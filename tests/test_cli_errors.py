@@ -930,6 +930,51 @@ def _(w, t, s):
         lambda t, out: json.loads(out)["step"] == 3 and (t / "run" / "checkpoints" / "step_000003.pt").is_file()
 
 
+for flags, needle in [(["--seed", "-1"], "seed = -1: expected 0 <= seed < 2**63"),
+                      (["--seed", "123456789012345678901234"], "seed = 123456789012345678901234: expected")] + [
+        (["--template", v], f"template {v!r}: expected one {{}} for the label and no other")
+        for v in ("a {x} photo", "a {} of {}", "a {0} {1}", "{.__class__.__doc__}")]:
+    case(f"eval: {' '.join(flags)}")(lambda w, t, s, f=flags, n=needle: (eval_on(w, t, *f), n))
+case("concepts: --template 'a {} of {}'")(lambda w, t, s: (
+    concepts_on(w, w.data.parent / "images/concept0_0.png") + ["--template", "a {} of {}"],
+    "template 'a {} of {}': expected one {} for the label"))
+
+
+def cached_eval(w: World, t: Path, model: Path) -> list[str]:
+    """eval with an embedding cache under t/cache, run once quietly; returns the command."""
+    args = ["eval", "--model", str(model), "--data", str(w.test_set), "--out", str(t / "r.json"), "--cache-dir",
+            str(t / "cache"), "--n-boot", "5"]
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    return args
+
+
+@case("eval: an embedding cache entry of the wrong shape")
+def _(w, t, s):
+    args = cached_eval(w, t, w.model)
+    entry = sorted((t / "cache").glob("texts-*.pt"))[0]
+    torch.save(torch.load(entry, weights_only=True) | {"embeddings": torch.zeros(1, 1)}, entry)
+    return args, f"{entry}: embedding cache file holds embeddings of shape (1, 1); expected ("
+
+
+@case("eval: a changed model at the same path reads none of its old cache entries", "handled")
+def _(w, t, s):
+    model = t / "model.pt"
+    shutil.copy(w.model, model)
+    shutil.copy(w.model.with_suffix(".json"), model.with_suffix(".json"))
+    args = cached_eval(w, t, model)
+    first = json.loads((t / "r.json").read_text())["metrics"]
+    weights = torch.load(model, weights_only=True)
+    torch.save({k: v.flip(0) if v.is_floating_point() and v.ndim else v for k, v in weights.items()}, model)
+
+    def check(t: Path, out: str) -> bool:
+        cached = json.loads((t / "r.json").read_text())["metrics"]
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            main(args[:args.index("--cache-dir")] + ["--n-boot", "5", "--out", str(t / "fresh.json")])
+        return cached == json.loads((t / "fresh.json").read_text())["metrics"] != first
+    return args, check
+
+
 @case("concepts: a float image with NaN pixels")
 def _(w, t, s):
     pixels = np.full((16, 16), 0.5, dtype=np.float32)

@@ -345,6 +345,21 @@ def test_evaluate_model_bad_input():
         evaluate_model(RandomEncoder(), concepts + [ConceptRecord(concept="empty")], ROOT, EvalConfig())
     with pytest.raises(ClearglassError, match="k=5 needs at least 5"):
         evaluate_model(RandomEncoder(), make_concepts(4), ROOT, EvalConfig(k=5, fields=["old_caption"]))
+    for bad, message in [(dict(seed=-1), "seed = -1: expected 0 <= seed < 2**63"),
+                         (dict(seed=2**63), "seed = 9223372036854775808: expected"),
+                         (dict(ci_level=1.0), "ci_level = 1.0: expected 0 < ci_level < 1"),
+                         (dict(retrieval_ks=[1, 0]), "retrieval_ks = [1, 0]: expected each k >= 1"),
+                         (dict(hierarchy_steps=1), "hierarchy_steps = 1: expected hierarchy_steps >= 2")]:
+        with pytest.raises(ClearglassError) as e:
+            EvalConfig(**bad)
+        assert str(e.value).startswith(message) and "EvalConfig(" not in str(e.value)
+    for template in ("a {x} photo", "a {} of {}", "a {0} {1}", "{.__class__.__doc__}", "{!r}", "{:>9}", "a { b",
+                     "no field"):
+        with pytest.raises(ClearglassError) as e:
+            EvalConfig(template=template)
+        assert str(e.value) == f"template {template!r}: expected one {{}} for the label and no other {{...}} field " \
+            "(write {{ and }} for braces)"
+    assert EvalConfig(template="{{a}} {}").template == "{{a}} {}"
 
 
 # ---------------------------------------------------------------- ModelEncoder
@@ -400,6 +415,23 @@ class WeightedBundle(TinyBundle):
 
         def encode_text(self, tokens, normalize=False):
             return tokens.float()
+
+
+def test_an_embedding_cache_entry_that_is_not_what_its_name_promises_is_refused_naming_why(tmp_path):
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "0.png")
+    ModelEncoder(TinyBundle(), cache_dir=tmp_path / "cache").embed_images([tmp_path / "0.png"])
+    [entry] = (tmp_path / "cache").glob("images-*.pt")
+    good = torch.load(entry, weights_only=True)
+    for content, why in [
+            (torch.zeros(1, 3), "does not hold a cache entry"),  # a bare tensor, as format 1 wrote
+            ({**good, "embeddings": torch.zeros(5, 2)}, "holds embeddings of shape (5, 2); expected (1, D) float32"),
+            ({**good, "key": "0" * 64}, "holds the entry of another model or data"),
+            ({**good, "embeddings": good["embeddings"] * -1}, "holds embeddings changed since they were written")]:
+        torch.save(content, entry)
+        with pytest.raises(ClearglassError) as e:
+            ModelEncoder(TinyBundle(), cache_dir=tmp_path / "cache").embed_images([tmp_path / "0.png"])
+        assert str(e.value).startswith(f"{entry}: embedding cache file {why}")
+        assert str(e.value).endswith("; delete it and the run recomputes it")
 
 
 def test_model_encoder_cache_misses_on_changed_weights_or_image(tmp_path):

@@ -20,10 +20,10 @@ that are neither images nor captions, and ``.txt`` files without an image are le
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Iterator
 from pathlib import Path
 
+from clearglass.config import one_blank_field
 from clearglass.errors import ClearglassError
 from clearglass.io import read_text
 from clearglass.magic.sources import SourceItem
@@ -39,17 +39,6 @@ def concept_name(folder: str) -> str:
     return " ".join(folder.replace("_", " ").split())
 
 
-def _one_blank_field(template: str) -> bool:
-    """Whether a format template has exactly one replacement field, a bare ``{}`` (no name, attribute, index,
-    conversion or format spec: ``{.__class__.__doc__}`` would print a docstring)."""
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
-                  if name is not None]
-    except ValueError:  # a lone { or }
-        return False
-    return fields == [("", "", None)]
-
-
 class FolderSource:
     """The images under ROOT's concept folders, with captions from captions.csv, .txt files or a template."""
 
@@ -62,7 +51,7 @@ class FolderSource:
         if depth not in LAYOUTS:
             raise ClearglassError(f"--folder-depth {depth}: expected 1 ({LAYOUTS[1]}) or 2 ({LAYOUTS[2]})")
         if caption_template is not None:
-            if not _one_blank_field(caption_template):
+            if not one_blank_field(caption_template):
                 raise ClearglassError(f"--caption-template {caption_template!r}: expected one {{}} for the concept "
                                       "and no other {...} field (write {{ and }} for braces)")
             if not allow_concept_captions:
