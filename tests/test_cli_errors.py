@@ -854,6 +854,32 @@ def _(w, t, s):
             "--out", str(t / "b.json"), "--no-progress"], "outside the image root"
 
 
+def folder_build(root: Path, out: Path) -> list[str]:
+    return ["build", "--source", "folder", "--images", str(root), "--labeler", "truth", "--min-group-size", "1",
+            "--out", str(out), "--no-progress"]
+
+
+@case("build: a folder build again into its image folder skips its own output, counted", "handled")
+def _(w, t, s):
+    root = folder_of(t, {"cat_0": "a cat", "cat_1": "another cat", "dog_0": "a dog", "dog_1": "another dog"})
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(folder_build(root, root / "magic.json")) == 0
+
+    def check(t: Path, out: str) -> bool:
+        ignored = json.loads((t / "root" / "magic.stats.json").read_text())["build"]["source_stats"]["ignored_files"]
+        return ignored == {"count": 2, "examples": ["magic.json (this build's own output)",
+                                                    "magic.stats.json (this build's own output)"]}
+    return folder_build(root, root / "magic.json"), check
+
+
+@case("build: a folder holding an earlier build's output names it and the fix")
+def _(w, t, s):
+    root = folder_of(t, {"cat_0": "a cat", "dog_0": "a dog"})
+    (root / "old.json").write_text("[]")
+    return folder_build(root, t / "b.json"), "old.json: a file directly in the image folder; expected " \
+        "ROOT/<concept>/<image> (an earlier build's output? write --out outside the image folder, or move it)"
+
+
 @case("validate: a truncated PNG", "problem")
 def _(w, t, s):
     data = (w.data.parent / "images" / "concept0_0.png").read_bytes()

@@ -14,13 +14,14 @@ counts each one as a leak (``--filter-leaks`` drops them).
 
 Image ids are paths relative to ROOT, which is the built dataset's image root. A file directly in ROOT (other
 than captions.csv) or an image at another depth than the layout's is an error. Hidden files and folders, files
-that are neither images nor captions, and ``.txt`` files without an image are left out and counted.
+that are neither images nor captions, ``.txt`` files without an image and the build's own output (its dataset and
+stats files, written into ROOT) are left out and counted.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from clearglass.config import one_blank_field
@@ -44,8 +45,9 @@ class FolderSource:
 
     def __init__(self, root: str | os.PathLike, depth: int = 1, caption_template: str | None = None,
                  allow_concept_captions: bool = False, img_key: str = "filepath", caption_key: str = "title",
-                 separator: str = ",", strict: bool = False) -> None:
+                 separator: str = ",", strict: bool = False, outputs: Sequence[str | os.PathLike] = ()) -> None:
         self.root = Path(root)
+        self.outputs = {Path(p).resolve() for p in outputs}  # the build's own files, left out when inside ROOT
         if not self.root.is_dir():
             raise ClearglassError(f"{self.root}: image folder not found (expected {LAYOUTS.get(depth, LAYOUTS[1])})")
         if depth not in LAYOUTS:
@@ -76,12 +78,18 @@ class FolderSource:
             rel = path.relative_to(self.root)
             if rel.as_posix() == SIDECAR or path.is_dir() and not path.is_symlink():
                 continue
+            if path.resolve() in self.outputs:
+                ignored.append(f"{rel.as_posix()} (this build's own output)")
+                continue
             if path.is_symlink() and path.is_dir() or not path.is_file():
                 ignored.append(f"{rel.as_posix()} (not a regular file or folder: a link to a folder, a FIFO, ...)")
             elif any(part.startswith(".") for part in rel.parts):
                 ignored.append(rel.as_posix())
             elif len(rel.parts) == 1:
-                raise ClearglassError(f"{path}: a file directly in the image folder; expected {LAYOUTS[self.depth]}")
+                earlier = " (an earlier build's output? write --out outside the image folder, or move it)" \
+                    if path.suffix.lower() == ".json" else ""
+                raise ClearglassError(f"{path}: a file directly in the image folder; expected "
+                                      f"{LAYOUTS[self.depth]}{earlier}")
             elif path.suffix.lower() == ".txt":
                 texts.append(path)
             elif path.suffix.lower() not in IMAGE_SUFFIXES:
