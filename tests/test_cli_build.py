@@ -109,7 +109,7 @@ def test_csv_build_train_eval(tmp_path, capsys, one_thread, monkeypatch):
     moved.parent.mkdir()
     moved.write_bytes(out.read_bytes())
     assert main(["train", "--config", "default-grouped", f"data={json.dumps(str(moved))}",
-                 *overrides[1:]]) == 2
+                 f"out={json.dumps(str(tmp_path / 'moved-run'))}", *overrides[2:]]) == 2
     assert f"image root {moved.parent}, set by images=DIR" in capsys.readouterr().err
     assert main(["eval", "--model", checkpoint, "--data", str(moved), "--out", str(tmp_path / "r2.json")]) == 2
     assert f"under the image root {moved.parent} (first: 'images/" in capsys.readouterr().err

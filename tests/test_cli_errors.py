@@ -113,11 +113,11 @@ def tiny_config(w: World, out: Path, **overrides) -> TrainConfig:
 
 
 def copy_run(w: World, tmp: Path) -> tuple[Path, Path]:
-    """A copy of the finished run and a config (3 steps) that resumes it: (run folder, config file)."""
+    """A copy of the finished run and a config of its settings that resumes it: (run folder, config file)."""
     run = tmp / "run"
     shutil.copytree(w.run, run)
     config = tmp / "resume.json"
-    config.write_text(json.dumps(tiny_config(w, run, steps=3).to_dict()))
+    config.write_text(json.dumps(tiny_config(w, run).to_dict()))
     return run, config
 
 
@@ -255,7 +255,8 @@ def _(w, t, s):
                             dataset_sha256="", metrics={})
     raw["model"] = str(other)
     config.write_text(json.dumps(raw))
-    return ["train", "--config", str(config), "--resume", str(run / "checkpoints" / "step_000002.pt")], "step_000002.pt"
+    return ["train", "--config", str(config), "--resume", str(run / "checkpoints" / "step_000002.pt"),
+            "--resume-allow-changes"], "step_000002.pt"
 
 
 @case("resume: crafted .extra.pt")
@@ -853,6 +854,32 @@ def _(w, t, s):
             "--out", str(t / "b.json"), "--no-progress"], "outside the image root"
 
 
+def folder_build(root: Path, out: Path) -> list[str]:
+    return ["build", "--source", "folder", "--images", str(root), "--labeler", "truth", "--min-group-size", "1",
+            "--out", str(out), "--no-progress"]
+
+
+@case("build: a folder build again into its image folder skips its own output, counted", "handled")
+def _(w, t, s):
+    root = folder_of(t, {"cat_0": "a cat", "cat_1": "another cat", "dog_0": "a dog", "dog_1": "another dog"})
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(folder_build(root, root / "magic.json")) == 0
+
+    def check(t: Path, out: str) -> bool:
+        ignored = json.loads((t / "root" / "magic.stats.json").read_text())["build"]["source_stats"]["ignored_files"]
+        return ignored == {"count": 2, "examples": ["magic.json (this build's own output)",
+                                                    "magic.stats.json (this build's own output)"]}
+    return folder_build(root, root / "magic.json"), check
+
+
+@case("build: a folder holding an earlier build's output names it and the fix")
+def _(w, t, s):
+    root = folder_of(t, {"cat_0": "a cat", "dog_0": "a dog"})
+    (root / "old.json").write_text("[]")
+    return folder_build(root, t / "b.json"), "old.json: a file directly in the image folder; expected " \
+        "ROOT/<concept>/<image> (an earlier build's output? write --out outside the image folder, or move it)"
+
+
 @case("validate: a truncated PNG", "problem")
 def _(w, t, s):
     data = (w.data.parent / "images" / "concept0_0.png").read_bytes()
@@ -872,6 +899,106 @@ def _(w, t, s):
 def _(w, t, s):
     (t / "loop.png").symlink_to("loop.png")
     return concepts_on(w, t / "loop.png"), "loop.png: not a readable image: a symbolic link loop"
+
+
+@case("eval: a checkpoint whose every float tensor is NaN")
+def _(w, t, s):
+    run, _ = copy_run(w, t)
+    pt = run / "checkpoints" / "step_000002.pt"
+    weights = torch.load(pt, weights_only=True)
+    torch.save({k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in weights.items()}, pt)
+    return ["eval", "--model", str(pt), "--data", str(w.test_set), "--out", str(t / "r.json")], \
+        f"model spec {str(pt)!r}: weight tensor"
+
+
+case("train: into a folder that holds a run, without --resume")(lambda w, t, s: (
+    ["train", "--config", str(w.config)], f"out = {w.run}: holds a run already (metrics.jsonl, latest.json, "
+    "checkpoints); continue it with --resume auto, or train into another --out"))
+
+
+@case("train: into a folder another run holds the lock of")
+def _(w, t, s):
+    import fcntl
+
+    (t / "out").mkdir()
+    lock = s.enter_context(open(t / "out" / "train.lock", "w"))
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train does; a new open of the file conflicts
+    return train_on(w, t, w.data), f"another run is training into this folder (it holds {t / 'out' / 'train.lock'})"
+
+
+@case("resume: a changed lr and loss.tau")
+def _(w, t, s):
+    run, config = copy_run(w, t)
+    old = json.loads(config.read_text())
+    return ["train", "--config", str(config), "--resume", "auto", "lr=0.125", "loss.tau=0.25", "log_every=2"], \
+        f"2 setting(s) that decide the result differ from the run's: loss.tau {old['loss']['tau']!r} -> 0.25; " \
+        f"lr {old['lr']!r} -> 0.125; resume with its settings ({run / 'config.json'})"
+
+
+@case("resume: a changed batch shape")
+def _(w, t, s):
+    _, config = copy_run(w, t)
+    return ["train", "--config", str(config), "--resume", "auto", "--batch-size", "3x2"], \
+        "groups_per_batch 4 -> 3; resume with its settings"
+
+
+@case("resume: changed log_every, checkpoint_every and device continue", "handled")
+def _(w, t, s):
+    _, config = copy_run(w, t)
+    return ["train", "--config", str(config), "--resume", "auto", "log_every=5", "checkpoint_every=7",
+            "device=\"cpu\""], lambda t, out: json.loads(out)["step"] == 2
+
+
+@case("resume: more steps with --resume-allow-changes continue", "handled")
+def _(w, t, s):
+    _, config = copy_run(w, t)
+    return ["train", "--config", str(config), "--resume", "auto", "steps=3", "--resume-allow-changes"], \
+        lambda t, out: json.loads(out)["step"] == 3 and (t / "run" / "checkpoints" / "step_000003.pt").is_file()
+
+
+for flags, needle in [(["--seed", "-1"], "seed = -1: expected 0 <= seed < 2**63"),
+                      (["--seed", "123456789012345678901234"], "seed = 123456789012345678901234: expected")] + [
+        (["--template", v], f"template {v!r}: expected one {{}} for the label and no other")
+        for v in ("a {x} photo", "a {} of {}", "a {0} {1}", "{.__class__.__doc__}")]:
+    case(f"eval: {' '.join(flags)}")(lambda w, t, s, f=flags, n=needle: (eval_on(w, t, *f), n))
+case("concepts: --template 'a {} of {}'")(lambda w, t, s: (
+    concepts_on(w, w.data.parent / "images/concept0_0.png") + ["--template", "a {} of {}"],
+    "template 'a {} of {}': expected one {} for the label"))
+
+
+def cached_eval(w: World, t: Path, model: Path) -> list[str]:
+    """eval with an embedding cache under t/cache, run once quietly; returns the command."""
+    args = ["eval", "--model", str(model), "--data", str(w.test_set), "--out", str(t / "r.json"), "--cache-dir",
+            str(t / "cache"), "--n-boot", "5"]
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    return args
+
+
+@case("eval: an embedding cache entry of the wrong shape")
+def _(w, t, s):
+    args = cached_eval(w, t, w.model)
+    entry = sorted((t / "cache").glob("texts-*.pt"))[0]
+    torch.save(torch.load(entry, weights_only=True) | {"embeddings": torch.zeros(1, 1)}, entry)
+    return args, f"{entry}: embedding cache file holds embeddings of shape (1, 1); expected ("
+
+
+@case("eval: a changed model at the same path reads none of its old cache entries", "handled")
+def _(w, t, s):
+    model = t / "model.pt"
+    shutil.copy(w.model, model)
+    shutil.copy(w.model.with_suffix(".json"), model.with_suffix(".json"))
+    args = cached_eval(w, t, model)
+    first = json.loads((t / "r.json").read_text())["metrics"]
+    weights = torch.load(model, weights_only=True)
+    torch.save({k: v.flip(0) if v.is_floating_point() and v.ndim else v for k, v in weights.items()}, model)
+
+    def check(t: Path, out: str) -> bool:
+        cached = json.loads((t / "r.json").read_text())["metrics"]
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            main(args[:args.index("--cache-dir")] + ["--n-boot", "5", "--out", str(t / "fresh.json")])
+        return cached == json.loads((t / "fresh.json").read_text())["metrics"] != first
+    return args, check
 
 
 @case("concepts: a float image with NaN pixels")

@@ -16,6 +16,7 @@ from clearglass_testing.recognition_oracle import score_recognition_per_item
 from clearglass.evaluate import (
     EvalConfig,
     ModelEncoder,
+    _best_correct_rank,
     _class_recall,
     _kendall_tau_vs_order,
     bootstrap,
@@ -24,6 +25,7 @@ from clearglass.evaluate import (
     make_recognition_items,
     retrieval,
     score_recognition,
+    strict_rank,
     zero_shot,
 )
 from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path
@@ -144,6 +146,30 @@ def test_recognition_fast_matches_per_item_oracle():
     assert len(np.unique(fast["i2t_rank"])) > 2  # random embeddings: ranks spread, not a constant answer
 
 
+def test_nan_scores_never_make_a_hit_strict_rank_and_best_correct_rank_match_their_oracle():
+    """A NaN compares false with everything, so `score >= true` alone counted no wrong candidate against a NaN
+    truth (rank -1, a hit): the oracle counts every wrong candidate not certainly below the truth."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(40, 6))
+    scores[rng.random(scores.shape) < 0.2] = np.nan
+    truth = rng.integers(0, 6, 40)
+    slow = [sum(1 for j in range(6) if j != t and not s[j] < s[t]) for s, t in zip(scores, truth)]
+    assert strict_rank(scores, truth).tolist() == slow
+    assert (strict_rank(np.full((3, 5), np.nan), np.zeros(3, dtype=int)) == 4).all()  # all NaN: the worst, not 100%
+    correct = rng.random((40, 6)) < 0.3
+    correct[np.arange(40), truth] = True
+    queries, candidates = rng.normal(size=(40, 3)), rng.normal(size=(6, 3))
+    candidates[2, 0] = np.nan  # NaN scores for every query against candidate 2
+    queries[5] = np.nan  # NaN scores for query 5 against everything
+    sims = queries @ candidates.T
+    slow = []
+    for s, mine in zip(sims, correct):
+        best = max((s[j] for j in range(6) if mine[j]), key=lambda v: np.inf if np.isnan(v) else v)
+        slow.append(sum(1 for j in range(6) if not mine[j] and not s[j] < best))
+    assert _best_correct_rank(queries, candidates, correct, chunk=7).tolist() == slow
+    assert slow[5] == (~correct[5]).sum()
+
+
 def test_zero_shot_known_answers():
     concepts = make_concepts()
     out = zero_shot(ConceptEncoder(concepts), concepts, ROOT, 1)
@@ -218,6 +244,8 @@ def test_non_finite_embeddings_are_refused_not_scored():
     concepts = make_concepts()
     with pytest.raises(ClearglassError, match="'nan-model': .* image embeddings are not finite"):
         retrieval(NaNEncoder(), concepts, ROOT)
+    with pytest.raises(ClearglassError, match="model 'runs/x.pt': .* image embeddings are not finite"):
+        evaluate_model(NaNEncoder(), concepts, ROOT, EvalConfig(k=3, n_boot=2), model="runs/x.pt")  # the CLI's spec
 
 
 # ---------------------------------------------------------------- hierarchical metrics
@@ -317,6 +345,21 @@ def test_evaluate_model_bad_input():
         evaluate_model(RandomEncoder(), concepts + [ConceptRecord(concept="empty")], ROOT, EvalConfig())
     with pytest.raises(ClearglassError, match="k=5 needs at least 5"):
         evaluate_model(RandomEncoder(), make_concepts(4), ROOT, EvalConfig(k=5, fields=["old_caption"]))
+    for bad, message in [(dict(seed=-1), "seed = -1: expected 0 <= seed < 2**63"),
+                         (dict(seed=2**63), "seed = 9223372036854775808: expected"),
+                         (dict(ci_level=1.0), "ci_level = 1.0: expected 0 < ci_level < 1"),
+                         (dict(retrieval_ks=[1, 0]), "retrieval_ks = [1, 0]: expected each k >= 1"),
+                         (dict(hierarchy_steps=1), "hierarchy_steps = 1: expected hierarchy_steps >= 2")]:
+        with pytest.raises(ClearglassError) as e:
+            EvalConfig(**bad)
+        assert str(e.value).startswith(message) and "EvalConfig(" not in str(e.value)
+    for template in ("a {x} photo", "a {} of {}", "a {0} {1}", "{.__class__.__doc__}", "{!r}", "{:>9}", "a { b",
+                     "no field"):
+        with pytest.raises(ClearglassError) as e:
+            EvalConfig(template=template)
+        assert str(e.value) == f"template {template!r}: expected one {{}} for the label and no other {{...}} field " \
+            "(write {{ and }} for braces)"
+    assert EvalConfig(template="{{a}} {}").template == "{{a}} {}"
 
 
 # ---------------------------------------------------------------- ModelEncoder
@@ -372,6 +415,23 @@ class WeightedBundle(TinyBundle):
 
         def encode_text(self, tokens, normalize=False):
             return tokens.float()
+
+
+def test_an_embedding_cache_entry_that_is_not_what_its_name_promises_is_refused_naming_why(tmp_path):
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "0.png")
+    ModelEncoder(TinyBundle(), cache_dir=tmp_path / "cache").embed_images([tmp_path / "0.png"])
+    [entry] = (tmp_path / "cache").glob("images-*.pt")
+    good = torch.load(entry, weights_only=True)
+    for content, why in [
+            (torch.zeros(1, 3), "does not hold a cache entry"),  # a bare tensor, as format 1 wrote
+            ({**good, "embeddings": torch.zeros(5, 2)}, "holds embeddings of shape (5, 2); expected (1, D) float32"),
+            ({**good, "key": "0" * 64}, "holds the entry of another model or data"),
+            ({**good, "embeddings": good["embeddings"] * -1}, "holds embeddings changed since they were written")]:
+        torch.save(content, entry)
+        with pytest.raises(ClearglassError) as e:
+            ModelEncoder(TinyBundle(), cache_dir=tmp_path / "cache").embed_images([tmp_path / "0.png"])
+        assert str(e.value).startswith(f"{entry}: embedding cache file {why}")
+        assert str(e.value).endswith("; delete it and the run recomputes it")
 
 
 def test_model_encoder_cache_misses_on_changed_weights_or_image(tmp_path):

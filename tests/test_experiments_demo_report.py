@@ -98,6 +98,19 @@ def test_the_page_follows_report_md_with_every_model_and_the_plots_embedded(demo
 
 
 
+def test_the_demo_report_escapes_the_base_and_model_names_of_its_config(demo_page, tmp_path):
+    comparisons = demo_page[1]
+    summary = fixture_summary(comparisons)
+    summary["config"]["base"] = "<img src=x onerror=alert(1)>"
+    summary["models"]["<script>x</script>|y"] = {"family": "<b>f</b>", "wise_ft": 1.0, "train": {"lr": "<i>"}}
+    sections, appendix = report_parts(summary, [], tmp_path)
+    md = "\n".join([*sections, appendix])
+    outside_code = re.sub(r"`[^`]*`", "", md)  # a code span shows its text as is
+    assert not re.search(r"<(img|script|b|i)\b", outside_code)
+    assert "fine-tuning `<img src=x onerror=alert(1)>`" in md  # a code span shows it as text
+    assert "&lt;script&gt;x&lt;/script&gt;&#124;y (&lt;b&gt;f&lt;/b&gt;" in md
+
+
 def test_the_training_plot_keeps_each_models_colour_in_every_panel(tmp_path, monkeypatch):
     """One panel per loss family and one of validation scores; a model's lines share its colour, named once."""
     import matplotlib.figure

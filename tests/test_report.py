@@ -19,6 +19,7 @@ from clearglass.report import (
     fmt_pct,
     headline_table,
     markdown_table,
+    md_code,
     verdict,
     verdict_sentences,
     write_report,
@@ -132,6 +133,21 @@ def test_report_leads_with_the_headline_table_equal_to_the_json(results, tmp_pat
     # the verdict follows the table, before the intro and the long tables
     paragraph = md[md.index(rows[-1][-1] + " |") :].split("\n\n")[1]
     assert paragraph.startswith("random is not clearly better than onehot") and md.index("hello") > md.index(paragraph)
+
+
+def test_names_and_data_in_report_md_are_escaped_and_keep_their_table_columns(results, tmp_path):
+    """report.md is Markdown with inline HTML: a model name, title, template or skip reason from data must not become
+    markup (a `<script>` a viewer runs) or a column (a `|`)."""
+    evil = "<script>alert(1)</script>|x"
+    results = {evil: {**results["onehot"], "skipped": {"zero_shot/9": "<b>why</b>"}}, "random": results["random"]}
+    results[evil]["config"] = {**results[evil]["config"], "template": "a <img src=x onerror=alert(1)> `{}`"}
+    md = write_report(compare(results), tmp_path, title="<img src=x onerror=alert(1)>")["markdown"].read_text()
+    assert "<script>" not in md and "<img" not in md and "<b>" not in md
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#124;x" in md and "# &lt;img src=x onerror=alert(1)&gt;" in md
+    for table in re.findall(r"(?:^\|.*\|\n)+", md, flags=re.M):  # every row as many columns as its header
+        widths = {row.count("|") for row in table.splitlines()}
+        assert len(widths) == 1, table
+    assert md_code("a|b") == "a&#124;b" and md_code("x`y") == "x&#96;y" and md_code("plain <b>") == "`plain <b>`"
 
 
 def test_fmt_pct():

@@ -18,7 +18,7 @@ from clearglass import cli
 from clearglass.errors import ClearglassError
 from clearglass.losses import GroupedContrastiveLoss
 from clearglass.train import TrainConfig, train
-from clearglass.train.run import Run, cosine_factor, make_optimizer
+from clearglass.train.run import Run, cosine_factor, make_optimizer, run_lock
 from tiny_magic import tiny_train_config as tiny_config
 from tiny_magic import write_tiny_magic, write_tiny_model
 
@@ -129,6 +129,55 @@ def test_sigkill_then_resume_auto_ends_with_the_same_weights(dataset, tmp_path):
     train(tiny_config(dataset, tmp_path / "full", steps=40))  # in-process, on one thread like the subprocesses
     assert_same_weights(weights(tmp_path / "full/checkpoints/step_000040.pt"),
                         weights(tmp_path / "killed/checkpoints/step_000040.pt"))
+
+
+def test_the_run_folder_lock_refuses_a_second_run_and_is_released_on_every_exit(dataset, tmp_path):
+    """flock on out/train.lock: a second run fails at once naming the lock; an error, a KeyboardInterrupt (SIGINT
+    outside the step loop) and a SIGKILL of the holder all release it (the lock file stays and blocks nothing)."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from clearglass.train.run import run_lock\n"
+                               "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+                               str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with pytest.raises(ClearglassError) as e:
+            train(tiny_config(dataset, out))
+        assert time.monotonic() - start < 5 and str(e.value) == (
+            f"out = {out}: another run is training into this folder (it holds {out / 'train.lock'}); wait for it to "
+            "end, or train into another --out")
+        assert not (out / "metrics.jsonl").exists()
+    finally:
+        holder.kill()  # SIGKILL: the OS drops its lock
+        holder.wait()
+    for stop in (ClearglassError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(stop)):
+            with run_lock(out):
+                raise stop
+    assert train(tiny_config(dataset, out, steps=1, warmup=0))["step"] == 1
+    assert (out / "train.lock").is_file()
+
+
+def test_a_fresh_run_into_a_run_folder_is_refused_and_a_resume_with_other_settings_too(dataset, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(dataset, out))
+    with pytest.raises(ClearglassError, match=f"out = {out}: holds a run already \\(metrics.jsonl, latest.json, "
+                                              "checkpoints\\); continue it with --resume auto, or train into another"):
+        train(tiny_config(dataset, out))
+    changed = tiny_config(dataset, out, lr=0.125, groups_per_batch=3, log_every=2, checkpoint_every=3, steps=5)
+    with pytest.raises(ClearglassError) as e:
+        train(changed, resume="auto")
+    assert "3 setting(s) that decide the result differ from the run's: groups_per_batch 4 -> 3; lr 0.001 -> " \
+        f"0.125; steps 4 -> 5; resume with its settings ({out / 'config.json'})" in str(e.value)
+    assert "log_every" not in str(e.value) and "checkpoint_every" not in str(e.value)
+    same = tiny_config(dataset, out, log_every=2, checkpoint_every=3, device="cpu", num_workers=1)
+    assert train(same, resume="auto")["step"] == 4  # settings that do not change the result may change
+    longer = tiny_config(dataset, out, steps=5)
+    assert train(longer, resume="auto", allow_changes=True)["step"] == 5  # the user said so
+    assert train(tiny_config(dataset, out), overwrite=True)["step"] == 4  # a library caller's own earlier run
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert not (out / "checkpoints" / "step_000005.pt").exists()
 
 
 def test_non_finite_loss_stops_with_the_step_and_terms_and_writes_no_nan_checkpoint(dataset, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import difflib
 import json
 import math
 import os
+import string
 import types
 import typing
 from dataclasses import dataclass
@@ -104,6 +105,20 @@ def suggestion(key: str, known: list[str]) -> str:
     *parents, last = key.split(".")
     close = difflib.get_close_matches(last, known, n=1)
     return f"did you mean {'.'.join([*parents, close[0]])!r}?" if close else f"expected one of {known}"
+
+
+MAX_SEED = 2**63  # torch.manual_seed and numpy's generators take any seed from 0 to below it
+
+
+def one_blank_field(template: str) -> bool:
+    """Whether a format template has exactly one replacement field, a bare ``{}`` (no name, attribute, index,
+    conversion or format spec: ``{.__class__.__doc__}`` would print a docstring)."""
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # a lone { or }
+        return False
+    return fields == [("", "", None)]
 
 
 def _options(annotation: Any) -> tuple:

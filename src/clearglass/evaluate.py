@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clearglass.config import Config, suggestion
+from clearglass.config import MAX_SEED, Config, one_blank_field, suggestion
 from clearglass.errors import ClearglassError
 from clearglass.io import json_digest, load_image, load_torch, save_torch_atomic
 from clearglass.magic.schema import LEVELS, ConceptRecord, ImageRecord, resolve_image_path
@@ -54,7 +54,8 @@ class ModelEncoder:
     ``encode_text`` replaces ``model.encode_text`` (a training run passes its frozen-text cache). With ``cache_dir``,
     embeddings are stored as ``{kind}-{sha256(model key, data key)}.pt``; the model key is
     the spec plus a sha256 of the weights, the data key is the ordered texts or the image paths with their
-    sizes and modification times.
+    sizes and modification times. An entry holds its key and its embeddings' sha256, so one of the wrong shape,
+    another entry's or one changed since it was written is refused, naming the file.
     """
 
     def __init__(self, bundle: Any, batch_size: int = 64, device: str | torch.device = "cpu",
@@ -81,15 +82,21 @@ class ModelEncoder:
             self._model_key = f"{self.bundle.name}:{digest.hexdigest()}"
         return self._model_key
 
-    def _cached(self, kind: str, data_key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def _cached(self, kind: str, data_key: str, n: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The (n, D) embeddings of ``compute``, read from or written to the cache entry of (model, data); an entry
+        that is not what its name promises (its key, shape or content) is an error naming it."""
         if self.cache_dir is None:
             return compute()
-        key = hashlib.sha256(f"{self.model_key()}\n{data_key}".encode()).hexdigest()
+        key = hashlib.sha256(f"{CACHE_FORMAT}\n{self.model_key()}\n{data_key}".encode()).hexdigest()
         path = self.cache_dir / f"{kind}-{key}.pt"
         if path.exists():
-            return load_torch(path, "embedding cache file")
+            entry = load_torch(path, "embedding cache file")
+            problem = _cache_problem(entry, key, n)
+            if problem:
+                raise ClearglassError(f"{path}: embedding cache file {problem}; delete it and the run recomputes it")
+            return entry["embeddings"]
         out = compute()
-        save_torch_atomic(out, path)
+        save_torch_atomic({"key": key, "embeddings": out, "sha256": _tensor_sha256(out)}, path)
         return out
 
     def _encode_unique(self, items: list, encode_batch: Callable[[list], torch.Tensor], desc: str) -> torch.Tensor:
@@ -124,7 +131,7 @@ class ModelEncoder:
             return self.bundle.model.encode_image(x)
 
         data_key = "\n".join(stat(p) for p in paths)
-        return self._cached("images", data_key, lambda: self._encode_unique(paths, batch, "images"))
+        return self._cached("images", data_key, len(paths), lambda: self._encode_unique(paths, batch, "images"))
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """(n, D) normalised text embeddings."""
@@ -137,16 +144,40 @@ class ModelEncoder:
             tokens = trim_padding(self.bundle, self.bundle.tokenizer(chunk))  # (b, L' <= L)
             return self.bundle.model.encode_text(tokens.to(self.device))
 
-        return self._cached("texts", json.dumps(texts), lambda: self._encode_unique(list(texts), batch, "texts"))
+        return self._cached("texts", json.dumps(texts), len(texts),
+                            lambda: self._encode_unique(list(texts), batch, "texts"))
+
+
+CACHE_FORMAT = 2  # embedding cache entries: {"key", "embeddings", "sha256"}; format 1 (a bare tensor) is never read
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _cache_problem(entry: object, key: str, n: int) -> str | None:
+    """Why an embedding cache entry cannot be the (n, D) embeddings of ``key``, or None when it is."""
+    if not isinstance(entry, dict) or set(entry) != {"key", "embeddings", "sha256"}:
+        return "does not hold a cache entry (expected the keys 'key', 'embeddings' and 'sha256')"
+    if entry["key"] != key:
+        return "holds the entry of another model or data (its key is not its name's)"
+    emb = entry["embeddings"]
+    if not isinstance(emb, torch.Tensor) or emb.dtype != torch.float32 or emb.ndim != 2 or len(emb) != n \
+            or (n and emb.shape[1] < 1):
+        shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else type(emb).__name__
+        return f"holds embeddings of shape {shape}; expected ({n}, D) float32"
+    if entry["sha256"] != _tensor_sha256(emb):
+        return "holds embeddings changed since they were written (their sha256 differs from the one stored)"
+    return None
 
 
 class _Once:
     """An ``Encoder`` that asks the one it wraps only for images and texts it has not embedded yet, so tasks run
     one after another still embed every unique image and text once."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, name: str = "") -> None:
         self.encoder = encoder
-        self.name = getattr(getattr(encoder, "bundle", encoder), "name", "?")  # for _embed's errors
+        self.name = name or getattr(getattr(encoder, "bundle", encoder), "name", "?")  # for _embed's errors
         self.images: dict[Path, torch.Tensor] = {}
         self.texts: dict[str, torch.Tensor] = {}
 
@@ -262,9 +293,11 @@ def items_hash(items: Sequence[Any]) -> str:
 
 
 def strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
-    """rank = #{wrong candidates with score >= the true score}; scores (n, C), true_index (n,)."""
+    """rank = #{wrong candidates with score >= the true score}; scores (n, C), true_index (n,). A NaN score
+    (which compares false with everything) counts against the truth: a NaN truth has the worst rank, a NaN wrong
+    candidate beats it, so NaN scores never make a hit."""
     true = np.take_along_axis(scores, true_index[:, None], axis=1)  # (n, 1)
-    return (scores >= true).sum(axis=1) - 1
+    return ((scores >= true) | np.isnan(scores) | np.isnan(true)).sum(axis=1) - 1
 
 
 def score_recognition(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -355,13 +388,15 @@ def retrieval(encoder: Encoder, concepts: list[ConceptRecord], image_root: str |
 
 
 def _best_correct_rank(queries: np.ndarray, candidates: np.ndarray, correct: np.ndarray, chunk: int) -> np.ndarray:
-    """Per query: #{wrong candidates scoring >= its best correct candidate}; correct (Q, C) has a True per row."""
+    """Per query: #{wrong candidates scoring >= its best correct candidate}; correct (Q, C) has a True per row. A
+    NaN score counts against the truth, as in :func:`strict_rank`."""
     ranks = np.empty(len(queries), dtype=int)
     for s in range(0, len(queries), chunk):
         sims = queries[s:s + chunk] @ candidates.T  # (b, C)
         mine = correct[s:s + chunk]
-        best = np.where(mine, sims, -np.inf).max(axis=1, keepdims=True)  # (b, 1)
-        ranks[s:s + chunk] = (np.where(mine, -np.inf, sims) >= best).sum(axis=1)
+        best = np.where(mine, sims, -np.inf).max(axis=1, keepdims=True)  # (b, 1); NaN if any correct one is NaN
+        beats = (sims >= best) | np.isnan(sims) | np.isnan(best)  # (b, C)
+        ranks[s:s + chunk] = (beats & ~mine).sum(axis=1)
     return ranks
 
 
@@ -506,7 +541,8 @@ class EvalConfig(Config):
     hierarchy_steps: int = 100
 
     def validate(self) -> None:
-        """Known tasks, fields, levels and caption sources; k >= 2, n_boot >= 1, 0 < ci_level < 1."""
+        """Known tasks, fields, levels and caption sources; the bounds of k, n_boot, ci_level, hierarchy_steps,
+        retrieval_ks and seed; a template of one bare ``{}``."""
         for t in self.tasks:
             task_named(t)
         for f in self.fields or []:
@@ -517,10 +553,17 @@ class EvalConfig(Config):
                 raise ClearglassError(f"unknown level {lv}: expected some of 1..{len(LEVELS)}")
         if self.retrieval_captions not in CAPTION_SOURCES:
             raise ClearglassError(f"retrieval_captions {self.retrieval_captions!r}: expected one of {CAPTION_SOURCES}")
-        if self.k < 2 or self.n_boot < 1 or not 0 < self.ci_level < 1 or self.hierarchy_steps < 2 \
-                or any(k < 1 for k in self.retrieval_ks) or "{}" not in self.template:
-            raise ClearglassError(f"expected k >= 2, n_boot >= 1, 0 < ci_level < 1, hierarchy_steps >= 2, retrieval_ks "
-                                  f">= 1 and a template with {{}}, got {self}")
+        bounds = [("k", self.k, self.k >= 2, "k >= 2"), ("n_boot", self.n_boot, self.n_boot >= 1, "n_boot >= 1"),
+                  ("ci_level", self.ci_level, 0 < self.ci_level < 1, "0 < ci_level < 1"),
+                  ("hierarchy_steps", self.hierarchy_steps, self.hierarchy_steps >= 2, "hierarchy_steps >= 2"),
+                  ("retrieval_ks", self.retrieval_ks, all(k >= 1 for k in self.retrieval_ks), "each k >= 1"),
+                  ("seed", self.seed, 0 <= self.seed < MAX_SEED, "0 <= seed < 2**63")]
+        for name, value, ok, expected in bounds:
+            if not ok:
+                raise ClearglassError(f"{name} = {value!r}: expected {expected}")
+        if not one_blank_field(self.template):
+            raise ClearglassError(f"template {self.template!r}: expected one {{}} for the label and no other {{...}} "
+                                  "field (write {{ and }} for braces)")
 
 
 def test_set_hash(concepts: list[ConceptRecord]) -> str:
@@ -739,7 +782,7 @@ def evaluate_model(encoder: Encoder, concepts: list[ConceptRecord], image_root: 
         skipped.update({f"zero_shot/{lv}": why for lv, why in skipped_levels.items()})
     for im in (im for c in concepts for im in c.test_images):  # every task reads test images only
         resolve_image_path(image_root, im.image)
-    once = _Once(encoder)
+    once = _Once(encoder, model)
     units = [(t, subset, out) for t in config.tasks for subset, out in TASKS[t].run(once, concepts, image_root, config)]
     rows, per_item = metric_rows(units, config)
     return {"model": model, "data": data, "test_set_hash": test_set_hash(concepts), "config": asdict(config),

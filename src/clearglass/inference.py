@@ -13,6 +13,8 @@ import PIL.Image
 import torch
 from torch import Tensor
 
+from clearglass.config import one_blank_field
+from clearglass.errors import ClearglassError
 from clearglass.io import load_image, to_rgb8
 from clearglass.models import ModelBundle, trim_padding
 
@@ -55,6 +57,9 @@ def score_concepts(bundle: ModelBundle, image: ImageInput, concepts: Sequence[st
     model's ``logit_scale`` as its base had it (clearglass-mini's is open_clip's initial 1/0.07), so a softmax at
     that scale would state a confidence no training calibrated.
     """
+    if not one_blank_field(template):
+        raise ClearglassError(f"template {template!r}: expected one {{}} for the label and no other {{...}} field "
+                              "(write {{ and }} for braces)")
     image_features = encode_images(bundle, [image])[0]  # (D,)
     scores = encode_texts(bundle, [template.format(c) for c in concepts]) @ image_features  # (C,)
     order = torch.argsort(scores, descending=True, stable=True)

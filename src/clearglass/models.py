@@ -308,8 +308,22 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu") ->
     """
     with quiet_loading():
         bundle = _load_model(spec, device)
+    refuse_non_finite(bundle.model, f"model spec {spec!r}")
     bundle.model.eval()
     return bundle
+
+
+def refuse_non_finite(model: nn.Module, what: str) -> None:
+    """Raise ClearglassError naming the first parameter with a NaN or infinite value (or buffer with a NaN: masks
+    hold -inf by design): such a model scores nothing meaningful, and a NaN score never ranks below the truth."""
+    named = [(n, t, "inf or NaN") for n, t in model.named_parameters()] + \
+        [(n, t, "NaN") for n, t in model.named_buffers() if t.is_floating_point()]
+    for name, tensor, kind in named:
+        bad = ~torch.isfinite(tensor) if kind == "inf or NaN" else torch.isnan(tensor)
+        if bad.any():
+            raise ClearglassError(f"{what}: weight tensor {name!r} holds {int(bad.sum())} {kind} value(s) of "
+                                  f"{tensor.numel()}; a model with non-finite weights is refused (its scores would "
+                                  "mean nothing)")
 
 
 def _load_model(spec: str, device: str | torch.device) -> ModelBundle:

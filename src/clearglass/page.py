@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Collection
-from html import escape
+from html import escape, unescape
 from pathlib import Path
 
 from clearglass.errors import ClearglassError
@@ -49,13 +49,14 @@ code{background:#eee;padding:0 3px;border-radius:3px;font-size:12px}
 
 
 def _inline(text: str) -> str:
-    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore."""
+    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore.
+    Entities in the text (report.md escapes names with them) are read first, so they show as their character."""
     out = []
     for i, part in enumerate(re.split(r"`([^`]*)`", text)):
         if i % 2:
             out.append(f"<code>{escape(part)}</code>")
             continue
-        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(part))
+        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(unescape(part)))  # report.md's entities, once
         html = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', html)
         out.append(re.sub(r"_(?![^<>]*>)", "_<wbr>", html))  # not inside a tag's attributes
     return "".join(out)

@@ -8,6 +8,7 @@ method with intervals, the paired difference in points and a verdict word) and a
 
 from __future__ import annotations
 
+import html
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,20 @@ class Measure:
     key: MetricKey
     label: str
     split: str | None = None
+
+
+def md_text(value: object) -> str:
+    """Data (a model name, a title, a reason) as text of report.md, Markdown with inline HTML: HTML's special
+    characters as entities, ``|`` (a table's column bar) and the backtick (a code span) too, so it never becomes
+    markup or a column; line breaks as spaces."""
+    return html.escape(" ".join(str(value).splitlines()), quote=False).replace("|", "&#124;").replace("`", "&#96;")
+
+
+def md_code(value: object) -> str:
+    """Data as a code span of report.md (shown as is), or as :func:`md_text` where a backtick, a ``|`` or a line
+    break would end the span or the table row."""
+    text = str(value)
+    return md_text(text) if any(c in text for c in "`|\n\r") else f"`{text}`"
 
 
 def fmt_pct(x: float, signed: bool = False) -> str:
@@ -98,13 +113,14 @@ def markdown_table(results_by_model: dict[str, dict]) -> str:
     """Markdown table: one row per (task, subset, metric), one column per model, ``value [ci_low, ci_high]`` in %."""
     table = Results(results_by_model)
     keys = list(dict.fromkeys(k for name in table.models for k in table.keys(name)))
-    lines = ["| task | subset | metric | n | " + " | ".join(table.models) + " |",
+    lines = ["| task | subset | metric | n | " + " | ".join(md_text(m) for m in table.models) + " |",
              "|---|---|---|---|" + "---|" * len(table.models)]
     for key in keys:
         cells = [table.row(key, m) for m in table.models]
         n = next(c for c in cells if c)["n"]
         values = [_cell(c) if c else "-" for c in cells]
-        lines.append(f"| {key.task} | {key.subset} | {key.metric} | {n} | " + " | ".join(values) + " |")
+        lines.append(f"| {md_text(key.task)} | {md_text(key.subset)} | {md_text(key.metric)} | {n} | "
+                     + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +129,8 @@ def differences_table(differences: list[dict], ci_level: float = 0.95) -> str:
     lines = [f"| model - baseline | task | subset | metric | n | difference, points [{round(ci_level * 100)}% CI] |",
              "|---|---|---|---|---|---|"]
     for d in differences:
-        lines.append(f"| {d['model']} - {d['baseline']} | {d['task']} | {d['subset']} | {d['metric']} | {d['n']} | "
+        names = " | ".join(md_text(d[k]) for k in ("task", "subset", "metric"))
+        lines.append(f"| {md_text(d['model'])} - {md_text(d['baseline'])} | {names} | {d['n']} | "
                      f"{_cell(d, signed=True)} |")
     return "\n".join(lines) + "\n"
 
@@ -197,8 +214,9 @@ def headline_table(comparison: dict, baseline: str, method: str | None, measures
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    """A pipe table of plain-text cells (escaped here: they hold model names)."""
+    lines = ["| " + " | ".join(map(md_text, header)) + " |", "|---" * len(header) + "|"]
+    lines += ["| " + " | ".join(map(md_text, cells)) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -362,22 +380,24 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
     table = Results(by_model)
     d_corr = " (d_corr, a rank correlation, times 100)" if any(
         k.metric == "d_corr" for m in table.models for k in table.keys(m)) else ""
-    parts = [f"# {title}\n"]
+    parts = [f"# {md_text(title)}\n"]
     for section in headline_sections(comparison, measures):
-        parts += [f"## {section['heading']}\n"] if section["heading"] else []
-        parts += [_markdown(*section["table"])] + ([section["verdict"] + "\n"] if section["verdict"] else [])
+        parts += [f"## {md_text(section['heading'])}\n"] if section["heading"] else []
+        parts += [_markdown(*section["table"])] + ([md_text(section["verdict"]) + "\n"] if section["verdict"] else [])
     if intro:
         parts.append(intro.strip() + "\n")
-    parts.append(f"Data: `{_shown_path(first['data'], out_dir)}` (test set hash `{first['test_set_hash']}`); k={cfg['k']}, template "
-                 f"`{cfg['template']}`, seed {cfg['seed']}, {cfg['n_boot']} bootstrap resamples, "
+    parts.append(f"Data: {md_code(_shown_path(first['data'], out_dir))} (test set hash "
+                 f"{md_code(first['test_set_hash'])}); k={cfg['k']}, template {md_code(cfg['template'])}, seed "
+                 f"{cfg['seed']}, {cfg['n_boot']} bootstrap resamples, "
                  f"{round(cfg['ci_level'] * 100)}% percentile intervals. Values in percent{d_corr}, differences "
                  "in percentage points.\n")
     skipped = {what: why for res in by_model.values() for what, why in res.get("skipped", {}).items()}
     if skipped:
-        parts.append("Skipped: " + "; ".join(f"{what} ({why})" for what, why in skipped.items()) + ".\n")
+        parts.append("Skipped: " + "; ".join(f"{md_text(what)} ({md_text(why)})" for what, why in skipped.items())
+                     + ".\n")
     parts.append("## Results\n\n" + markdown_table(by_model))
     if differences:
-        against = f" vs {baselines[0]}" if len(baselines) == 1 else ""
+        against = f" vs {md_text(baselines[0])}" if len(baselines) == 1 else ""
         parts.append(f"## Paired differences{against}\n\n" + differences_table(differences, cfg["ci_level"]))
     if plots:
         parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")

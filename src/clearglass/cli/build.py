@@ -117,7 +117,8 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[SourceItem], Path]:
         if args.images is None:
             raise ClearglassError("--source folder needs --images ROOT (ROOT/<concept>/<image>)")
         source = FolderSource(args.images, args.folder_depth, args.caption_template, args.allow_concept_captions,
-                              args.csv_img_key, args.csv_caption_key, args.csv_separator, args.strict)
+                              args.csv_img_key, args.csv_caption_key, args.csv_separator, args.strict,
+                              outputs=(args.out, stats_path(args.out)))
         return source, source.root
     raise ClearglassError(f"unknown source {args.source!r}: expected one of {SOURCES}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import html
 import json
 import re
 import sys
@@ -224,7 +223,7 @@ def run_compare(args: argparse.Namespace) -> int:
     comparison = compare(results, pairs=pairs)
     renamed = {name: spec for name, spec in models.items() if name != spec}
     intro = "Models: " + "; ".join(f"{name} = `{spec}`" for name, spec in renamed.items()) + "." if renamed else ""
-    paths = write_report(comparison, args.out, title=html.escape(args.title), intro=intro)  # report.md reads HTML
+    paths = write_report(comparison, args.out, title=args.title, intro=intro)  # escaped there
     body = markdown_html(read_text(paths["markdown"], "report"), args.out)
     if picks:
         hits = {"test": {name: table_hits(trials, res) for name, res in results.items()}}

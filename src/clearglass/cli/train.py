@@ -89,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=None,
                         help="passes over the train groups (or pairs): sets steps from the dataset; not with --steps")
     parser.add_argument("--resume", default=None, help="'auto' (out/latest.json if present) or a checkpoint .pt")
+    parser.add_argument("--resume-allow-changes", action="store_true",
+                        help="resume although settings that decide the result (lr, loss, batch shape, model, seed, "
+                             "steps, ...) differ from the checkpoint's (refused without it)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, values as JSON or plain text (see the keys below with --help)")
     parser.set_defaults(func=run)
@@ -166,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = training_config(args)
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, allow_changes=args.resume_allow_changes)
     except TrainingInterrupted as e:
         print(f"clearglass train: {e}", file=sys.stderr)
         return 130

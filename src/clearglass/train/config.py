@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from clearglass.config import Config
+from clearglass.config import MAX_SEED, Config
 from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import SyntheticNegativesConfig
 from clearglass.io import DEFAULT_MAX_PIXELS
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
 OUTER = Literal["pairwise", "centroid", "clip"]
-MAX_SEED = 2**63  # torch.manual_seed and numpy's generators take any seed below it
 INNER = Literal["pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
 
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -348,9 +351,17 @@ class Run:
 
     # -- resume -----------------------------------------------------------------------------------------------
 
-    def restore(self, checkpoint: Path) -> None:
-        """Continue from a checkpoint of this run: weights, optimiser, samplers, RNG, validation record."""
+    def restore(self, checkpoint: Path, allow_changes: bool = False) -> None:
+        """Continue from a checkpoint of this run: weights, optimiser, samplers, RNG, validation record. A setting
+        that decides the result (all but ``FREE_ON_RESUME``) changed since the checkpoint is an error naming each,
+        unless ``allow_changes``."""
         meta = read_checkpoint_metadata(checkpoint)
+        changed = changed_settings(meta.get("train_config") or {}, self.config.to_dict())
+        if changed and not allow_changes:
+            raise ClearglassError(
+                f"resume {checkpoint}: {len(changed)} setting(s) that decide the result differ from the run's: "
+                f"{'; '.join(changed)}; resume with its settings ({checkpoint.parent.parent / 'config.json'}), "
+                "train into another --out, or pass --resume-allow-changes to continue with the new ones")
         if checkpoint_dataset_sha256(meta) != self.parts.data.sha256:
             raise ClearglassError(
                 f"resume {checkpoint}: trained on data sha256 {checkpoint_dataset_sha256(meta)[:12]}, but "
@@ -648,14 +659,82 @@ class _Interrupts:
             signal.signal(sig, handler)
 
 
-def _start(run: Run, resume: str | None) -> tuple[Path | None, Reporters | None]:
+RUN_FILES = ("metrics.jsonl", "latest.json", "checkpoints")  # what a run writes into its folder, beside config.json
+LOCK_FILE = "train.lock"
+# settings a resumed run may change: where and how fast it runs, what it logs; every other one decides the result
+FREE_ON_RESUME = {"data", "out", "device", "log_every", "checkpoint_every", "report_to", "num_workers", "cache_images",
+                  "text_cache_file"}
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"loss.tau": 0.1, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """``key old -> new`` for each setting outside ``FREE_ON_RESUME`` that differs between a checkpoint's train
+    config and ``now`` (keys the checkpoint does not record are not compared; the data is compared by its sha256)."""
+    old, new = _flat(saved), _flat(now)
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys())
+            if k.split(".")[0] not in FREE_ON_RESUME and old[k] != new[k]]
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``out`` (created if needed) while the block runs: a second run into
+    it fails at once naming the lock. ``flock`` on ``out/train.lock``: released on every exit, also when the
+    process is killed (the OS drops it with the file descriptor), so a stale lock file never blocks."""
+    if out.is_file():
+        raise ClearglassError(f"out = {out}: is a file; expected an output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ClearglassError(f"out = {out}: cannot create the run folder or its lock ({e.strerror or e})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClearglassError(f"out = {out}: another run is training into this folder (it holds "
+                                  f"{out / LOCK_FILE}); wait for it to end, or train into another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # for a person who wonders who holds it
+        yield
+    finally:
+        os.close(fd)
+
+
+def _refuse_earlier_run(out: Path, overwrite: bool) -> None:
+    """A fresh run into a folder that holds a run is refused (it would mix with the old metrics and checkpoints),
+    unless ``overwrite``, which removes the old run's files first."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not overwrite:
+        raise ClearglassError(f"out = {out}: holds a run already ({', '.join(found)}); continue it with --resume auto, "
+                              "or train into another --out")
+    for name in found:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+        else:
+            (out / name).unlink()
+
+
+def _start(run: Run, resume: str | None, allow_changes: bool = False,
+           overwrite: bool = False) -> tuple[Path | None, Reporters | None]:
     """Resume (``auto``: from ``out/latest.json`` if present), and prepare the output folder on rank 0."""
     out, config = run.out, run.config
+    if resume is None and run.rank == 0:
+        _refuse_earlier_run(out, overwrite)
     for folder in (out, out / "checkpoints"):
         remove_orphan_temps(folder)
     resume_path = latest_checkpoint(out) if resume == "auto" else Path(resume) if resume else None
     if resume_path is not None:
-        run.restore(resume_path)
+        run.restore(resume_path, allow_changes)
     if run.rank != 0:
         return resume_path, None
     if out.is_file():
@@ -678,15 +757,28 @@ def _write_row(run: Run, reporters: Reporters | None, row: dict) -> None:
     reporters.log(row)
 
 
-def train(config: TrainConfig, resume: str | None = None) -> dict:
+def train(config: TrainConfig, resume: str | None = None, allow_changes: bool = False,
+          overwrite: bool = False) -> dict:
     """Run training; returns the final metrics, the step, the paths (out, checkpoint, metrics) and the best
-    validation step. ``resume``: None (fresh run), 'auto' (continue from ``out/latest.json`` if present) or a
-    checkpoint path. SIGINT/SIGTERM write a checkpoint at the last completed step and raise TrainingInterrupted."""
+    validation step. ``resume``: None (fresh run; refused where ``out`` holds a run, unless ``overwrite``), 'auto'
+    (continue from ``out/latest.json`` if present) or a checkpoint path; a resume with other settings that decide
+    the result is refused unless ``allow_changes``. The run folder is locked while it runs (:func:`run_lock`).
+    SIGINT/SIGTERM write a checkpoint at the last completed step and raise TrainingInterrupted."""
     rank, world_size, device = setup_distributed(config.device)
+    try:
+        with run_lock(Path(config.out)) if rank == 0 else contextlib.nullcontext():
+            return _train(config, resume, allow_changes, overwrite, rank, world_size, device)
+    finally:
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: str | None, allow_changes: bool, overwrite: bool, rank: int,
+           world_size: int, device: torch.device) -> dict:
     reporters = None
     try:
         run = Run(config, rank, world_size, device)
-        resume_path, reporters = _start(run, resume)
+        resume_path, reporters = _start(run, resume, allow_changes, overwrite)
         c, last = config, latest_checkpoint(run.out) if resume_path is not None else None
         start = time.perf_counter()
         with _Interrupts(world_size) as interrupts, tqdm(total=run.total_steps, initial=run.step_count, desc="train",
@@ -711,8 +803,6 @@ def train(config: TrainConfig, resume: str | None = None) -> dict:
     finally:
         if reporters is not None:
             reporters.close()
-        if world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def print_result(result: dict) -> None:

@@ -22,7 +22,16 @@ from clearglass.io import read_text, write_text_atomic
 from clearglass.magic.schema import ConceptRecord
 from clearglass.models import load_model
 from clearglass.page import markdown_html, write_page
-from clearglass.report import Measure, differences_table, fmt_pct, markdown_table, verdict_sentences, write_plots
+from clearglass.report import (
+    Measure,
+    differences_table,
+    fmt_pct,
+    markdown_table,
+    md_code,
+    md_text,
+    verdict_sentences,
+    write_plots,
+)
 from clearglass.report import headline_table as report_table
 from clearglass.results import MetricKey, Results
 
@@ -137,10 +146,11 @@ def loss_plot(runs: dict[str, Path], families: dict[str, str], colours: dict[str
 def _setup(summary: dict) -> str:
     config, data = summary["config"], summary["data"]
     cross = data.get("cross_style", {})
-    models = "; ".join(f"`{m}` ({o['family']}, WiSE-FT w {o['wise_ft']:g}): {json.dumps(o['train'])}"
+    models = "; ".join(f"{md_code(m)} ({md_text(o['family'])}, WiSE-FT w {o['wise_ft']:g}): "
+                       f"{md_text(json.dumps(o['train']))}"
                        for m, o in summary["models"].items())
     return ("## Set-up\n\n"
-            f"Base: `{config['base']}`"
+            f"Base: {md_code(config['base'])}"
             + (" (untrained: random weights, so its own scores are chance level)"
                if summary.get("base_untrained") else "")
             + ", fine-tuned by every model with the same steps, optimiser, schedule, seeds and "
@@ -225,11 +235,12 @@ def report_parts(summary: dict, plots: list[Path], out: Path) -> tuple[list[str]
                                  [(g["target"], g["met"]) for g in goals if g["measured"]])
     seeds = len(summary["seeds"])
     k = config["eval"]["k"]
-    parts = [f"# clearglass demo: CLEAR GLASS vs the CLIP loss, fine-tuning `{config['base']}`\n",
+    parts = [f"# clearglass demo: CLEAR GLASS vs the CLIP loss, fine-tuning {md_code(config['base'])}\n",
              "**Targets** (test split; " + f"{seeds} seed{'s' if seeds > 1 else ''}):\n",
-             "\n".join(f"- {status(g)}: {g['target']}" for g in goals) + "\n",
-             f"## Headline measures (% [95% CI]; the last columns are {method} minus {baseline}, paired)\n",
-             headline_table(comparisons, models, baseline, method), sentence + "\n",
+             "\n".join(f"- {status(g)}: {md_text(g['target'])}" for g in goals) + "\n",
+             f"## Headline measures (% [95% CI]; the last columns are {md_text(method)} minus {md_text(baseline)}, "
+             "paired)\n",
+             headline_table(comparisons, models, baseline, method), md_text(sentence) + "\n",
              HOW_TO_READ.format(k=k, chance=round(100 / k)), _setup(summary)]
     for subset, comp in comparisons.items():
         parts.append(f"## {subset}\n\n" + markdown_table(comp["results"]))

@@ -58,7 +58,7 @@ def train_model(config: DemoConfig, name: str, record: dict | None, data: Path, 
     setting, _ = chosen_for(record, config.models[name].family)
     train_config = config.train_config(name, setting, str(data), out, seed)
     start = time.perf_counter()
-    result = train(train_config)
+    result = train(train_config, overwrite=True)  # a demo run again into its folder trains afresh
     extra_state_path(result["checkpoint"]).unlink(missing_ok=True)
     return {**result, "seconds": time.perf_counter() - start}
 

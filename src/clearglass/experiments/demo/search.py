@@ -91,7 +91,7 @@ def run_search(out: str | os.PathLike, grid_path: str | os.PathLike, config_name
             start = time.perf_counter()
             train_config = config.train_config(name, setting, str(paths["train"]), out / "search" / f"{family}-{i}",
                                                seed)
-            trained = train(train_config)
+            trained = train(train_config, overwrite=True)
             seconds = time.perf_counter() - start
             for w in grid.wise_ft:
                 tuned = load_model(trained["checkpoint"])

@@ -14,16 +14,17 @@ counts each one as a leak (``--filter-leaks`` drops them).
 
 Image ids are paths relative to ROOT, which is the built dataset's image root. A file directly in ROOT (other
 than captions.csv) or an image at another depth than the layout's is an error. Hidden files and folders, files
-that are neither images nor captions, and ``.txt`` files without an image are left out and counted.
+that are neither images nor captions, ``.txt`` files without an image and the build's own output (its dataset and
+stats files, written into ROOT) are left out and counted.
 """
 
 from __future__ import annotations
 
 import os
-import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from clearglass.config import one_blank_field
 from clearglass.errors import ClearglassError
 from clearglass.io import read_text
 from clearglass.magic.sources import SourceItem
@@ -39,30 +40,20 @@ def concept_name(folder: str) -> str:
     return " ".join(folder.replace("_", " ").split())
 
 
-def _one_blank_field(template: str) -> bool:
-    """Whether a format template has exactly one replacement field, a bare ``{}`` (no name, attribute, index,
-    conversion or format spec: ``{.__class__.__doc__}`` would print a docstring)."""
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
-                  if name is not None]
-    except ValueError:  # a lone { or }
-        return False
-    return fields == [("", "", None)]
-
-
 class FolderSource:
     """The images under ROOT's concept folders, with captions from captions.csv, .txt files or a template."""
 
     def __init__(self, root: str | os.PathLike, depth: int = 1, caption_template: str | None = None,
                  allow_concept_captions: bool = False, img_key: str = "filepath", caption_key: str = "title",
-                 separator: str = ",", strict: bool = False) -> None:
+                 separator: str = ",", strict: bool = False, outputs: Sequence[str | os.PathLike] = ()) -> None:
         self.root = Path(root)
+        self.outputs = {Path(p).resolve() for p in outputs}  # the build's own files, left out when inside ROOT
         if not self.root.is_dir():
             raise ClearglassError(f"{self.root}: image folder not found (expected {LAYOUTS.get(depth, LAYOUTS[1])})")
         if depth not in LAYOUTS:
             raise ClearglassError(f"--folder-depth {depth}: expected 1 ({LAYOUTS[1]}) or 2 ({LAYOUTS[2]})")
         if caption_template is not None:
-            if not _one_blank_field(caption_template):
+            if not one_blank_field(caption_template):
                 raise ClearglassError(f"--caption-template {caption_template!r}: expected one {{}} for the concept "
                                       "and no other {...} field (write {{ and }} for braces)")
             if not allow_concept_captions:
@@ -87,12 +78,18 @@ class FolderSource:
             rel = path.relative_to(self.root)
             if rel.as_posix() == SIDECAR or path.is_dir() and not path.is_symlink():
                 continue
+            if path.resolve() in self.outputs:
+                ignored.append(f"{rel.as_posix()} (this build's own output)")
+                continue
             if path.is_symlink() and path.is_dir() or not path.is_file():
                 ignored.append(f"{rel.as_posix()} (not a regular file or folder: a link to a folder, a FIFO, ...)")
             elif any(part.startswith(".") for part in rel.parts):
                 ignored.append(rel.as_posix())
             elif len(rel.parts) == 1:
-                raise ClearglassError(f"{path}: a file directly in the image folder; expected {LAYOUTS[self.depth]}")
+                earlier = " (an earlier build's output? write --out outside the image folder, or move it)" \
+                    if path.suffix.lower() == ".json" else ""
+                raise ClearglassError(f"{path}: a file directly in the image folder; expected "
+                                      f"{LAYOUTS[self.depth]}{earlier}")
             elif path.suffix.lower() == ".txt":
                 texts.append(path)
             elif path.suffix.lower() not in IMAGE_SUFFIXES:
