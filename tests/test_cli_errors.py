@@ -161,9 +161,11 @@ for command in ("validate", "stats"):
                                                                         "latin1.json"))
 case("train: config is a folder")(lambda w, t, s: (["train", "--config", str(w.root / "folder")], "folder"))
 case("train: config is not UTF-8")(lambda w, t, s: (["train", "--config", str(w.root / "latin1.json")], "latin1.json"))
-case("train: data is a folder")(lambda w, t, s: (["train", "--config", str(w.config), f"data={json.dumps(str(w.root / 'folder'))}"], "folder"))
-case("eval: data is not UTF-8")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.root / "latin1.json"),
-                                                  "--out", str(t / "r.json")], "latin1.json"))
+case("train: data is a folder")(lambda w, t, s: (["train", "--config", str(w.config),
+                                                  f"data={json.dumps(str(w.root / 'folder'))}"], "folder"))
+case("eval: data is not UTF-8")(lambda w, t, s: (["eval", "--model", str(w.model), "--data",
+                                                  str(w.root / "latin1.json"), "--out", str(t / "r.json")],
+                                                 "latin1.json"))
 for bad in ("folder", "latin1.json"):
     case(f"concepts: labels file is {bad}")(lambda w, t, s, b=bad: (
         ["concepts", str(w.data.parent / "images/concept0_0.png"), "--model", str(w.model), "--labels",
@@ -187,15 +189,18 @@ case("compare: two models of one name")(lambda w, t, s: (
 case("train: lr=-1")(lambda w, t, s: (["train", "--config", str(w.config), "lr=-1"], "train.json: lr = -1.0"))
 case("train: lr=NaN")(lambda w, t, s: (["train", "--config", str(w.config), "lr=NaN"], "train.json: lr = nan"))
 case("train: steps=1.5")(lambda w, t, s: (["train", "--config", str(w.config), "steps=1.5"], "steps = 1.5"))
-case("train: out= an existing file")(lambda w, t, s: (["train", "--config", str(w.config), f"out={json.dumps(str(w.root / 'file'))}"], "file"))
-case("train: out= below a file")(lambda w, t, s: (["train", "--config", str(w.config), f"out={json.dumps(str(w.root / 'file' / 'run'))}"], "file"))
+case("train: out= an existing file")(lambda w, t, s: (["train", "--config", str(w.config),
+                                                       f"out={json.dumps(str(w.root / 'file'))}"], "file"))
+case("train: out= below a file")(lambda w, t, s: (["train", "--config", str(w.config),
+                                                   f"out={json.dumps(str(w.root / 'file' / 'run'))}"], "file"))
 case("demo: --out a regular file")(lambda w, t, s: (["demo", "--quick", "--out", str(w.root / "file")], "file"))
 case("eval: --out a folder")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
                                                "--out", str(w.root / "folder")], "folder"))
 case("eval: --out is its --data")(lambda w, t, s: (["eval", "--model", str(w.model), "--data", str(w.test_set),
                                                   "--out", str(w.test_set)], "is the --data file"))
 case("build: --out is its --csv")(lambda w, t, s: (["build", "--source", "csv", "--csv", str(w.root / "file"),
-                                                   "--labeler", "truth", "--csv-level-keys", "a", "--out", str(w.root / "file")], "is the --csv file"))
+                                                   "--labeler", "truth", "--csv-level-keys", "a",
+                                                   "--out", str(w.root / "file")], "is the --csv file"))
 case("interpolate: --out is its --fine-tuned")(lambda w, t, s: (
     ["interpolate", "--base", str(w.model), "--fine-tuned", str(w.model), "--w", "0.5", "--out", str(w.model)],
     "is the --fine-tuned checkpoint"))
@@ -244,9 +249,10 @@ def _(w, t, s):
     raw = json.loads(config.read_text())
     wider = json.loads(json.dumps(TINY_MODEL_CONFIG))
     wider["vision_cfg"]["width"] = 48
+    import open_clip
+
     from clearglass.checkpoints import save_checkpoint
     from clearglass.models import ModelBundle, ModelSource, register_open_clip_config
-    import open_clip
 
     name = register_open_clip_config("clearglass-test-tiny-wider", wider)
     model = open_clip.create_model(name)
@@ -430,8 +436,8 @@ case("train: eval_every without eval_data")(lambda w, t, s: (["train", "--config
                                                               "eval_every"))
 case("train: amp on the CPU")(lambda w, t, s: (["train", "--config", str(w.config), "precision=amp",
                                                 f"out={json.dumps(str(t / 'o'))}"], "precision 'amp'"))
-case("train: --resume a folder")(lambda w, t, s: (["train", "--config", str(w.config), "--resume", str(w.root / "folder")],
-                                                   "folder"))
+case("train: --resume a folder")(lambda w, t, s: (["train", "--config", str(w.config), "--resume",
+                                                    str(w.root / "folder")], "folder"))
 case("train: --resume a missing file")(lambda w, t, s: (["train", "--config", str(w.config), "--resume",
                                                          str(t / "none.pt")], "none.pt"))
 case("train: text_cache_file a folder")(lambda w, t, s: (
@@ -615,13 +621,15 @@ for label, change, needle in [
          "non-empty string"),
         ("a misspelt key train_image", lambda raw: raw[0].update(train_image=raw[0].pop("train_images")),
          "unknown key 'train_image'; did you mean 'train_images'?"),
-        ("an unknown image key", lambda raw: raw[0]["train_images"][0].update(captions=["x"]), "unknown key 'captions'"),
+        ("an unknown image key", lambda raw: raw[0]["train_images"][0].update(captions=["x"]),
+         "unknown key 'captions'"),
         ("image id 1.5", lambda raw: raw[0]["train_images"][0].update(image=1.5), "field 'image' must be a string"),
         ("image id a list", lambda raw: raw[0]["train_images"][0].update(image=["a.png"]),
          "field 'image' must be a string")]:
     case(f"validate: {label}")(lambda w, t, s, c=change, n=needle: (["validate", str(variant(w, t, c))], n))
 case("stats: NFC and NFD spellings of one concept name")(lambda w, t, s: (
-    ["stats", str(variant(w, t, lambda raw: (raw[0].update(concept="caf\u00e9"), raw[1].update(concept="cafe\u0301"))))],
+    ["stats", str(variant(w, t, lambda raw: (raw[0].update(concept="caf\u00e9"),
+                                             raw[1].update(concept="cafe\u0301"))))],
     "are both 'café'"))
 case("validate: duplicate hard negatives", "problem")(lambda w, t, s: (
     ["validate", str(variant(w, t, lambda raw: raw[1]["hard_negative"].append(raw[1]["hard_negative"][0])))],
@@ -1070,7 +1078,8 @@ def test_a_dropped_unknown_hard_negative_is_counted_in_the_train_result(world, t
     raw = json.loads(world.data.read_text())
     raw[0]["hard_negative"] += ["no-such-concept", "nor-this"]
     (world.data.parent / "unknown.json").write_text(json.dumps(raw))
-    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1, warmup=0))
+    result = train(tiny_config(world, tmp_path / "out", data=str(world.data.parent / "unknown.json"), steps=1,
+                               warmup=0))
     assert result["unknown_hard_negatives"] == 2
 
 

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass_testing.recognition_oracle import score_recognition_per_item
 from clearglass.evaluate import (
     EvalConfig,
     ModelEncoder,
@@ -29,6 +28,7 @@ from clearglass.evaluate import (
     zero_shot,
 )
 from clearglass.magic.schema import ConceptRecord, ImageRecord, resolve_image_path
+from clearglass_testing.recognition_oracle import score_recognition_per_item
 
 N_CONCEPTS, N_IMAGES = 6, 3
 
@@ -453,7 +453,8 @@ def test_model_encoder_cache_misses_on_changed_weights_or_image(tmp_path):
 
 def test_auto_fields_and_levels_skip_with_reasons():
     concepts = make_concepts()
-    res = evaluate_model(ConceptEncoder(concepts), concepts, ROOT, EvalConfig(k=3, n_boot=20, tasks=["recognition", "zero_shot"]))
+    res = evaluate_model(ConceptEncoder(concepts), concepts, ROOT,
+                         EvalConfig(k=3, n_boot=20, tasks=["recognition", "zero_shot"]))
     assert res["config"]["fields"] == ["new_caption", "old_caption", "concept_level1", "concept_level2"]
     assert res["config"]["levels"] == [1, 2, 3]
     assert set(res["skipped"]) == {"recognition/concept_level3", "recognition/concept_level4", "zero_shot/level4"}

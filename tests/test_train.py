@@ -57,8 +57,8 @@ def test_shipped_configs_load_and_overrides_parse():
     assert TrainConfig.load("coco-vitb32").model == "open_clip:ViT-B-32:laion2b_s34b_b79k"
     config = TrainConfig.load("default-grouped", ["loss.alpha=0.5", "loss.inner=null", "data=x.json", "lr=1",
                                                   "pretrain.steps=3"])
-    assert (config.loss.alpha, config.loss.inner, config.data, config.lr, config.pretrain.steps) == (0.5, None, "x.json",
-                                                                                                      1.0, 3)
+    assert (config.loss.alpha, config.loss.inner, config.data, config.lr,
+            config.pretrain.steps) == (0.5, None, "x.json", 1.0, 3)
     with pytest.raises(ClearglassError, match=r"unknown key 'loss.alpah'; did you mean 'loss.alpha'\?"):
         TrainConfig.load("default-grouped", ["loss.alpah=0.5"])
     with pytest.raises(ClearglassError, match="steps = 'many'"):
@@ -122,7 +122,8 @@ def test_sigkill_then_resume_auto_ends_with_the_same_weights(dataset, tmp_path):
     assert proc.returncode == -signal.SIGKILL and killed_at < 40
     metrics = tmp_path / "killed" / "metrics.jsonl"
     before = metrics.read_text().splitlines()[:killed_at]  # the resumed run keeps these and redoes nothing
-    done = subprocess.run(command + ["--resume", "auto"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command + ["--resume", "auto"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     after = metrics.read_text().splitlines()
     assert after[:killed_at] == before and [json.loads(ln)["step"] for ln in after] == list(range(1, 41))
@@ -193,7 +194,8 @@ def test_non_finite_loss_stops_with_the_step_and_terms_and_writes_no_nan_checkpo
         return out
 
     monkeypatch.setattr(GroupedContrastiveLoss, "forward", nan_on_third)
-    with pytest.raises(ClearglassError, match=r"step 2: non-finite loss \(loss=nan, outer_loss=[0-9.]+, inner_loss=nan\)"):
+    with pytest.raises(ClearglassError,
+                       match=r"step 2: non-finite loss \(loss=nan, outer_loss=[0-9.]+, inner_loss=nan\)"):
         train(tiny_config(dataset, tmp_path / "nan", checkpoint_every=1))
     assert sorted(p.name for p in (tmp_path / "nan/checkpoints").glob("step_??????.pt")) == ["step_000001.pt",
                                                                                        "step_000002.pt"]
@@ -246,7 +248,8 @@ def _validation_file(dataset: Path) -> Path:
 
 
 def test_validation_rows_keep_best_and_early_stopping(dataset, tmp_path):
-    """eval_every writes val/ rows to metrics.jsonl; keep_best keeps the first step of the best score; patience stops."""
+    """eval_every writes val/ rows to metrics.jsonl; keep_best keeps the first step of the best score; patience
+    stops."""
     val_file = str(_validation_file(dataset))
     config = tiny_config(dataset, tmp_path / "val", steps=6, eval_every=1, eval_data=val_file, keep_best=True,
                          eval_metrics=["retrieval/old_captions/i2t_R@1", "retrieval/old_captions/t2i_R@1"])
@@ -312,7 +315,8 @@ def test_self_regularisation_starts_at_zero_is_logged_and_resumes_exactly(datase
 @pytest.mark.parametrize("kind", ["clip", "multilevel"])
 def test_self_regularisation_of_both_towers_with_every_loss_kind(dataset, tmp_path, kind):
     config = tiny_config(dataset, tmp_path / kind, steps=2, **{"loss.kind": kind, "loss.self_reg": 0.5,
-                                                                "loss.self_reg_features": "both", "lock.lock_text": False})
+                                                                "loss.self_reg_features": "both",
+                                                                "lock.lock_text": False})
     rows = _rows(train(config))
     assert rows[0]["self_reg_loss"] == pytest.approx(0.0, abs=1e-6) and rows[1]["self_reg_loss"] > 1e-6
 

@@ -18,9 +18,10 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -201,7 +202,8 @@ def _embed(encoder: Encoder, paths: list[Path] | None, texts: list[str] | None) 
     txt = encoder.embed_texts(texts).float().numpy() if texts else np.zeros((0, 0), np.float32)
     for name, emb in (("image", img), ("text", txt)):
         if not np.isfinite(emb).all():  # NaN compares false, so it would never rank below the truth: refuse it
-            raise ClearglassError(f"model {getattr(getattr(encoder, 'bundle', encoder), 'name', '?')!r}: {int((~np.isfinite(emb)).any(1).sum())}"
+            raise ClearglassError(f"model {getattr(getattr(encoder, 'bundle', encoder), 'name', '?')!r}: "
+                                  f"{int((~np.isfinite(emb)).any(1).sum())}"
                                   f" {name} embeddings are not finite (NaN or inf weights?); nothing is scored")
     return img, txt
 
@@ -301,7 +303,8 @@ def strict_rank(scores: np.ndarray, true_index: np.ndarray) -> np.ndarray:
 
 
 def score_recognition(encoder: Encoder, items: list[Item], image_root: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Per-item ranks of the truth: ``i2t_rank`` (the image picks among K texts), ``t2i_rank`` (the text among K images)."""
+    """Per-item ranks of the truth: ``i2t_rank`` (the image picks among K texts), ``t2i_rank`` (the text among K
+    images)."""
     paths = list(dict.fromkeys(resolve_image_path(image_root, i) for it in items for i in it.images))
     texts = list(dict.fromkeys(t for it in items for t in it.texts))
     img, txt = _embed(encoder, paths, texts)
@@ -331,7 +334,8 @@ def zero_shot(encoder: Encoder, concepts: list[ConceptRecord], image_root: str |
     """Per test image with a value at ``level``: the strict rank of its label among all labels of that level."""
     labels = level_labels(concepts, level)
     if len(labels) < 2:
-        raise ClearglassError(f"level{level}: zero-shot needs at least 2 distinct labels among test images, found {labels}")
+        raise ClearglassError(f"level{level}: zero-shot needs at least 2 distinct labels among test images, "
+                              f"found {labels}")
     records = [im for c in concepts for im in c.test_images if getattr(im, f"level{level}")]
     paths = [resolve_image_path(image_root, im.image) for im in records]
     unique_paths = list(dict.fromkeys(paths))
@@ -383,7 +387,8 @@ def retrieval(encoder: Encoder, concepts: list[ConceptRecord], image_root: str |
     own = np.zeros((len(entries), len(texts)), dtype=bool)  # (I, U) image i carries distinct caption u
     for i, (_, caps) in enumerate(entries):
         own[i, [t_idx[t] for t in caps]] = True
-    return {"i2t_rank": _best_correct_rank(img, txt, own, chunk), "t2i_rank": _best_correct_rank(txt, img, own.T, chunk),
+    return {"i2t_rank": _best_correct_rank(img, txt, own, chunk),
+            "t2i_rank": _best_correct_rank(txt, img, own.T, chunk),
             "images": [e[0] for e in entries], "texts": texts}
 
 
@@ -405,7 +410,8 @@ def _best_correct_rank(queries: np.ndarray, candidates: np.ndarray, correct: np.
 
 
 def hierarchy_chains(concepts: list[ConceptRecord]) -> list[tuple[str, tuple[str, str, str, str]]]:
-    """(image id, chain general -> specific = (level4, level3, level2, level1)) of every test image with all 4 levels."""
+    """(image id, chain general -> specific = (level4, level3, level2, level1)) of every test image with all 4
+    levels."""
     return [(im.image, (im.level4, im.level3, im.level2, im.level1)) for c in concepts for im in c.test_images
             if all(im.levels())]
 
