@@ -11,7 +11,6 @@ from collections.abc import Iterator  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 # end-to-end runs of the real entry points (a demo, a pretraining, torchrun, Chromium, kill and resume): the slow
 # tier, which `make test-fast` (pytest -m "not slow") skips and `make test` runs
 SLOW_FILES = {"test_experiments_demo_run.py", "test_cli_pretrain.py", "test_train_ddp.py", "test_losses_ddp.py",
