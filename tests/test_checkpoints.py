@@ -100,6 +100,8 @@ def test_weights_of_another_architecture_do_not_load(checkpoint):
     model = tiny_bundle(wider, "clearglass-test-tiny-wider").model
     message = one_line_error(load_weights, model, checkpoint, read_checkpoint_metadata(checkpoint))
     assert message.startswith(f"checkpoint {checkpoint}: cannot load its weights into CLIP: size mismatch for ")
+    name = message.removeprefix(f"checkpoint {checkpoint}: cannot load its weights into CLIP: size mismatch for ")
+    assert name.split(":")[0] in model.state_dict(), message  # the tensor is named, not cut off
     fewer = dict(torch.load(checkpoint, weights_only=True))
     fewer.pop("logit_scale")
     torch.save(fewer, checkpoint)

@@ -720,6 +720,28 @@ def _(w, t, s):
     return hierarcaps_eval(w, t, t / "h.csv"), "not a regular file"
 
 
+for command in ("validate", "stats"):
+    case(f"{command}: the dataset is a device")(lambda w, t, s, c=command: ([c, "/dev/zero"], "not a regular file"))
+
+
+@case("concepts: --labels is a device")
+def _(w, t, s):
+    return (["concepts", str(w.data.parent / "images/concept0_0.png"), "--model", str(w.model), "--labels",
+             "/dev/urandom"], "not a regular file")
+
+
+def _fifo(t: Path, name: str) -> Path:
+    os.mkfifo(t / name)
+    return t / name
+
+
+for command in ("validate", "stats"):
+    case(f"{command}: the dataset is a FIFO")(lambda w, t, s, c=command: ([c, str(_fifo(t, "d.json"))],
+                                                                          "not a regular file"))
+case("train: data= a FIFO")(lambda w, t, s: (["train", "--config", str(w.config),
+                                              f"data={json.dumps(str(_fifo(t, 'd.json')))}"], "not a regular file"))
+
+
 @case("resume: sidecar extra_state of ../../..")
 def _(w, t, s):
     run, config = copy_run(w, t)
