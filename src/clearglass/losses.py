@@ -155,26 +155,18 @@ def _centroids(features: Tensor, labels: Tensor, num_groups: int) -> Tensor:
     return F.normalize(sums, dim=-1)
 
 
-def _diagonal_blocks(logits: Tensor, rows: slice, block: int) -> Tensor:
-    """(2, N, N, G_o) view of the (2, R, B) logits: each owned group's rows against its own columns, [dir, i, j, o]."""
-    return logits.view(2, logits.shape[1] // block, block, -1, block).diagonal(rows.start // block, 1, 3)
-
-
 def _chunks(owned: slice, size: int) -> list[slice]:
     """`owned` cut into consecutive slices of `size` (the last one may be shorter)."""
     return [slice(start, min(start + size, owned.stop)) for start in range(owned.start, owned.stop, size)]
 
 
-class _PairwiseOuter(torch.autograd.Function):
-    """pairwise_outer's value with a hand-written backward: one stacked (2, R, B) logsumexp per term.
-
-    The positives of a row are given by a (R, B) mask, or (positive=None, level-1 layout) are the N columns of
-    the row's own group: a diagonal (N, N) block of the logits, so no mask is built.
-    """
+class _MaskedPairwiseOuter(torch.autograd.Function):
+    """pairwise_outer's value on any grouping (level 2), with a hand-written backward: one stacked (2, R, B)
+    logsumexp per term, the positives of a row given by a (R, B) mask."""
 
     @staticmethod
     def forward(ctx, images: Tensor, texts: Tensor, scale: Tensor | float, negatives: Tensor | None,
-                positive: Tensor | None, block: int | None, rows: slice, weight: float) -> Tensor:
+                positive: Tensor, rows: slice, weight: float) -> Tensor:
         """weight * sum over the owned rows of both directions of lse_all - lse_positives."""
         own_images = images[rows]  # (R, D)
         cos = torch.mm(own_images, texts.T)  # (R, B) image -> text
@@ -186,14 +178,10 @@ class _PairwiseOuter(torch.autograd.Function):
         if negatives is not None:  # extra image -> text denominator columns
             neg_logits = torch.mm(own_images, negatives.T).mul_(scale)  # (R, K)
             lse[0] = torch.logaddexp(lse[0], neg_logits.logsumexp(-1))
-        if positive is None:
-            masked = None
-            lse_positive = _diagonal_blocks(logits, rows, block).logsumexp(2)  # (2, N, G_o) [direction, i, o]
-        else:
-            masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
-            lse_positive = masked.logsumexp(-1)  # (2, R)
+        masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
+        lse_positive = masked.logsumexp(-1)  # (2, R)
         ctx.save_for_backward(images, texts, negatives, logits, lse, masked, lse_positive, neg_logits)
-        ctx.scale, ctx.block, ctx.rows, ctx.weight, ctx.full = scale, block, rows, weight, full
+        ctx.scale, ctx.rows, ctx.weight, ctx.full = scale, rows, weight, full
         return (lse.sum() - lse_positive.sum()) * weight
 
     @staticmethod
@@ -201,13 +189,8 @@ class _PairwiseOuter(torch.autograd.Function):
         """d loss / d logits = weight * (softmax_all - softmax_positives), then through the similarity matmuls."""
         images, texts, negatives, logits, lse, masked, lse_positive, neg_logits = ctx.saved_tensors
         scale, rows, weight = ctx.scale, ctx.rows, grad * ctx.weight
-        dlogits = (logits - lse[..., None]).exp_()  # (2, R, B) softmax_all, minus softmax_positives:
-        if masked is None:
-            blocks = _diagonal_blocks(logits, rows, ctx.block)  # (2, N, N, G_o)
-            _diagonal_blocks(dlogits, rows, ctx.block).sub_((blocks - lse_positive[:, :, None, :]).exp_())
-        else:
-            dlogits.sub_((masked - lse_positive[..., None]).exp_())
-        dlogits.mul_(weight)
+        dlogits = (logits - lse[..., None]).exp_()  # (2, R, B) softmax_all, minus softmax_positives
+        dlogits.sub_((masked - lse_positive[..., None]).exp_()).mul_(weight)
         dneg = None if neg_logits is None else (neg_logits - lse[0, :, None]).exp_().mul_(weight)  # (R, K)
         dscale = None
         if ctx.needs_input_grad[2]:  # d/dscale of scale * cos = logits / scale
@@ -227,7 +210,13 @@ class _PairwiseOuter(torch.autograd.Function):
             dneg = dneg.mul_(scale)
             dimages[rows] += torch.mm(dneg, negatives)
             dnegatives = torch.mm(dneg.T, own_images)
-        return dimages, dtexts, dscale, dnegatives, None, None, None, None
+        return dimages, dtexts, dscale, dnegatives, None, None, None
+
+
+def _tile_blocks(logits: Tensor, tile: slice, block: int) -> Tensor:
+    """(N, N, G_t) view of a tile's (T, B) image -> text logits: its groups' images against their own texts, [i, j, o]."""
+    groups = (tile.stop - tile.start) // block
+    return logits[:, tile].view(groups, block, groups, block).diagonal(0, 0, 2)
 
 
 def _tile_lse(queries: Tensor, keys: Tensor, scale: Tensor | float, extra: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -240,15 +229,24 @@ def _tile_lse(queries: Tensor, keys: Tensor, scale: Tensor | float, extra: Tenso
 
 
 def _tile_grads(queries: Tensor, keys: Tensor, scale: Tensor | float, weight: Tensor, row_lse: Tensor,
-                column_lse: Tensor | None, dqueries: Tensor, dkeys: Tensor, want_dscale: bool) -> Tensor | float:
-    """Add a recomputed tile's gradients to dqueries (T, D) and dkeys (C, D); return its d/dscale (0 unless wanted).
+                column_lse: Tensor | None, dqueries: Tensor, dkeys: Tensor, want_dscale: bool,
+                logits: Tensor | None = None, positives: tuple[slice, int, Tensor] | None = None) -> Tensor | float:
+    """Add a tile's gradients to dqueries (T, D) and dkeys (C, D); return its d/dscale (0 unless wanted).
 
-    d loss / d logits = weight * softmax over the row, plus (column_lse given) weight * softmax over the column.
+    d loss / d logits = weight * (softmax over the row, plus softmax over the column where column_lse is given,
+    minus both directions' softmax over the positives where `positives` = (tile, N, (2, N, G_t) log-sum-exps of the
+    tile's diagonal blocks) is given). The tile's logits are recomputed unless given.
     """
-    logits = torch.mm(queries, keys.T).mul_(scale)  # (T, C)
+    logits = torch.mm(queries, keys.T).mul_(scale) if logits is None else logits  # (T, C)
     dlogits = (logits - row_lse[:, None]).exp_()
     if column_lse is not None:
         dlogits.add_((logits - column_lse[None, :]).exp_())
+    if positives is not None:
+        tile, block, lse_positive = positives
+        blocks = _tile_blocks(logits, tile, block)  # (N, N, G_t) [image i, text j, o]
+        # (2, N, N, G_t) softmax over the positives: [0, i, j] over texts j, [1, j, i] over images i
+        softmax = (torch.stack([blocks, blocks.transpose(0, 1)]) - lse_positive[:, :, None, :]).exp_()
+        _tile_blocks(dlogits, tile, block).sub_(softmax[0]).sub_(softmax[1].transpose(0, 1))
     dscale = (dlogits * logits).sum() * (weight / scale) if want_dscale else 0.0  # d/dscale of scale * cos
     dlogits.mul_(weight * scale)
     dqueries.addmm_(dlogits, keys)
@@ -256,72 +254,75 @@ def _tile_grads(queries: Tensor, keys: Tensor, scale: Tensor | float, weight: Te
     return dscale
 
 
-class _TiledPairwiseOuter(torch.autograd.Function):
-    """pairwise_outer on equal contiguous groups, `tile` owned rows at a time (as Inf-CL): no (R, B) logits.
+class _BlockPairwiseOuter(torch.autograd.Function):
+    """pairwise_outer on equal contiguous groups (level 1), `tile` owned rows at a time, as Inf-CL tiles CLIP.
 
-    The forward keeps log-sum-exps only. With all rows owned, each tile of image rows against all texts gives its
-    rows' image->text lse and adds its columns' lse into the text->image one (accumulated with logaddexp); under
-    local_loss the owned text rows are tiled against all images as well. The positives are the (G_o, N, N) diagonal
-    blocks, computed whole. The backward recomputes each tile's logits.
+    Tiles hold whole groups, so a tile of image rows against all texts holds its groups' positives as diagonal
+    (N, N) blocks, for both directions. With all rows owned, the tile gives its rows' image->text lse and adds its
+    columns' lse into the text->image one (logaddexp): one (T, B) matrix serves both directions and nothing is
+    transposed. Under local_loss the owned text rows are tiled against all images as well. With several tiles the
+    forward keeps log-sum-exps only and the backward recomputes each tile's logits (memory O(T*B)); a single tile
+    keeps its logits for the backward.
     """
 
     @staticmethod
     def forward(ctx, images: Tensor, texts: Tensor, scale: Tensor | float, negatives: Tensor | None, block: int,
                 rows: slice, weight: float, tile: int) -> Tensor:
         """weight * sum over the owned rows of both directions of lse_all - lse_positives."""
-        full, tiles = rows == slice(0, images.shape[0]), _chunks(rows, tile)
-        lse = images.new_full((2, rows.stop - rows.start), -math.inf)  # (2 directions, R)
+        full, tiles, owned = rows == slice(0, images.shape[0]), _chunks(rows, tile), rows.stop - rows.start
+        lse = images.new_empty(2, owned)  # (2 directions, R)
+        lse_positive = images.new_empty(2, block, owned // block)  # (2 directions, N, G_o) [dir, i or j, o]
         for t in tiles:
             local = slice(t.start - rows.start, t.stop - rows.start)
-            logits, lse[0, local] = _tile_lse(images[t], texts, scale, negatives)  # (T, B) image -> text
+            i2t, lse[0, local] = _tile_lse(images[t], texts, scale, negatives)  # (T, B) image -> text
+            blocks = _tile_blocks(i2t, t, block)  # (N, N, G_t) [i, j, o]; both directions in one logsumexp:
+            groups = slice(local.start // block, local.stop // block)
+            lse_positive[:, :, groups] = torch.stack([blocks, blocks.transpose(0, 1)]).logsumexp(2)
             if full:
-                torch.logaddexp(lse[1], logits.logsumexp(0), out=lse[1])
+                column = i2t.logsumexp(0)  # (B,) this tile's share of text -> image
+                lse[1] = column if t.start == rows.start else torch.logaddexp(lse[1], column)
+                logits = [i2t]
             else:
-                lse[1, local] = _tile_lse(texts[t], images, scale, None)[1]
-        own_images, own_texts = (x[rows].view(-1, block, x.shape[1]) for x in (images, texts))  # (G_o, N, D)
-        positive = torch.bmm(own_images, own_texts.transpose(1, 2)).mul_(scale)  # (G_o, N, N) [o, image i, text j]
-        lse_positive = torch.stack([positive.logsumexp(2), positive.logsumexp(1)])  # (2, G_o, N)
-        ctx.save_for_backward(images, texts, negatives, lse, positive, lse_positive)
+                t2i, lse[1, local] = _tile_lse(texts[t], images, scale, None)  # (T, B) text -> image
+                logits = [i2t, t2i]
+        kept = logits if len(tiles) == 1 else []  # one tile: its logits serve the backward
+        ctx.save_for_backward(images, texts, negatives, lse, lse_positive, *kept)
         ctx.scale, ctx.block, ctx.rows, ctx.weight, ctx.tiles, ctx.full = scale, block, rows, weight, tiles, full
         return (lse.sum() - lse_positive.sum()) * weight
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        """Per tile, d loss / d logits = weight * softmax_all; the positive blocks subtract weight * softmax_pos."""
-        images, texts, negatives, lse, positive, lse_positive = ctx.saved_tensors
-        scale, rows, weight = ctx.scale, ctx.rows, grad * ctx.weight
+        """Per tile, d loss / d logits = weight * (softmax_all - softmax_positives) of both directions."""
+        images, texts, negatives, lse, lse_positive, *kept = ctx.saved_tensors
+        scale, rows, block, weight, kept = ctx.scale, ctx.rows, ctx.block, grad * ctx.weight, kept or [None, None]
         dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
         dnegatives = None if negatives is None else torch.zeros_like(negatives)
         dscale, want = 0.0, ctx.needs_input_grad[2]
         for t in ctx.tiles:
             local = slice(t.start - rows.start, t.stop - rows.start)
+            positives = (t, block, lse_positive[:, :, local.start // block:local.stop // block])
             dscale += _tile_grads(images[t], texts, scale, weight, lse[0, local], lse[1] if ctx.full else None,
-                                  dimages[t], dtexts, want)
+                                  dimages[t], dtexts, want, kept[0], positives)
             if negatives is not None:
                 dscale += _tile_grads(images[t], negatives, scale, weight, lse[0, local], None, dimages[t], dnegatives,
                                       want)
             if not ctx.full:
-                dscale += _tile_grads(texts[t], images, scale, weight, lse[1, local], None, dtexts[t], dimages, want)
-        dpositive = (positive - lse_positive[0, :, :, None]).exp_().add_((positive - lse_positive[1, :, None, :]).exp_())
-        if want:
-            dscale -= (dpositive * positive).sum() * (weight / scale)
-        dpositive.mul_(weight * scale)  # (G_o, N, N) minus d loss / d cos of the positives
-        own_images, own_texts = (x[rows].view(-1, ctx.block, x.shape[1]) for x in (images, texts))  # (G_o, N, D)
-        dimages[rows].view_as(own_images).baddbmm_(dpositive, own_texts, alpha=-1.0)
-        dtexts[rows].view_as(own_texts).baddbmm_(dpositive.transpose(1, 2), own_images, alpha=-1.0)
+                dscale += _tile_grads(texts[t], images, scale, weight, lse[1, local], None, dtexts[t], dimages, want,
+                                      kept[-1])
         return dimages, dtexts, dscale if want else None, dnegatives, None, None, None, None
 
 
 def pairwise_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None, chunk: int | None = None) -> Tensor:
     """Multi-positive InfoNCE, symmetric: mean_i -[lse_{j: g_j=g_i} s_ij - lse_j s_ij], s = scale * cos.
 
-    With `chunk` and equal contiguous groups, computed `chunk` groups of rows at a time (_TiledPairwiseOuter).
+    Equal contiguous groups (level 1) run _BlockPairwiseOuter, `chunk` groups of rows at a time when given.
     """
     weight = 0.5 * b.world_scale / b.labels.numel()
-    if chunk is not None and b.block is not None:
-        return _TiledPairwiseOuter.apply(b.images, b.texts, scale, negatives, b.block, b.rows, weight, chunk * b.block)
-    positive = None if b.block is not None else b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
-    return _PairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.block, b.rows, weight)
+    if b.block is not None:
+        tile = b.rows.stop - b.rows.start if chunk is None else chunk * b.block
+        return _BlockPairwiseOuter.apply(b.images, b.texts, scale, negatives, b.block, b.rows, weight, tile)
+    positive = b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
+    return _MaskedPairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.rows, weight)
 
 
 def clip_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None, chunk: int | None = None) -> Tensor:
@@ -331,7 +332,7 @@ def clip_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None, chunk
     with every pair its own group.
     """
     if chunk is not None and b.block is not None:
-        return _TiledPairwiseOuter.apply(b.images, b.texts, scale, negatives, 1, b.rows,
+        return _BlockPairwiseOuter.apply(b.images, b.texts, scale, negatives, 1, b.rows,
                                          0.5 * b.world_scale / b.labels.numel(), chunk * b.block)
     target = torch.arange(b.rows.start, b.rows.stop, device=b.labels.device)  # (R,)
     i2t = scale * (b.images[b.rows] @ b.texts.T)  # (R, B)
@@ -402,50 +403,50 @@ def _inner_chunk(groups: int, n: int, d: int, chunk: int | None) -> int:
 
 def _product_logits(images: Tensor, texts: Tensor, inv: Tensor, centroids: Tensor,
                     tau_inner: float) -> tuple[Tensor, Tensor]:
-    """One chunk's unnormalised products a_mi * b_mj, (G_c*N*N, D), and their logits p_mij . c_k / tau', (G_c*N*N, G).
+    """One chunk's unnormalised products a_mi * b_mj, (G_c*N*N, D), and their logits p_mij . c_k / tau', (G, G_c*N*N).
 
-    p_mij . c_k = ((a_mi * b_mj) . c_k) / |a_mi * b_mj|: one matmul of the products against the centroids.
+    p_mij . c_k = ((a_mi * b_mj) . c_k) / |a_mi * b_mj|: one matmul of the centroids against the products.
     """
     products = (images[:, :, None, :] * texts[:, None, :, :]).view(-1, images.shape[-1])  # (G_c*N*N, D) [m i j]
-    logits = torch.mm(products, centroids.T).mul_(inv.reshape(-1, 1) * (1.0 / tau_inner))  # (G_c*N*N, G)
+    logits = torch.mm(centroids, products.T).mul_(inv.reshape(1, -1) * (1.0 / tau_inner))  # (G, G_c*N*N) [k, m i j]
     return products, logits
 
 
 def _product_logit_grads(images: Tensor, texts: Tensor, inv: Tensor, centroids: Tensor, lse: Tensor,
-                         tau_inner: float, weight: Tensor, chunks: list[slice],
-                         kept: tuple[Tensor, Tensor] | None) -> tuple[Tensor, ...]:
-    """Gradients of weight * tau' * sum lse_k(p_mij . c_k / tau') over the chunks' products.
+                         tau_inner: float, weight: Tensor, chunks: list[slice], kept: tuple[Tensor, Tensor] | None,
+                         grads: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    """Add the gradients of weight * tau' * sum lse_k(p_mij . c_k / tau') over the chunks' products to `grads`.
 
-    Each chunk's products and logits are recomputed, or come from `kept` when one chunk holds them all. Returns
-    d/d the chunks' images and texts (G_o, N, D), their inverse product norms (G_o, N, N) and the centroids (G, D);
-    `weight` already holds the 1/tau' of the logits.
+    `grads` holds d/d images, texts (G, N, D), the inverse product norms (G, N, N) and the centroids (G, D). Each
+    chunk's products and logits are recomputed, or come from `kept` when one chunk holds them all; `weight` already
+    holds the 1/tau' of the logits.
     """
     first, (n, d) = chunks[0].start, images.shape[1:]
-    owned = slice(first, chunks[-1].stop)
-    dimages, dtexts = torch.empty_like(images[owned]), torch.empty_like(texts[owned])  # (G_o, N, D)
-    dinv, dcentroids = torch.empty_like(inv[owned]), torch.zeros_like(centroids)  # (G_o, N, N), (G, D)
+    dimages, dtexts, dinv, dcentroids = grads
     for c in chunks:
         a, b, v = images[c], texts[c], inv[c]  # (G_c, N, D), (G_c, N, D), (G_c, N, N)
         products, logits = kept if kept is not None else _product_logits(a, b, v, centroids, tau_inner)
         flat = slice((c.start - first) * n * n, (c.stop - first) * n * n)
-        prob = (logits - lse[flat, None]).exp_().mul_(weight)  # (G_c*N*N, G) weight * softmax over k
+        prob = (logits - lse[None, flat]).exp_().mul_(weight)  # (G, G_c*N*N) weight * softmax over k
         # logits = dots * v / tau', so d/dv = sum_k prob * dots = sum_k prob * logits * tau' / v
-        local = slice(c.start - first, c.stop - first)
-        dinv[local] = (prob * logits).sum(1).view_as(v).mul_(tau_inner).div_(v)
-        ddots = prob.mul_(v.reshape(-1, 1))  # (G_c*N*N, G) d/d of the dots products . c_k
-        dcentroids.addmm_(ddots.T, products)
-        dproducts = torch.mm(ddots, centroids).view(-1, n, n, d)  # (G_c, N, N, D) [m i j]
-        da, db = dimages[local].zero_(), dtexts[local].zero_()  # (G_c, N, D)
-        for j in range(n):  # sum_j dP_mij * b_mj and sum_i dP_mij * a_mi without a (G_c, N, N, D) temporary
-            da.addcmul_(dproducts[:, :, j], b[:, j, None])
-            db.addcmul_(dproducts[:, j], a[:, j, None])
-    return dimages, dtexts, dinv, dcentroids
+        dinv[c].addcdiv_((prob * logits).sum(0).view_as(v), v, value=tau_inner)
+        ddots = prob.mul_(v.reshape(1, -1))  # (G, G_c*N*N) d/d of the dots c_k . products
+        dcentroids.addmm_(ddots, products)
+        # recomputed products are spent: their buffer takes their gradient (kept ones may serve a retained graph)
+        spent = products if kept is None else None
+        dproducts = torch.mm(ddots.T, centroids, out=spent).view(-1, n, n, d)  # (G_c, N, N, D) [m i j]
+        da, db = dimages[c], dtexts[c]  # (G_c, N, D)
+        # sum_j dP_mij * b_mj and sum_i dP_mij * a_mi, one pair index at a time: no (G_c, N, N, D) temporary
+        for dp_j, dp_i, b_j, a_i in zip(dproducts.unbind(2), dproducts.unbind(1), b[:, :, None].unbind(1),
+                                        a[:, :, None].unbind(1)):
+            da.addcmul_(dp_j, b_j)
+            db.addcmul_(dp_i, a_i)
 
 
 class _ScaledPairwiseInner(torch.autograd.Function):
     """scaled_pairwise_inner on equal contiguous groups, with a hand-written backward, in chunks of owned groups.
 
-    No tensor grows past one chunk's products and logits, (G_c*N*N, D) and (G_c*N*N, G), besides O(B*N) ones: the
+    No tensor grows past one chunk's products and logits, (G_c*N*N, D) and (G, G_c*N*N), besides O(B*N) ones: the
     forward keeps each product's log-sum-exp over the centroids and the backward recomputes the chunk's logits
     (or, when one chunk holds every owned group, the forward keeps them).
     """
@@ -464,8 +465,8 @@ class _ScaledPairwiseInner(torch.autograd.Function):
         chunks = _chunks(owned, chunk)
         kept = _product_logits(images[owned], texts[owned], inv[owned], centroids, tau_inner) \
             if len(chunks) == 1 else None
-        lse = kept[1].logsumexp(1) if kept is not None else torch.cat(
-            [_product_logits(images[c], texts[c], inv[c], centroids, tau_inner)[1].logsumexp(1) for c in chunks])
+        lse = kept[1].logsumexp(0) if kept is not None else torch.cat(
+            [_product_logits(images[c], texts[c], inv[c], centroids, tau_inner)[1].logsumexp(0) for c in chunks])
         # sum_ij p_mij . c_m = c_m . sums_m: the target logits summed without gathering them
         target = (centroids[owned] * sums[owned]).sum() / tau_inner
         ctx.save_for_backward(images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids, lse,
@@ -480,22 +481,21 @@ class _ScaledPairwiseInner(torch.autograd.Function):
          logits) = ctx.saved_tensors
         owned, weight = ctx.owned, grad * (ctx.weight / ctx.tau_inner)
         kept = None if products is None else (products, logits)
-        dimages_own, dtexts_own, dinv, dcentroids = _product_logit_grads(images, texts, inv, centroids, lse,
-                                                                         ctx.tau_inner, weight, ctx.chunks, kept)
+        dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)  # (G, N, D)
+        dinv, dcentroids = torch.zeros_like(inv), torch.zeros_like(centroids)  # (G, N, N), (G, D)
+        _product_logit_grads(images, texts, inv, centroids, lse, ctx.tau_inner, weight, ctx.chunks, kept,
+                             (dimages, dtexts, dinv, dcentroids))
         dcentroids[owned].sub_(weight * sums[owned])  # the target term - c_m . sums_m / tau'
         # centroids = sums / max(|sums|, eps): project out the radial part where the norm is not floored
         radial = (dcentroids * centroids).sum(-1, keepdim=True) * (norms > NORM_EPS)
         dsums = (dcentroids - centroids * radial) / norms.clamp_min(NORM_EPS)  # (G, D)
         dsums[owned].sub_(weight * centroids[owned])
         dsummed = dsums[:, None, :] * images  # (G, N, D)
-        dimages = dsums[:, None, :] * summed  # (G, N, D)
-        dimages[owned].add_(dimages_own)
-        dtexts = torch.bmm(inv.transpose(1, 2), dsummed)  # (G, N, D)
-        dtexts[owned].add_(dtexts_own)
-        dinv_all = torch.bmm(dsummed, texts.transpose(1, 2))  # (G, N, N)
-        dinv_all[owned].add_(dinv)
+        dimages.addcmul_(dsums[:, None, :], summed)
+        dtexts.baddbmm_(inv.transpose(1, 2), dsummed)
+        dinv.baddbmm_(dsummed, texts.transpose(1, 2))
         # inv = max(squared, eps^2)^(-1/2); d/dsquared = -inv^3 / 2 (0 where floored); the 2 of d(x^2) folded in
-        dsquared = dinv_all.mul_(inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0)  # (G, N, N) -2 dloss/dsquared
+        dsquared = dinv.mul_(inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0)  # (G, N, N) -2 dloss/dsquared
         dimages.addcmul_(images, torch.bmm(dsquared, texts_sq), value=-1.0)
         dtexts.addcmul_(texts, torch.bmm(dsquared.transpose(1, 2), images_sq), value=-1.0)
         return dimages, dtexts, None, None, None, None
