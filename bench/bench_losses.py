@@ -13,7 +13,8 @@ flip with the scheduler's time slices, CPU time does not.
 --sizes MxN ...: the batch sizes people train with. Each contender at each size runs in a fresh process (one thread,
 random (M, N, D) float32 features), so its peak memory is its own: peak_mib is the process's peak resident set
 (getrusage ru_maxrss) minus that peak after imports and input creation. Time: median thread CPU seconds of the
-forward + backward after one warm-up round (one round, no warm-up, at tiled sizes). Contenders: grouped
+forward + backward over min(--repeats, 2^28 / B^2) rounds after one warm-up round (a single round, no warm-up, where
+that is 1: from 2048x8 up). Contenders: grouped
 (the default loss), grouped_outer_only, grouped_autograd (the same forward math with autograd's backward,
 clearglass_testing.loss_oracles.autograd_grouped_loss: does the hand-written backward earn its lines?) and
 clip_loss. A size whose two (B, B) float32 logit matrices exceed half the machine's memory runs the grouped loss
@@ -117,7 +118,7 @@ def measure(name: str, m: int, n: int, d: int, repeats: int, chunk: int | None) 
     texts = torch.randn(m, n, d, requires_grad=True)
     baseline = peak_mib()
     seconds = median_seconds({name: contender_step(name, images, texts, chunk)}, [images, texts], {name: repeats},
-                             warmup=chunk is None)[name]
+                             warmup=repeats > 1)[name]
     return {"seconds": seconds, "peak_mib": peak_mib() - baseline}
 
 
