@@ -18,11 +18,14 @@ from torch import nn
 from clearglass.losses import GroupedContrastiveLoss, MultiLevelGroupedLoss
 
 WORLD, M, N, D, K = 2, 3, 4, 8, 2  # per rank: M groups of N pairs, K text negatives
-CASES = {
-    "grouped": dict(kind="grouped", local_loss=False),
-    "grouped_local": dict(kind="grouped", local_loss=True),
-    "multilevel": dict(kind="multilevel", local_loss=False),
-    "multilevel_local": dict(kind="multilevel", local_loss=True),
+CASES = {  # chunk: groups per tile of the tiled terms (2 does not divide a rank's M=3 groups, 4 not the W*M=6)
+    "grouped": dict(kind="grouped", local_loss=False, chunk=None),
+    "grouped_local": dict(kind="grouped", local_loss=True, chunk=None),
+    "multilevel": dict(kind="multilevel", local_loss=False, chunk=None),
+    "multilevel_local": dict(kind="multilevel", local_loss=True, chunk=None),
+    "grouped_tiled": dict(kind="grouped", local_loss=False, chunk=4),
+    "grouped_local_tiled": dict(kind="grouped", local_loss=True, chunk=2),
+    "multilevel_local_tiled": dict(kind="multilevel", local_loss=True, chunk=1),
 }
 
 
@@ -37,7 +40,7 @@ def full_batch() -> dict[str, torch.Tensor]:
 def make_loss(case: str) -> nn.Module:
     """The loss of one case (pairwise outer + scaled_pairwise inner)."""
     spec = CASES[case]
-    kw = dict(outer="pairwise", inner="scaled_pairwise", local_loss=spec["local_loss"])
+    kw = dict(outer="pairwise", inner="scaled_pairwise", local_loss=spec["local_loss"], chunk=spec["chunk"])
     return GroupedContrastiveLoss(**kw) if spec["kind"] == "grouped" else MultiLevelGroupedLoss(0.5, 1.0, 0.3, **kw)
 
 

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from clearglass_testing.loss_oracles import oracle_multilevel, oracle_terms
+from clearglass_testing.loss_oracles import autograd_grouped_loss, oracle_multilevel, oracle_terms
 from open_clip.loss import ClipLoss
 
 from clearglass.errors import ClearglassError
+from clearglass import losses
 from clearglass.losses import (LOSSES, GroupedContrastiveLoss, MultiLevelGroupedLoss, _Batch, _NormalizeRows,
-                               add_self_regularisation, make_loss, pairwise_outer, self_regularisation)
+                               add_self_regularisation, clip_outer, make_loss, pairwise_outer, self_regularisation)
 from clearglass.train.config import LossConfig
 
 OUTERS = ["pairwise", "centroid", "clip"]
@@ -80,6 +81,97 @@ def test_pairwise_outer_block_positives_match_the_label_mask(n, owned):
     inputs = [images, texts, negatives, scale]
     for a, b in zip(grads(losses[0], inputs), grads(losses[1], inputs)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8])  # one group per tile, not dividing M=5, dividing, all, more
+@pytest.mark.parametrize("outer", ["pairwise", "clip"])
+def test_chunked_terms_match_oracle_and_the_whole_computation(outer, chunk):
+    images, texts = features(5, 3, 8)
+    negatives = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    kw = dict(outer=outer, inner="scaled_pairwise", alpha=0.6, tau=0.2, tau_inner=0.05, learn_tau=True)
+    tiled_fn, whole_fn = GroupedContrastiveLoss(**kw, chunk=chunk), GroupedContrastiveLoss(**kw)
+    tiled, whole = tiled_fn(images, texts, negatives), whole_fn(images, texts, negatives)
+    log_scale = torch.tensor(math.log(5.0), dtype=torch.float64, requires_grad=True)  # tau = 0.2, learnt
+    slow = oracle_terms(images, texts, outer, "scaled_pairwise", 0.6, torch.exp(-log_scale), 0.05, negatives)
+    for key in slow:
+        torch.testing.assert_close(tiled[key].double(), slow[key], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tiled[key], whole[key])
+    inputs = [images, texts, negatives]
+    tiled_grads = grads(tiled["loss"], inputs + [tiled_fn.logit_scale])
+    whole_grads = grads(whole["loss"], inputs + [whole_fn.logit_scale])
+    for a, b, c in zip(tiled_grads, whole_grads, grads(slow["loss"], inputs + [log_scale])):
+        torch.testing.assert_close(a.double(), c.double(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("budget", [1, 2 * 8 * 8 * (4 + 5), 10**6])  # N*N*(D+G) floats a group: 1, 2 of 5, all
+def test_inner_chunks_from_the_memory_budget_match_the_oracle(monkeypatch, budget):
+    monkeypatch.setattr(losses, "INNER_CHUNK_FLOATS", budget)
+    images, texts = features(5, 8, 4)
+    fast = GroupedContrastiveLoss(inner="scaled_pairwise", tau_inner=0.05)(images, texts)
+    slow = oracle_terms(images, texts, inner="scaled_pairwise", tau_inner=0.05)
+    torch.testing.assert_close(fast["inner_loss"].double(), slow["inner_loss"], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(fast["loss"], [images, texts]), grads(slow["loss"], [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+@pytest.mark.parametrize("owned", [(0, 4), (2, 4), (1, 4)])  # owned groups: all, rank 1 of 2 under local_loss, 3 of 4
+def test_tiled_outer_terms_match_the_whole_ones_on_owned_rows(owned, chunk):
+    m, n, d = 4, 3, 8
+    images, texts = (x.detach().reshape(-1, d).requires_grad_() for x in features(m, n, d))
+    negatives = torch.randn(3, d, generator=torch.Generator().manual_seed(4)).requires_grad_()
+    scale = torch.tensor(7.0, requires_grad=True)
+    unit, labels, rows = torch.nn.functional.normalize, torch.arange(m).repeat_interleave(n), slice(*owned)
+    inputs = [images, texts, negatives, scale]
+    for term in (pairwise_outer, clip_outer):
+        tiled, whole = (term(_Batch(unit(images, dim=-1), unit(texts, dim=-1), labels, m,
+                                    slice(rows.start * n, rows.stop * n), 2.0, n), scale, negatives, size)
+                        for size in (chunk, None))
+        torch.testing.assert_close(tiled, whole)
+        for a, b in zip(grads(tiled, inputs), grads(whole, inputs)):
+            torch.testing.assert_close(a, b)
+
+
+def test_chunked_float32_loss_agrees_with_the_whole_one_at_512_pairs():
+    images, texts = features(64, 8, 32)
+    tiled = GroupedContrastiveLoss(chunk=5)(images, texts)["loss"]
+    whole = GroupedContrastiveLoss()(images, texts)["loss"]
+    torch.testing.assert_close(tiled, whole, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads(tiled, [images, texts]), grads(whole, [images, texts])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_chunked_multilevel_matches_oracle():
+    images, texts = features(5, 2, 8)
+    level2, negatives = torch.tensor([7, 3, 7, 7, 3]), torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    kw = dict(outer="pairwise", inner="scaled_pairwise", alpha=0.6, tau=0.2, tau_inner=0.05)
+    fast = MultiLevelGroupedLoss(0.5, 1.0, 0.3, **kw, chunk=2)(images, texts, level2, text_negatives=negatives)
+    slow = oracle_multilevel(images, texts, level2, 0.5, 1.0, 0.3, text_negatives=negatives, **kw)
+    for key in fast:
+        torch.testing.assert_close(fast[key].double(), slow[key], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(fast["loss"], [images, texts]), grads(slow["loss"], [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_chunk_setting_is_validated_and_reaches_the_loss_from_the_config():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ClearglassError, match="chunk: expected None or a number of groups >= 1"):
+            GroupedContrastiveLoss(chunk=bad)
+    with pytest.raises(ClearglassError, match="chunk = 0: expected null"):
+        LossConfig(chunk=0)
+    assert LossConfig().chunk is None
+    assert make_loss(**LossConfig(chunk=3).to_dict()).chunk == 3
+    assert make_loss(**LossConfig(kind="multilevel", chunk=2).to_dict()).grouped.chunk == 2
+
+
+def test_autograd_twin_of_the_default_loss_matches_oracle():
+    images, texts = features(3, 4, 8)
+    twin = autograd_grouped_loss(images, texts, alpha=0.6, tau=0.2, tau_inner=0.05)
+    slow = oracle_terms(images, texts, alpha=0.6, tau=0.2, tau_inner=0.05)["loss"]
+    torch.testing.assert_close(twin.double(), slow, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads(twin, [images, texts]), grads(slow, [images, texts])):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("outer", ["pairwise", "clip"])

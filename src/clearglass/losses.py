@@ -41,6 +41,7 @@ LN_100 = math.log(100.0)
 NORM_EPS = 1e-12  # the floor of F.normalize
 OUTER_LOSSES = ("pairwise", "centroid", "clip")
 INNER_LOSSES = ("pairwise", "scaled_pairwise", "centroid", "scaled_centroid")
+INNER_CHUNK_FLOATS = 1 << 22  # default size of one scaled_pairwise chunk, products plus logits: 16 MiB of float32
 
 
 @dataclass
@@ -154,21 +155,18 @@ def _centroids(features: Tensor, labels: Tensor, num_groups: int) -> Tensor:
     return F.normalize(sums, dim=-1)
 
 
-def _diagonal_blocks(logits: Tensor, rows: slice, block: int) -> Tensor:
-    """(2, N, N, G_o) view of the (2, R, B) logits: each owned group's rows against its own columns, [dir, i, j, o]."""
-    return logits.view(2, logits.shape[1] // block, block, -1, block).diagonal(rows.start // block, 1, 3)
+def _chunks(owned: slice, size: int) -> list[slice]:
+    """`owned` cut into consecutive slices of `size` (the last one may be shorter)."""
+    return [slice(start, min(start + size, owned.stop)) for start in range(owned.start, owned.stop, size)]
 
 
-class _PairwiseOuter(torch.autograd.Function):
-    """pairwise_outer's value with a hand-written backward: one stacked (2, R, B) logsumexp per term.
-
-    The positives of a row are given by a (R, B) mask, or (positive=None, level-1 layout) are the N columns of
-    the row's own group: a diagonal (N, N) block of the logits, so no mask is built.
-    """
+class _MaskedPairwiseOuter(torch.autograd.Function):
+    """pairwise_outer's value on any grouping (level 2), with a hand-written backward: one stacked (2, R, B)
+    logsumexp per term, the positives of a row given by a (R, B) mask."""
 
     @staticmethod
     def forward(ctx, images: Tensor, texts: Tensor, scale: Tensor | float, negatives: Tensor | None,
-                positive: Tensor | None, block: int | None, rows: slice, weight: float) -> Tensor:
+                positive: Tensor, rows: slice, weight: float) -> Tensor:
         """weight * sum over the owned rows of both directions of lse_all - lse_positives."""
         own_images = images[rows]  # (R, D)
         cos = torch.mm(own_images, texts.T)  # (R, B) image -> text
@@ -180,14 +178,10 @@ class _PairwiseOuter(torch.autograd.Function):
         if negatives is not None:  # extra image -> text denominator columns
             neg_logits = torch.mm(own_images, negatives.T).mul_(scale)  # (R, K)
             lse[0] = torch.logaddexp(lse[0], neg_logits.logsumexp(-1))
-        if positive is None:
-            masked = None
-            lse_positive = _diagonal_blocks(logits, rows, block).logsumexp(2)  # (2, N, G_o) [direction, i, o]
-        else:
-            masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
-            lse_positive = masked.logsumexp(-1)  # (2, R)
+        masked = logits.masked_fill(~positive, -math.inf)  # (2, R, B)
+        lse_positive = masked.logsumexp(-1)  # (2, R)
         ctx.save_for_backward(images, texts, negatives, logits, lse, masked, lse_positive, neg_logits)
-        ctx.scale, ctx.block, ctx.rows, ctx.weight, ctx.full = scale, block, rows, weight, full
+        ctx.scale, ctx.rows, ctx.weight, ctx.full = scale, rows, weight, full
         return (lse.sum() - lse_positive.sum()) * weight
 
     @staticmethod
@@ -195,13 +189,8 @@ class _PairwiseOuter(torch.autograd.Function):
         """d loss / d logits = weight * (softmax_all - softmax_positives), then through the similarity matmuls."""
         images, texts, negatives, logits, lse, masked, lse_positive, neg_logits = ctx.saved_tensors
         scale, rows, weight = ctx.scale, ctx.rows, grad * ctx.weight
-        dlogits = (logits - lse[..., None]).exp_()  # (2, R, B) softmax_all, minus softmax_positives:
-        if masked is None:
-            blocks = _diagonal_blocks(logits, rows, ctx.block)  # (2, N, N, G_o)
-            _diagonal_blocks(dlogits, rows, ctx.block).sub_((blocks - lse_positive[:, :, None, :]).exp_())
-        else:
-            dlogits.sub_((masked - lse_positive[..., None]).exp_())
-        dlogits.mul_(weight)
+        dlogits = (logits - lse[..., None]).exp_()  # (2, R, B) softmax_all, minus softmax_positives
+        dlogits.sub_((masked - lse_positive[..., None]).exp_()).mul_(weight)
         dneg = None if neg_logits is None else (neg_logits - lse[0, :, None]).exp_().mul_(weight)  # (R, K)
         dscale = None
         if ctx.needs_input_grad[2]:  # d/dscale of scale * cos = logits / scale
@@ -221,18 +210,130 @@ class _PairwiseOuter(torch.autograd.Function):
             dneg = dneg.mul_(scale)
             dimages[rows] += torch.mm(dneg, negatives)
             dnegatives = torch.mm(dneg.T, own_images)
-        return dimages, dtexts, dscale, dnegatives, None, None, None, None
+        return dimages, dtexts, dscale, dnegatives, None, None, None
 
 
-def pairwise_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
-    """Multi-positive InfoNCE, symmetric: mean_i -[lse_{j: g_j=g_i} s_ij - lse_j s_ij], s = scale * cos."""
-    positive = None if b.block is not None else b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
-    return _PairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.block, b.rows,
-                                0.5 * b.world_scale / b.labels.numel())
+def _tile_blocks(logits: Tensor, tile: slice, block: int) -> Tensor:
+    """(N, N, G_t) view of a tile's (T, B) image -> text logits: its groups' images against their own texts, [i, j, o]."""
+    groups = (tile.stop - tile.start) // block
+    return logits[:, tile].view(groups, block, groups, block).diagonal(0, 0, 2)
 
 
-def clip_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None) -> Tensor:
-    """Standard symmetric CLIP loss, one positive per row (the pair's own caption/image)."""
+def _tile_lse(queries: Tensor, keys: Tensor, scale: Tensor | float, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+    """A tile's (T, C) logits scale * q . k and each row's log-sum-exp over them and the `extra` keys' logits."""
+    logits = torch.mm(queries, keys.T).mul_(scale)  # (T, C)
+    lse = logits.logsumexp(1)  # (T,)
+    if extra is not None:
+        lse = torch.logaddexp(lse, torch.mm(queries, extra.T).mul_(scale).logsumexp(1))
+    return logits, lse
+
+
+def _tile_grads(queries: Tensor, keys: Tensor, scale: Tensor | float, weight: Tensor, row_lse: Tensor,
+                column_lse: Tensor | None, dqueries: Tensor, dkeys: Tensor, want_dscale: bool,
+                logits: Tensor | None = None, positives: tuple[slice, int, Tensor] | None = None) -> Tensor | float:
+    """Add a tile's gradients to dqueries (T, D) and dkeys (C, D); return its d/dscale (0 unless wanted).
+
+    d loss / d logits = weight * (softmax over the row, plus softmax over the column where column_lse is given,
+    minus both directions' softmax over the positives where `positives` = (tile, N, (2, N, G_t) log-sum-exps of the
+    tile's diagonal blocks) is given). The tile's logits are recomputed unless given.
+    """
+    logits = torch.mm(queries, keys.T).mul_(scale) if logits is None else logits  # (T, C)
+    dlogits = (logits - row_lse[:, None]).exp_()
+    if column_lse is not None:
+        dlogits.add_((logits - column_lse[None, :]).exp_())
+    if positives is not None:
+        tile, block, lse_positive = positives
+        blocks = _tile_blocks(logits, tile, block)  # (N, N, G_t) [image i, text j, o]
+        # (2, N, N, G_t) softmax over the positives: [0, i, j] over texts j, [1, j, i] over images i
+        softmax = (torch.stack([blocks, blocks.transpose(0, 1)]) - lse_positive[:, :, None, :]).exp_()
+        _tile_blocks(dlogits, tile, block).sub_(softmax[0]).sub_(softmax[1].transpose(0, 1))
+    dscale = (dlogits * logits).sum() * (weight / scale) if want_dscale else 0.0  # d/dscale of scale * cos
+    dlogits.mul_(weight * scale)
+    dqueries.addmm_(dlogits, keys)
+    dkeys.addmm_(dlogits.T, queries)
+    return dscale
+
+
+class _BlockPairwiseOuter(torch.autograd.Function):
+    """pairwise_outer on equal contiguous groups (level 1), `tile` owned rows at a time, as Inf-CL tiles CLIP.
+
+    Tiles hold whole groups, so a tile of image rows against all texts holds its groups' positives as diagonal
+    (N, N) blocks, for both directions. With all rows owned, the tile gives its rows' image->text lse and adds its
+    columns' lse into the text->image one (logaddexp): one (T, B) matrix serves both directions and nothing is
+    transposed. Under local_loss the owned text rows are tiled against all images as well. With several tiles the
+    forward keeps log-sum-exps only and the backward recomputes each tile's logits (memory O(T*B)); a single tile
+    keeps its logits for the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, images: Tensor, texts: Tensor, scale: Tensor | float, negatives: Tensor | None, block: int,
+                rows: slice, weight: float, tile: int) -> Tensor:
+        """weight * sum over the owned rows of both directions of lse_all - lse_positives."""
+        full, tiles, owned = rows == slice(0, images.shape[0]), _chunks(rows, tile), rows.stop - rows.start
+        lse = images.new_empty(2, owned)  # (2 directions, R)
+        lse_positive = images.new_empty(2, block, owned // block)  # (2 directions, N, G_o) [dir, i or j, o]
+        for t in tiles:
+            local = slice(t.start - rows.start, t.stop - rows.start)
+            i2t, lse[0, local] = _tile_lse(images[t], texts, scale, negatives)  # (T, B) image -> text
+            blocks = _tile_blocks(i2t, t, block)  # (N, N, G_t) [i, j, o]; both directions in one logsumexp:
+            groups = slice(local.start // block, local.stop // block)
+            lse_positive[:, :, groups] = torch.stack([blocks, blocks.transpose(0, 1)]).logsumexp(2)
+            if full:
+                column = i2t.logsumexp(0)  # (B,) this tile's share of text -> image
+                lse[1] = column if t.start == rows.start else torch.logaddexp(lse[1], column)
+                logits = [i2t]
+            else:
+                t2i, lse[1, local] = _tile_lse(texts[t], images, scale, None)  # (T, B) text -> image
+                logits = [i2t, t2i]
+        kept = logits if len(tiles) == 1 else []  # one tile: its logits serve the backward
+        ctx.save_for_backward(images, texts, negatives, lse, lse_positive, *kept)
+        ctx.scale, ctx.block, ctx.rows, ctx.weight, ctx.tiles, ctx.full = scale, block, rows, weight, tiles, full
+        return (lse.sum() - lse_positive.sum()) * weight
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        """Per tile, d loss / d logits = weight * (softmax_all - softmax_positives) of both directions."""
+        images, texts, negatives, lse, lse_positive, *kept = ctx.saved_tensors
+        scale, rows, block, weight, kept = ctx.scale, ctx.rows, ctx.block, grad * ctx.weight, kept or [None, None]
+        dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
+        dnegatives = None if negatives is None else torch.zeros_like(negatives)
+        dscale, want = 0.0, ctx.needs_input_grad[2]
+        for t in ctx.tiles:
+            local = slice(t.start - rows.start, t.stop - rows.start)
+            positives = (t, block, lse_positive[:, :, local.start // block:local.stop // block])
+            dscale += _tile_grads(images[t], texts, scale, weight, lse[0, local], lse[1] if ctx.full else None,
+                                  dimages[t], dtexts, want, kept[0], positives)
+            if negatives is not None:
+                dscale += _tile_grads(images[t], negatives, scale, weight, lse[0, local], None, dimages[t], dnegatives,
+                                      want)
+            if not ctx.full:
+                dscale += _tile_grads(texts[t], images, scale, weight, lse[1, local], None, dtexts[t], dimages, want,
+                                      kept[-1])
+        return dimages, dtexts, dscale if want else None, dnegatives, None, None, None, None
+
+
+def pairwise_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None, chunk: int | None = None) -> Tensor:
+    """Multi-positive InfoNCE, symmetric: mean_i -[lse_{j: g_j=g_i} s_ij - lse_j s_ij], s = scale * cos.
+
+    Equal contiguous groups (level 1) run _BlockPairwiseOuter, `chunk` groups of rows at a time when given.
+    """
+    weight = 0.5 * b.world_scale / b.labels.numel()
+    if b.block is not None:
+        tile = b.rows.stop - b.rows.start if chunk is None else chunk * b.block
+        return _BlockPairwiseOuter.apply(b.images, b.texts, scale, negatives, b.block, b.rows, weight, tile)
+    positive = b.labels[b.rows, None] == b.labels[None, :]  # (R rows, B columns)
+    return _MaskedPairwiseOuter.apply(b.images, b.texts, scale, negatives, positive, b.rows, weight)
+
+
+def clip_outer(b: _Batch, scale: Tensor | float, negatives: Tensor | None, chunk: int | None = None) -> Tensor:
+    """Standard symmetric CLIP loss, one positive per row (the pair's own caption/image).
+
+    With `chunk` and equal contiguous groups, computed `chunk` groups of rows at a time: the tiled pairwise loss
+    with every pair its own group.
+    """
+    if chunk is not None and b.block is not None:
+        return _BlockPairwiseOuter.apply(b.images, b.texts, scale, negatives, 1, b.rows,
+                                         0.5 * b.world_scale / b.labels.numel(), chunk * b.block)
     target = torch.arange(b.rows.start, b.rows.stop, device=b.labels.device)  # (R,)
     i2t = scale * (b.images[b.rows] @ b.texts.T)  # (R, B)
     t2i = scale * (b.texts[b.rows] @ b.images.T)
@@ -295,11 +396,64 @@ def pairwise_inner(b: _Batch) -> Tensor:
     return b.row_mean(1.0 - cos, labels.numel())
 
 
+def _inner_chunk(groups: int, n: int, d: int, chunk: int | None) -> int:
+    """Groups per scaled_pairwise chunk: `chunk`, or as many as keep products and logits within INNER_CHUNK_FLOATS."""
+    return chunk if chunk is not None else max(1, INNER_CHUNK_FLOATS // (n * n * (d + groups)))
+
+
+def _product_logits(images: Tensor, texts: Tensor, inv: Tensor, centroids: Tensor,
+                    tau_inner: float) -> tuple[Tensor, Tensor]:
+    """One chunk's unnormalised products a_mi * b_mj, (G_c*N*N, D), and their logits p_mij . c_k / tau', (G, G_c*N*N).
+
+    p_mij . c_k = ((a_mi * b_mj) . c_k) / |a_mi * b_mj|: one matmul of the centroids against the products.
+    """
+    products = (images[:, :, None, :] * texts[:, None, :, :]).view(-1, images.shape[-1])  # (G_c*N*N, D) [m i j]
+    logits = torch.mm(centroids, products.T).mul_(inv.reshape(1, -1) * (1.0 / tau_inner))  # (G, G_c*N*N) [k, m i j]
+    return products, logits
+
+
+def _product_logit_grads(images: Tensor, texts: Tensor, inv: Tensor, centroids: Tensor, lse: Tensor,
+                         tau_inner: float, weight: Tensor, chunks: list[slice], kept: tuple[Tensor, Tensor] | None,
+                         grads: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    """Add the gradients of weight * tau' * sum lse_k(p_mij . c_k / tau') over the chunks' products to `grads`.
+
+    `grads` holds d/d images, texts (G, N, D), the inverse product norms (G, N, N) and the centroids (G, D). Each
+    chunk's products and logits are recomputed, or come from `kept` when one chunk holds them all; `weight` already
+    holds the 1/tau' of the logits.
+    """
+    first, (n, d) = chunks[0].start, images.shape[1:]
+    dimages, dtexts, dinv, dcentroids = grads
+    for c in chunks:
+        a, b, v = images[c], texts[c], inv[c]  # (G_c, N, D), (G_c, N, D), (G_c, N, N)
+        products, logits = kept if kept is not None else _product_logits(a, b, v, centroids, tau_inner)
+        flat = slice((c.start - first) * n * n, (c.stop - first) * n * n)
+        prob = (logits - lse[None, flat]).exp_().mul_(weight)  # (G, G_c*N*N) weight * softmax over k
+        # logits = dots * v / tau', so d/dv = sum_k prob * dots = sum_k prob * logits * tau' / v
+        dinv[c].addcdiv_((prob * logits).sum(0).view_as(v), v, value=tau_inner)
+        ddots = prob.mul_(v.reshape(1, -1))  # (G, G_c*N*N) d/d of the dots c_k . products
+        dcentroids.addmm_(ddots, products)
+        # recomputed products are spent: their buffer takes their gradient (kept ones may serve a retained graph)
+        spent = products if kept is None else None
+        dproducts = torch.mm(ddots.T, centroids, out=spent).view(-1, n, n, d)  # (G_c, N, N, D) [m i j]
+        da, db = dimages[c], dtexts[c]  # (G_c, N, D)
+        # sum_j dP_mij * b_mj and sum_i dP_mij * a_mi, one pair index at a time: no (G_c, N, N, D) temporary
+        for dp_j, dp_i, b_j, a_i in zip(dproducts.unbind(2), dproducts.unbind(1), b[:, :, None].unbind(1),
+                                        a[:, :, None].unbind(1)):
+            da.addcmul_(dp_j, b_j)
+            db.addcmul_(dp_i, a_i)
+
+
 class _ScaledPairwiseInner(torch.autograd.Function):
-    """scaled_pairwise_inner on equal contiguous groups, with a hand-written backward and no (G, N, N, D) tensor."""
+    """scaled_pairwise_inner on equal contiguous groups, with a hand-written backward, in chunks of owned groups.
+
+    No tensor grows past one chunk's products and logits, (G_c*N*N, D) and (G, G_c*N*N), besides O(B*N) ones: the
+    forward keeps each product's log-sum-exp over the centroids and the backward recomputes the chunk's logits
+    (or, when one chunk holds every owned group, the forward keeps them).
+    """
 
     @staticmethod
-    def forward(ctx, images: Tensor, texts: Tensor, tau_inner: float, owned: slice, weight: float) -> Tensor:
+    def forward(ctx, images: Tensor, texts: Tensor, tau_inner: float, owned: slice, weight: float,
+                chunk: int) -> Tensor:
         """weight * sum over owned products p_mij of lse_k(p_mij . c_k / tau') - p_mij . c_m / tau'."""
         images_sq, texts_sq = images.square(), texts.square()  # (G, N, D)
         squared = torch.bmm(images_sq, texts_sq.transpose(1, 2))  # (G, N, N) |a_i (x) b_j|^2
@@ -308,62 +462,56 @@ class _ScaledPairwiseInner(torch.autograd.Function):
         sums = (images * summed).sum(1)  # (G, D) sum_ij p_ij, the unnormalised product centroid
         norms = torch.linalg.vector_norm(sums, dim=-1, keepdim=True)  # (G, 1)
         centroids = sums / norms.clamp_min(NORM_EPS)  # (G, D)
-        own_images, own_texts = images[owned], texts[owned]  # (G_o, N, D)
-        g_o, n, d = own_images.shape
-        # p_ij . c_k = ((a_i (x) c_k) . b_j) / |a_i (x) b_j|: one bmm over the (G_o, N*G, D) image-centroid products
-        image_centroid = (own_images[:, :, None, :] * centroids).view(g_o, -1, d)  # (G_o, N*G, D)
-        dots = torch.bmm(image_centroid, own_texts.transpose(1, 2)).view(g_o, n, -1, n)  # (G_o, N, G, N) [m,i,k,j]
-        logits = dots * (inv[owned, :, None, :] * (1.0 / tau_inner))  # (G_o, N, G, N)
-        lse = logits.logsumexp(2)  # (G_o, N, N)
+        chunks = _chunks(owned, chunk)
+        kept = _product_logits(images[owned], texts[owned], inv[owned], centroids, tau_inner) \
+            if len(chunks) == 1 else None
+        lse = kept[1].logsumexp(0) if kept is not None else torch.cat(
+            [_product_logits(images[c], texts[c], inv[c], centroids, tau_inner)[1].logsumexp(0) for c in chunks])
         # sum_ij p_mij . c_m = c_m . sums_m: the target logits summed without gathering them
         target = (centroids[owned] * sums[owned]).sum() / tau_inner
-        ctx.save_for_backward(images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids,
-                              image_centroid, dots, logits, lse)
-        ctx.tau_inner, ctx.owned, ctx.weight = tau_inner, owned, weight
+        ctx.save_for_backward(images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids, lse,
+                              *(kept or (None, None)))
+        ctx.tau_inner, ctx.owned, ctx.weight, ctx.chunks = tau_inner, owned, weight, chunks
         return (lse.sum() - target) * weight
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        """Chain rule through logits, centroids (normalize), the inverse product norms and the squared norms."""
-        (images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids, image_centroid, dots, logits,
-         lse) = ctx.saved_tensors
+        """Chain rule through the chunks' logits, centroids (normalize), the inverse product norms and squared norms."""
+        (images, texts, images_sq, texts_sq, squared, inv, summed, sums, norms, centroids, lse, products,
+         logits) = ctx.saved_tensors
         owned, weight = ctx.owned, grad * (ctx.weight / ctx.tau_inner)
-        own_images, own_texts = images[owned], texts[owned]  # (G_o, N, D)
-        g_o, n, d = own_images.shape
-        prob = (logits - lse[:, :, None, :]).exp_().mul_(weight)  # (G_o, N, G, N) weight/tau' * softmax over k
-        ddots = prob * inv[owned, :, None, :]  # (G_o, N, G, N)
-        dinv = (prob * dots).sum(2)  # (G_o, N, N) from the logits
-        ddots = ddots.view(g_o, -1, n)  # (G_o, N*G, N)
-        dimage_centroid = torch.bmm(ddots, own_texts).view(g_o, n, -1, d)  # (G_o, N, G, D)
-        dtexts_own = torch.bmm(ddots.transpose(1, 2), image_centroid)  # (G_o, N, D)
-        dimages_own = (dimage_centroid * centroids).sum(2)  # (G_o, N, D)
-        dcentroids = dimage_centroid.mul_(own_images[:, :, None, :]).view(-1, *centroids.shape).sum(0)  # (G, D)
+        kept = None if products is None else (products, logits)
+        dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)  # (G, N, D)
+        dinv, dcentroids = torch.zeros_like(inv), torch.zeros_like(centroids)  # (G, N, N), (G, D)
+        _product_logit_grads(images, texts, inv, centroids, lse, ctx.tau_inner, weight, ctx.chunks, kept,
+                             (dimages, dtexts, dinv, dcentroids))
         dcentroids[owned].sub_(weight * sums[owned])  # the target term - c_m . sums_m / tau'
         # centroids = sums / max(|sums|, eps): project out the radial part where the norm is not floored
         radial = (dcentroids * centroids).sum(-1, keepdim=True) * (norms > NORM_EPS)
         dsums = (dcentroids - centroids * radial) / norms.clamp_min(NORM_EPS)  # (G, D)
         dsums[owned].sub_(weight * centroids[owned])
         dsummed = dsums[:, None, :] * images  # (G, N, D)
-        dimages = dsums[:, None, :] * summed  # (G, N, D)
-        dimages[owned].add_(dimages_own)
-        dtexts = torch.bmm(inv.transpose(1, 2), dsummed)  # (G, N, D)
-        dtexts[owned].add_(dtexts_own)
-        dinv_all = torch.bmm(dsummed, texts.transpose(1, 2))  # (G, N, N)
-        dinv_all[owned].add_(dinv)
+        dimages.addcmul_(dsums[:, None, :], summed)
+        dtexts.baddbmm_(inv.transpose(1, 2), dsummed)
+        dinv.baddbmm_(dsummed, texts.transpose(1, 2))
         # inv = max(squared, eps^2)^(-1/2); d/dsquared = -inv^3 / 2 (0 where floored); the 2 of d(x^2) folded in
-        dsquared = dinv_all.mul_(inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0)  # (G, N, N) -2 dloss/dsquared
+        dsquared = dinv.mul_(inv.pow(3)).masked_fill_(squared < NORM_EPS**2, 0.0)  # (G, N, N) -2 dloss/dsquared
         dimages.addcmul_(images, torch.bmm(dsquared, texts_sq), value=-1.0)
         dtexts.addcmul_(texts, torch.bmm(dsquared.transpose(1, 2), images_sq), value=-1.0)
-        return dimages, dtexts, None, None, None
+        return dimages, dtexts, None, None, None, None
 
 
-def scaled_pairwise_inner(b: _Batch, tau_inner: float) -> Tensor:
-    """Mean over within-group products p_ij of cross-entropy of p_ij . c_k / tau' over all G centroids, target g."""
+def scaled_pairwise_inner(b: _Batch, tau_inner: float, chunk: int | None = None) -> Tensor:
+    """Mean over within-group products p_ij of cross-entropy of p_ij . c_k / tau' over all G centroids, target g.
+
+    Equal contiguous groups run `chunk` owned groups at a time (None: as many as INNER_CHUNK_FLOATS allows).
+    """
     if b.block is not None:  # equal contiguous groups: never materialise the (G, N, N, D) products
         n = b.block
         images, texts = b.images.view(-1, n, b.images.shape[1]), b.texts.view(-1, n, b.texts.shape[1])  # (G, N, D)
         owned = slice(b.rows.start // n, b.rows.stop // n)
-        return _ScaledPairwiseInner.apply(images, texts, tau_inner, owned, b.world_scale / (b.labels.numel() * n))
+        size = _inner_chunk(b.num_groups, n, images.shape[2], chunk)
+        return _ScaledPairwiseInner.apply(images, texts, tau_inner, owned, b.world_scale / (b.labels.numel() * n), size)
     products, labels, image_idx = _products(b)
     centroids = _centroids(products, labels, b.num_groups)  # (G, D)
     owned = _owned(image_idx, b.rows)
@@ -404,10 +552,21 @@ class GroupedContrastiveLoss(nn.Module):
     scaled inner losses. forward(image_features, text_features, text_negatives=None) returns
     {"loss", "outer_loss", "inner_loss"}; text_negatives (K, D) are extra captions (synthetic hard negatives)
     added to the image->text denominator of the pairwise/clip outer loss, never positives.
+
+    Memory (B = M*N pairs over all ranks, R the rows this process owns): the scaled_pairwise inner term always runs
+    in chunks of owned groups, so it holds no more than one chunk's products and logits (INNER_CHUNK_FLOATS by
+    default). chunk=None computes the pairwise/clip outer term whole: two (R, B) float32 logit matrices, as
+    open_clip's ClipLoss holds. chunk=k (groups) also tiles the outer term k groups (k*N rows) at a time, as Inf-CL
+    does: the forward accumulates log-sum-exps over the tiles and the backward recomputes each tile's logits, so
+    memory is O(k*N*B) and the inner chunks are k groups; the cost is about one more (R, B, D) matmul per term.
+    The result is the same (up to float32 summation order) with or without chunk, under DDP and local_loss too.
+    Untiled whatever chunk says: the level-2 terms of MultiLevelGroupedLoss (groups of unequal sizes) and the
+    centroid terms, whose logits are at most (R, G).
     """
 
     def __init__(self, outer: str = "pairwise", inner: str | None = "scaled_pairwise", alpha: float = 0.7,
-                 tau: float = 0.1, tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False) -> None:
+                 tau: float = 0.1, tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False,
+                 chunk: int | None = None) -> None:
         super().__init__()
         if outer not in OUTER_LOSSES:
             raise ClearglassError(f"outer: expected one of {OUTER_LOSSES}, got {outer!r}")
@@ -417,7 +576,9 @@ class GroupedContrastiveLoss(nn.Module):
             raise ClearglassError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
         _check_temperature("tau", tau)
         _check_temperature("tau_inner", tau_inner)
-        self.outer, self.inner, self.alpha = outer, inner, float(alpha)
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ClearglassError(f"chunk: expected None or a number of groups >= 1, got {chunk!r}")
+        self.outer, self.inner, self.alpha, self.chunk = outer, inner, float(alpha), chunk
         self.tau, self.tau_inner, self.local_loss = float(tau), float(tau_inner), local_loss
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau))) if learn_tau else None
 
@@ -451,9 +612,9 @@ class GroupedContrastiveLoss(nn.Module):
         """{"loss", "outer_loss", "inner_loss"} on a prepared batch (inner_loss absent when inner is None)."""
         scale = self.outer_scale()
         if self.outer == "pairwise":
-            outer = pairwise_outer(b, scale, negatives)
+            outer = pairwise_outer(b, scale, negatives, self.chunk)
         elif self.outer == "clip":
-            outer = clip_outer(b, scale, negatives)
+            outer = clip_outer(b, scale, negatives, self.chunk)
         else:
             outer = centroid_outer(b, scale)
         if self.inner is None:
@@ -461,7 +622,7 @@ class GroupedContrastiveLoss(nn.Module):
         if self.inner == "pairwise":
             inner = pairwise_inner(b)
         elif self.inner == "scaled_pairwise":
-            inner = scaled_pairwise_inner(b, self.tau_inner)
+            inner = scaled_pairwise_inner(b, self.tau_inner, self.chunk)
         elif self.inner == "centroid":
             inner = centroid_inner(b)
         else:
@@ -526,14 +687,15 @@ class MultiLevelGroupedLoss(nn.Module):
 
     def __init__(self, instance_weight: float = 1.0, level1_weight: float = 1.0, level2_weight: float = 1.0,
                  outer: str = "pairwise", inner: str | None = "scaled_pairwise", alpha: float = 0.7, tau: float = 0.1,
-                 tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False) -> None:
+                 tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False,
+                 chunk: int | None = None) -> None:
         super().__init__()
         for name, weight in (("instance_weight", instance_weight), ("level1_weight", level1_weight),
                              ("level2_weight", level2_weight)):
             if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
                 raise ClearglassError(f"{name}: expected a finite weight >= 0, got {weight!r}")
         self.weights = (float(instance_weight), float(level1_weight), float(level2_weight))
-        self.grouped = GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss)
+        self.grouped = GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss, chunk)
 
     def forward(self, image_features: Tensor, text_features: Tensor, level2_ids: Tensor | None = None,
                 text_negatives: Tensor | None = None) -> dict[str, Tensor]:
@@ -551,7 +713,7 @@ class MultiLevelGroupedLoss(nn.Module):
             self.grouped.check_batch(batch, negatives)
             if batch.labels.numel() < 2:
                 raise ClearglassError("features: the instance CLIP loss needs at least 2 pairs (M*N >= 2)")
-            instance = clip_outer(batch, self.grouped.outer_scale(), negatives)
+            instance = clip_outer(batch, self.grouped.outer_scale(), negatives, self.grouped.chunk)
             level1 = self.grouped.terms(batch, negatives)["loss"]
             out = {"instance_loss": instance, "level1_loss": level1}
             loss = self.weights[0] * instance + self.weights[1] * level1
@@ -615,19 +777,20 @@ class NamedLoss:
 
 
 def _grouped(*, outer: str, inner: str | None, alpha: float, tau: float, tau_inner: float, learn_tau: bool,
-             local_loss: bool, **_: float) -> GroupedContrastiveLoss:
-    return GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss)
+             local_loss: bool, chunk: int | None = None, **_: object) -> GroupedContrastiveLoss:
+    return GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss, chunk)
 
 
-def _clip(*, tau: float, learn_tau: bool, local_loss: bool, **_: object) -> GroupedContrastiveLoss:
-    return GroupedContrastiveLoss("clip", None, tau=tau, learn_tau=learn_tau, local_loss=local_loss)
+def _clip(*, tau: float, learn_tau: bool, local_loss: bool, chunk: int | None = None,
+          **_: object) -> GroupedContrastiveLoss:
+    return GroupedContrastiveLoss("clip", None, tau=tau, learn_tau=learn_tau, local_loss=local_loss, chunk=chunk)
 
 
 def _multilevel(*, instance_weight: float, level1_weight: float, level2_weight: float, outer: str,
                 inner: str | None, alpha: float, tau: float, tau_inner: float, learn_tau: bool, local_loss: bool,
-                **_: object) -> MultiLevelGroupedLoss:
+                chunk: int | None = None, **_: object) -> MultiLevelGroupedLoss:
     return MultiLevelGroupedLoss(instance_weight, level1_weight, level2_weight, outer, inner, alpha, tau, tau_inner,
-                                 learn_tau, local_loss)
+                                 learn_tau, local_loss, chunk)
 
 
 LOSSES: dict[str, NamedLoss] = {

@@ -1,4 +1,5 @@
-"""Slow, obviously-correct loop versions of the clearglass losses, written from the formulas (float64).
+"""Slow, obviously-correct loop versions of the clearglass losses, written from the formulas (float64), and the
+default loss in plain autograd ops (autograd_grouped_loss).
 
 Shared by tests/test_losses.py, tests/ddp_loss_worker.py and bench/bench_losses.py.
 Features are (M groups, N pairs, D); `labels` optionally regroups the M*N pairs (row-major) for level 2.
@@ -7,6 +8,7 @@ Features are (M groups, N pairs, D); `labels` optionally regroups the M*N pairs 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -117,3 +119,25 @@ def oracle_multilevel(image_features, text_features, level2_ids=None, instance_w
     out["loss"] = loss
     return out
 
+
+
+def autograd_grouped_loss(image_features: torch.Tensor, text_features: torch.Tensor, alpha: float = 0.7,
+                          tau: float = 0.1, tau_inner: float = 0.07) -> torch.Tensor:
+    """GroupedContrastiveLoss()'s loss (pairwise outer + scaled_pairwise inner, one process) in plain torch ops.
+
+    The same forward math as the library's hand-written autograd Functions with the backward left to autograd, so
+    bench/bench_losses.py can ask whether the hand-written backward earns its lines (issue 23). float32, vectorised:
+    it holds the (B, B) and (B*N, M) logits and the (M, N, N, D) products at once.
+    """
+    m, n, d = image_features.shape
+    images = F.normalize(image_features.float(), dim=-1)  # (M, N, D)
+    texts = F.normalize(text_features.float(), dim=-1)
+    logits = images.reshape(-1, d) @ texts.reshape(-1, d).T / tau  # (B, B) image -> text
+    blocks = logits.view(m, n, m, n).diagonal(0, 0, 2)  # (N, N, M) [image i, text j, group]: the positives
+    outer = (logits.logsumexp(1).sum() + logits.logsumexp(0).sum() - blocks.logsumexp(1).sum()
+             - blocks.logsumexp(0).sum()) / (2 * m * n)
+    products = F.normalize(images[:, :, None, :] * texts[:, None, :, :], dim=-1)  # (M, N, N, D)
+    centroids = F.normalize(products.sum((1, 2)), dim=-1)  # (M, D)
+    inner_logits = products.reshape(-1, d) @ centroids.T / tau_inner  # (M*N*N, M)
+    labels = torch.arange(m, device=inner_logits.device).repeat_interleave(n * n)
+    return alpha * outer + (1 - alpha) * F.cross_entropy(inner_logits, labels)

@@ -46,7 +46,11 @@ class LossConfig(Config):
 
     ``self_reg`` (lambda, any kind): adds ``self_reg * self_reg_loss`` to the main stage's loss, the mean of
     1 - cos(f, f_base) between the model's features and the frozen initial model's features of the same batch, for
-    the ``self_reg_features`` "image", "text" or "both" (their mean); 0 turns it off (no base copy is made)."""
+    the ``self_reg_features`` "image", "text" or "both" (their mean); 0 turns it off (no base copy is made).
+
+    ``chunk`` (groups per tile, see GroupedContrastiveLoss): null computes the outer term whole, as ClipLoss does;
+    a number tiles the outer and scaled_pairwise inner terms that many groups at a time, for batches whose (B, B)
+    logits do not fit in memory. The value and gradients are the same either way."""
 
     kind: Literal["grouped", "clip", "multilevel"] = "grouped"
     outer: OUTER = "pairwise"
@@ -56,6 +60,7 @@ class LossConfig(Config):
     tau_inner: float = 0.07
     learn_tau: bool = False
     local_loss: bool = False
+    chunk: int | None = None
     instance_weight: float = 1.0
     level1_weight: float = 1.0
     level2_weight: float = 1.0
@@ -63,7 +68,7 @@ class LossConfig(Config):
     self_reg_features: Literal["image", "text", "both"] = "image"
 
     def validate(self) -> None:
-        """Temperatures > 0, 0 <= alpha <= 1, weights >= 0, self_reg >= 0."""
+        """Temperatures > 0, 0 <= alpha <= 1, weights >= 0, self_reg >= 0, chunk None or >= 1."""
         if self.tau <= 0 or self.tau_inner <= 0:
             raise ClearglassError(f"tau = {self.tau}, tau_inner = {self.tau_inner}: expected > 0")
         if not 0.0 <= self.alpha <= 1.0:
@@ -73,6 +78,9 @@ class LossConfig(Config):
         if self.self_reg < 0:
             raise ClearglassError(f"self_reg = {self.self_reg}: expected a weight >= 0 (0 turns the "
                                   "self-regularisation toward the base off)")
+        if self.chunk is not None and self.chunk < 1:
+            raise ClearglassError(f"chunk = {self.chunk}: expected null (untiled outer term) or a number of groups "
+                                  ">= 1 per tile")
 
 
 @dataclass
