@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from clearglass.losses import GroupedContrastiveLoss
-
 from clearglass_testing.loss_oracles import autograd_grouped_loss, oracle_terms
 
 CONTENDERS = ("grouped", "grouped_outer_only", "grouped_autograd", "clip_loss")

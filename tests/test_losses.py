@@ -6,14 +6,24 @@ import math
 
 import pytest
 import torch
-from clearglass_testing.loss_oracles import autograd_grouped_loss, oracle_multilevel, oracle_terms
 from open_clip.loss import ClipLoss
 
-from clearglass.errors import ClearglassError
 from clearglass import losses
-from clearglass.losses import (LOSSES, GroupedContrastiveLoss, MultiLevelGroupedLoss, _Batch, _NormalizeRows,
-                               add_self_regularisation, clip_outer, make_loss, pairwise_outer, self_regularisation)
+from clearglass.errors import ClearglassError
+from clearglass.losses import (
+    LOSSES,
+    GroupedContrastiveLoss,
+    MultiLevelGroupedLoss,
+    _Batch,
+    _NormalizeRows,
+    add_self_regularisation,
+    clip_outer,
+    make_loss,
+    pairwise_outer,
+    self_regularisation,
+)
 from clearglass.train.config import LossConfig
+from clearglass_testing.loss_oracles import autograd_grouped_loss, oracle_multilevel, oracle_terms
 
 OUTERS = ["pairwise", "centroid", "clip"]
 INNERS = [None, "pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]

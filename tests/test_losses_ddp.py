@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ddp_loss_worker import CASES, WORLD, full_batch, make_loss, run_loss
 
 

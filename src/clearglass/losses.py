@@ -116,7 +116,8 @@ def _check_features(image_features: Tensor, text_features: Tensor) -> None:
     """Raise ClearglassError unless both are floating tensors of the same (M, N, D) shape."""
     for name, x in (("image_features", image_features), ("text_features", text_features)):
         if not isinstance(x, Tensor) or not x.is_floating_point():
-            raise ClearglassError(f"{name}: expected a floating-point torch.Tensor (M groups, N pairs, D), got {type(x).__name__}"
+            raise ClearglassError(f"{name}: expected a floating-point torch.Tensor (M groups, N pairs, D), "
+                                  f"got {type(x).__name__}"
                                   + (f" of dtype {x.dtype}" if isinstance(x, Tensor) else ""))
         if x.dim() != 3 or min(x.shape) < 1:
             raise ClearglassError(f"{name}: expected a 3-D tensor (M groups, N pairs, D) with no empty axis, "
@@ -214,7 +215,8 @@ class _MaskedPairwiseOuter(torch.autograd.Function):
 
 
 def _tile_blocks(logits: Tensor, tile: slice, block: int) -> Tensor:
-    """(N, N, G_t) view of a tile's (T, B) image -> text logits: its groups' images against their own texts, [i, j, o]."""
+    """(N, N, G_t) view of a tile's (T, B) image -> text logits: its groups' images against their own texts,
+    [i, j, o]."""
     groups = (tile.stop - tile.start) // block
     return logits[:, tile].view(groups, block, groups, block).diagonal(0, 0, 2)
 
@@ -707,7 +709,8 @@ class MultiLevelGroupedLoss(nn.Module):
         if level2_ids is not None and (not isinstance(level2_ids, Tensor) or level2_ids.is_floating_point()
                                        or level2_ids.is_complex() or tuple(level2_ids.shape) != (m,)):
             shape = tuple(level2_ids.shape) if isinstance(level2_ids, Tensor) else type(level2_ids).__name__
-            raise ClearglassError(f"level2_ids: expected an integer tensor of shape (M={m},), one id per group, got {shape}")
+            raise ClearglassError(f"level2_ids: expected an integer tensor of shape (M={m},), one id per group, "
+                                  f"got {shape}")
         with torch.autocast(device_type=image_features.device.type, enabled=False):
             batch, negatives = _prepare(image_features, text_features, text_negatives, self.grouped.local_loss)
             self.grouped.check_batch(batch, negatives)

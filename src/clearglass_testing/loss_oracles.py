@@ -27,7 +27,8 @@ def info_nce(queries: list, keys: list, positives: list[list[int]], tau: float, 
     total = 0.0
     for q, pos in zip(queries, positives):
         numerator = sum(torch.exp(torch.dot(q, keys[j]) / tau) for j in pos)
-        denominator = sum(torch.exp(torch.dot(q, k) / tau) for k in keys) + sum(torch.exp(torch.dot(q, e) / tau) for e in extra)
+        denominator = (sum(torch.exp(torch.dot(q, k) / tau) for k in keys)
+                       + sum(torch.exp(torch.dot(q, e) / tau) for e in extra))
         total = total + (-torch.log(numerator / denominator))
     return total / len(queries)
 
@@ -62,10 +63,12 @@ def oracle_terms(image_features, text_features, outer="pairwise", inner="scaled_
     b = len(images)
     if outer == "pairwise":
         positives = [[j for j in range(b) if labels[j] == labels[i]] for i in range(b)]
-        outer_loss = 0.5 * (info_nce(images, texts, positives, tau, negatives) + info_nce(texts, images, positives, tau))
+        outer_loss = 0.5 * (info_nce(images, texts, positives, tau, negatives)
+                            + info_nce(texts, images, positives, tau))
     elif outer == "clip":
         positives = [[i] for i in range(b)]
-        outer_loss = 0.5 * (info_nce(images, texts, positives, tau, negatives) + info_nce(texts, images, positives, tau))
+        outer_loss = 0.5 * (info_nce(images, texts, positives, tau, negatives)
+                            + info_nce(texts, images, positives, tau))
     else:
         image_c = [centroid([images[i] for i in rows]) for rows in groups.values()]
         text_c = [centroid([texts[i] for i in rows]) for rows in groups.values()]
@@ -86,7 +89,8 @@ def oracle_terms(image_features, text_features, outer="pairwise", inner="scaled_
         if inner == "pairwise":
             inner_loss = sum(1 - torch.dot(p, centroids[g]) for g, ps in enumerate(products) for p in ps) / count
         else:
-            inner_loss = sum(cross_entropy(p, centroids, g, tau_inner) for g, ps in enumerate(products) for p in ps) / count
+            inner_loss = sum(cross_entropy(p, centroids, g, tau_inner)
+                             for g, ps in enumerate(products) for p in ps) / count
     else:
         inner_loss = 0.0
         for features in (images, texts):

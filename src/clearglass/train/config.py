@@ -110,7 +110,8 @@ class TrainConfig(Config):
     ``eval_data`` (a MAGIC file; ``eval_images`` defaults to its folder); the mean of ``eval_metrics``
     ("task/subset/metric" keys of the task registry `clearglass.evaluate.TASKS`, checked against it here) is the
     validation score, written to ``metrics.jsonl``. Only the tasks and subsets those metrics need are run;
-    ``eval_tasks`` (default: any) limits which tasks they may name. ``keep_best`` also keeps ``checkpoints/best.pt``, the checkpoint of the best score;
+    ``eval_tasks`` (default: any) limits which tasks they may name. ``keep_best`` also keeps
+    ``checkpoints/best.pt``, the checkpoint of the best score;
     ``early_stop_patience`` > 0 stops after that many evaluations without a better score.
 
     ``allow_outside_root`` lets image ids be absolute paths or leave ``images`` / ``eval_images`` (refused by default).
