@@ -161,8 +161,8 @@ def size_run(size: str, args: argparse.Namespace) -> None:
     results = {}
     for name in CONTENDERS:
         if tiled and name in ("clip_loss", "grouped_autograd"):
-            print(f"{size}_{name}_skipped: its two ({b}, {b}) float32 logit matrices alone are {logits_gib:.1f} GiB, "
-                  f"more than half of this machine's {machine_gib():.1f} GiB")
+            print(f"{size}_{name}_skipped: two untiled ({b}, {b}) float32 logit matrices alone are "
+                  f"{logits_gib:.1f} GiB, more than half of this machine's {machine_gib():.1f} GiB")
             continue
         command = ["--measure", name, "--size", size, "--dim", str(d), "--repeats", str(repeats)]
         results[name] = run_child(command + (["--chunk", str(chunk)] if chunk else []))

@@ -127,17 +127,17 @@ def test_inner_chunks_from_the_memory_budget_match_the_oracle(monkeypatch, budge
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 @pytest.mark.parametrize("owned", [(0, 4), (2, 4), (1, 4)])  # owned groups: all, rank 1 of 2 under local_loss, 3 of 4
-def test_tiled_outer_terms_match_the_whole_ones_on_owned_rows(owned, chunk):
+def test_tiled_outer_terms_match_the_masked_ones_on_owned_rows(owned, chunk):
     m, n, d = 4, 3, 8
     images, texts = (x.detach().reshape(-1, d).requires_grad_() for x in features(m, n, d))
     negatives = torch.randn(3, d, generator=torch.Generator().manual_seed(4)).requires_grad_()
     scale = torch.tensor(7.0, requires_grad=True)
     unit, labels, rows = torch.nn.functional.normalize, torch.arange(m).repeat_interleave(n), slice(*owned)
     inputs = [images, texts, negatives, scale]
-    for term in (pairwise_outer, clip_outer):
+    for term in (pairwise_outer, clip_outer):  # tiled, then the untiled label-mask / cross-entropy computation
         tiled, whole = (term(_Batch(unit(images, dim=-1), unit(texts, dim=-1), labels, m,
-                                    slice(rows.start * n, rows.stop * n), 2.0, n), scale, negatives, size)
-                        for size in (chunk, None))
+                                    slice(rows.start * n, rows.stop * n), 2.0, block), scale, negatives, size)
+                        for block, size in ((n, chunk), (None, None)))
         torch.testing.assert_close(tiled, whole)
         for a, b in zip(grads(tiled, inputs), grads(whole, inputs)):
             torch.testing.assert_close(a, b)

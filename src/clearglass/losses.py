@@ -215,8 +215,7 @@ class _MaskedPairwiseOuter(torch.autograd.Function):
 
 
 def _tile_blocks(logits: Tensor, tile: slice, block: int) -> Tensor:
-    """(N, N, G_t) view of a tile's (T, B) image -> text logits: its groups' images against their own texts,
-    [i, j, o]."""
+    """(N, N, G_t) view of a tile's (T, B) image -> text logits: its groups' images against their texts, [i, j, o]."""
     groups = (tile.stop - tile.start) // block
     return logits[:, tile].view(groups, block, groups, block).diagonal(0, 0, 2)
 
@@ -557,10 +556,11 @@ class GroupedContrastiveLoss(nn.Module):
 
     Memory (B = M*N pairs over all ranks, R the rows this process owns): the scaled_pairwise inner term always runs
     in chunks of owned groups, so it holds no more than one chunk's products and logits (INNER_CHUNK_FLOATS by
-    default). chunk=None computes the pairwise/clip outer term whole: two (R, B) float32 logit matrices, as
-    open_clip's ClipLoss holds. chunk=k (groups) also tiles the outer term k groups (k*N rows) at a time, as Inf-CL
-    does: the forward accumulates log-sum-exps over the tiles and the backward recomputes each tile's logits, so
-    memory is O(k*N*B) and the inner chunks are k groups; the cost is about one more (R, B, D) matmul per term.
+    default). chunk=None computes the pairwise/clip outer term whole: a (B, B) float32 logit matrix kept for the
+    backward (two (R, B) ones under local_loss; 'clip' holds two, as open_clip's ClipLoss does). chunk=k (groups)
+    also tiles the outer term k groups (k*N rows) at a time, as Inf-CL does: the forward accumulates log-sum-exps
+    over the tiles and the backward recomputes each tile's logits, so memory is O(k*N*B) and the inner chunks are k
+    groups; the cost is about one more (R, B, D) matmul per term.
     The result is the same (up to float32 summation order) with or without chunk, under DDP and local_loss too.
     Untiled whatever chunk says: the level-2 terms of MultiLevelGroupedLoss (groups of unequal sizes) and the
     centroid terms, whose logits are at most (R, G).
