@@ -948,11 +948,15 @@ case("train: into a folder that holds a run, without --resume")(lambda w, t, s: 
 
 @case("train: into a folder another run holds the lock of")
 def _(w, t, s):
-    import fcntl
+    import subprocess
 
-    (t / "out").mkdir()
-    lock = s.enter_context(open(t / "out" / "train.lock", "w"))
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running train does; a new open of the file conflicts
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from clearglass.train.run import run_lock\n"
+                               "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+                               str(t / "out")], stdout=subprocess.PIPE, text=True)  # a running train, as a process
+    s.callback(holder.wait)
+    s.callback(holder.kill)
+    assert holder.stdout.readline().strip() == "held"
     return train_on(w, t, w.data), f"another run is training into this folder (it holds {t / 'out' / 'train.lock'})"
 
 

@@ -108,7 +108,7 @@ def test_the_demo_report_escapes_the_base_and_model_names_of_its_config(demo_pag
     outside_code = re.sub(r"`[^`]*`", "", md)  # a code span shows its text as is
     assert not re.search(r"<(img|script|b|i)\b", outside_code)
     assert "fine-tuning `<img src=x onerror=alert(1)>`" in md  # a code span shows it as text
-    assert "&lt;script&gt;x&lt;/script&gt;&#124;y (&lt;b&gt;f&lt;/b&gt;" in md
+    assert "&lt;script>x&lt;/script>&#124;y (&lt;b>f&lt;/b>" in md
 
 
 def test_the_training_plot_keeps_each_models_colour_in_every_panel(tmp_path, monkeypatch):

@@ -143,7 +143,7 @@ def test_names_and_data_in_report_md_are_escaped_and_keep_their_table_columns(re
     results[evil]["config"] = {**results[evil]["config"], "template": "a <img src=x onerror=alert(1)> `{}`"}
     md = write_report(compare(results), tmp_path, title="<img src=x onerror=alert(1)>")["markdown"].read_text()
     assert "<script>" not in md and "<img" not in md and "<b>" not in md
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;&#124;x" in md and "# &lt;img src=x onerror=alert(1)&gt;" in md
+    assert "&lt;script>alert(1)&lt;/script>&#124;x" in md and "# &lt;img src=x onerror=alert(1)>" in md
     for table in re.findall(r"(?:^\|.*\|\n)+", md, flags=re.M):  # every row as many columns as its header
         widths = {row.count("|") for row in table.splitlines()}
         assert len(widths) == 1, table

@@ -133,7 +133,7 @@ def test_sigkill_then_resume_auto_ends_with_the_same_weights(dataset, tmp_path):
 
 
 def test_the_run_folder_lock_refuses_a_second_run_and_is_released_on_every_exit(dataset, tmp_path):
-    """flock on out/train.lock: a second run fails at once naming the lock; an error, a KeyboardInterrupt (SIGINT
+    """A lock on out/train.lock: a second run fails at once naming the lock; an error, a KeyboardInterrupt (SIGINT
     outside the step loop) and a SIGKILL of the holder all release it (the lock file stays and blocks nothing)."""
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "

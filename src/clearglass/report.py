@@ -8,7 +8,6 @@ method with intervals, the paired difference in points and a verdict word) and a
 
 from __future__ import annotations
 
-import html
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,11 @@ class Measure:
 
 
 def md_text(value: object) -> str:
-    """Data (a model name, a title, a reason) as text of report.md, Markdown with inline HTML: HTML's special
-    characters as entities, ``|`` (a table's column bar) and the backtick (a code span) too, so it never becomes
-    markup or a column; line breaks as spaces."""
-    return html.escape(" ".join(str(value).splitlines()), quote=False).replace("|", "&#124;").replace("`", "&#96;")
+    """Data (a model name, a title, a reason) as text of report.md, Markdown with inline HTML: ``&`` and ``<`` as
+    entities (no tag or entity can start; a lone ``>`` stays, as in "image->text"), ``|`` (a table's column bar) and
+    the backtick (a code span) too, so it never becomes markup or a column; line breaks as spaces."""
+    text = " ".join(str(value).splitlines()).replace("&", "&amp;").replace("<", "&lt;")
+    return text.replace("|", "&#124;").replace("`", "&#96;")
 
 
 def md_code(value: object) -> str:

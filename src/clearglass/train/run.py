@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -688,8 +689,9 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run folder ``out`` (created if needed) while the block runs: a second run into
-    it fails at once naming the lock. ``flock`` on ``out/train.lock``: released on every exit, also when the
-    process is killed (the OS drops it with the file descriptor), so a stale lock file never blocks."""
+    it fails at once naming the lock. A POSIX record lock (``lockf``) on ``out/train.lock``: released on every exit,
+    also when the process is killed, so a stale lock file never blocks; unlike ``flock`` it is owned by the process
+    alone, so loader workers forked from a killed run (which live on for a moment) do not keep holding it."""
     if out.is_file():
         raise ClearglassError(f"out = {out}: is a file; expected an output folder")
     try:
@@ -699,8 +701,10 @@ def run_lock(out: Path) -> Iterator[None]:
         raise ClearglassError(f"out = {out}: cannot create the run folder or its lock ({e.strerror or e})") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise ClearglassError(f"out = {out}: cannot lock {out / LOCK_FILE} ({e.strerror})") from None
             raise ClearglassError(f"out = {out}: another run is training into this folder (it holds "
                                   f"{out / LOCK_FILE}); wait for it to end, or train into another --out") from None
         os.ftruncate(fd, 0)
