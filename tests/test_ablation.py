@@ -9,23 +9,14 @@ from pathlib import Path
 import pytest
 
 from clearglass.cli import main
+from clearglass.config import flatten
 from clearglass.errors import ClearglassError
 from clearglass.experiments.ablation import VARIANTS, AblationOptions, run_ablation, variant_config
 from clearglass.report import fmt_pct
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_variants_add_one_option_each_with_the_same_budget() -> None:
-    configs = [_flat(json.loads(variant_config(v).read_text(encoding="utf-8"))) for v in VARIANTS]
+    configs = [flatten(json.loads(variant_config(v).read_text(encoding="utf-8"))) for v in VARIANTS]
     changed = [{k for k in configs[i] if configs[i][k] != configs[i - 1][k]} - {"out"} for i in range(1, len(configs))]
     assert changed[0] == {"model"} and configs[1]["model"] == "clearglass:clearglass-vit-hier"
     assert changed[1] == {"synthetic_negatives.caption", "synthetic_negatives.concepts"}

@@ -315,3 +315,14 @@ def _coerce(value: Any, annotation: Any, source: str, key: str) -> Any:
 
 def _type_error(value: Any, annotation: Any, source: str, key: str) -> ClearglassError:
     return ClearglassError(f"{source}: {key} = {value!r}: expected {_describe(annotation)}")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as its dotted keys: ``{"loss": {"tau": 0.1}}`` -> ``{"loss.tau": 0.1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

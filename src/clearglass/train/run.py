@@ -48,6 +48,7 @@ from clearglass.checkpoints import (
     read_checkpoint_metadata,
     save_checkpoint,
 )
+from clearglass.config import flatten
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import ModelEncoder, evaluate_model
 from clearglass.hard_negatives import CaptionNegatives, fill_hard_negatives
@@ -667,21 +668,10 @@ FREE_ON_RESUME = {"data", "out", "device", "log_every", "checkpoint_every", "rep
                   "text_cache_file"}
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"loss.tau": 0.1, ...}``."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """``key old -> new`` for each setting outside ``FREE_ON_RESUME`` that differs between a checkpoint's train
     config and ``now`` (keys the checkpoint does not record are not compared; the data is compared by its sha256)."""
-    old, new = _flat(saved), _flat(now)
+    old, new = flatten(saved), flatten(now)
     return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys())
             if k.split(".")[0] not in FREE_ON_RESUME and old[k] != new[k]]
 
