@@ -27,6 +27,7 @@ from clearglass.evaluate import Encoder, Item, items_hash, make_recognition_item
 from clearglass.io import load_image
 from clearglass.magic.schema import ConceptRecord, resolve_image_path
 from clearglass.report import fmt_pct
+from clearglass.results import MetricKey, MetricSpec, Results
 
 LEVELS = (1, 2)  # the concept levels a gallery shows
 THUMBNAIL = 112  # longest side of a thumbnail, pixels
@@ -70,14 +71,14 @@ class Hits:
         return f"{int(self.counts.sum())}/{len(self.counts) * self.seeds}"
 
 
-def _hit_fraction(spec: dict, arrays: dict[str, list]) -> np.ndarray:
+def _hit_fraction(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
     """Per picture, the fraction of seeds that hit: a rank below k (one seed) or the merged seeds' mean hit."""
-    a = np.asarray(arrays[spec["array"]], dtype=float)
-    if spec["stat"] == "hit":
-        return (a < spec["k"]).astype(float)
-    if spec["stat"] == "mean":
+    a = np.asarray(arrays[spec.array], dtype=float)
+    if spec.stat == "hit":
+        return (a < spec.k).astype(float)
+    if spec.stat == "mean":
         return a
-    raise ClearglassError(f"gallery: a {METRIC} row with statistic {spec['stat']!r}; expected hit or mean")
+    raise ClearglassError(f"gallery: a {METRIC} row with statistic {spec.stat!r}; expected hit or mean")
 
 
 def table_hits(trials: Trials, results: dict) -> dict[int, Hits]:
@@ -87,20 +88,20 @@ def table_hits(trials: Trials, results: dict) -> dict[int, Hits]:
     for level, items in trials.items.items():
         group = f"recognition/concept_level{level}"
         where = f"gallery, split {trials.split!r}, model {results['model']!r}, {group}"
-        row = next((r for r in results["metrics"] if (r["task"], r["subset"], r["metric"])
-                    == ("recognition", f"concept_level{level}", METRIC)), None)
-        outcomes = results.get("per_item", {}).get(group)
-        if row is None or outcomes is None:
-            raise ClearglassError(f"{where}: the results have no {METRIC} row with per-item outcomes")
-        if outcomes["items_hash"] != items_hash(items):
-            raise ClearglassError(f"{where}: scored on other items (items hash {outcomes['items_hash']}, the test "
+        key, table = MetricKey("recognition", f"concept_level{level}", METRIC), Results.of(results)
+        try:
+            outcomes, value = table.outcomes(key), table.value(key)
+        except (ClearglassError, KeyError):
+            raise ClearglassError(f"{where}: the results have no {METRIC} row with per-item outcomes") from None
+        if outcomes.items_hash != items_hash(items):
+            raise ClearglassError(f"{where}: scored on other items (items hash {outcomes.items_hash}, the test "
                                   f"set's {items_hash(items)}): other data, k, seed or template")
         seeds = int(results.get("seeds", 1))
-        counts = np.rint(_hit_fraction(row["stat"], outcomes["arrays"]) * seeds).astype(int)
-        if len(counts) != len(items) or abs(counts.sum() / (len(items) * seeds) - row["value"]) > 1e-9:
+        counts = np.rint(_hit_fraction(outcomes.spec, outcomes.arrays) * seeds).astype(int)
+        if len(counts) != len(items) or abs(counts.sum() / (len(items) * seeds) - value) > 1e-9:
             raise ClearglassError(f"{where}: {len(counts)} per-item outcomes that do not add up to the results' "
-                                  f"{METRIC} {row['value']} over {len(items)} items")
-        out[level] = Hits(counts, seeds, row["value"])
+                                  f"{METRIC} {value} over {len(items)} items")
+        out[level] = Hits(counts, seeds, value)
     return out
 
 
