@@ -136,14 +136,19 @@ def train_seconds(rows: list[dict]) -> float:
     return total + last
 
 
+def recipe_corpus(out: Path, recipe: PretrainRecipe, progress: bool) -> tuple[Path, dict]:
+    """The recipe's corpus built (renders reused) in ``out/corpus`` under its demo's leak rules, and its stats."""
+    rules = leak_rules(DemoConfig.load(recipe.demo), out / "demo", progress)
+    corpus = out / "corpus"
+    return corpus, build_corpus(corpus, recipe.corpus, rules["forbidden_words"], rules["excluded_chars"],
+                                rules["excluded_monochrome_chars"], progress)
+
+
 def remeasure_card(tag: Path, out: Path, recipe: PretrainRecipe, command: str, progress: bool = True) -> dict:
     """Measure a written tag's figures again with today's evaluation, on its shipped slice and on the corpus test
     split rebuilt in ``out/corpus`` (it must be the split the card names, by sha256), and rewrite its card."""
     card = read_json(tag / "card.json", "model card", dict)
-    rules = leak_rules(DemoConfig.load(recipe.demo), out / "demo", progress)
-    corpus = out / "corpus"
-    build_corpus(corpus, recipe.corpus, rules["forbidden_words"], rules["excluded_chars"],
-                 rules["excluded_monochrome_chars"], progress)
+    corpus, _ = recipe_corpus(out, recipe, progress)
     found = file_sha256(corpus / "test.json")
     if found != card["corpus"]["test_sha256"]:
         raise ClearglassError(f"{corpus / 'test.json'}: sha256 {found}, but {tag / 'card.json'} was measured on "
@@ -163,10 +168,7 @@ def run_pretrain(out: Path, recipe: PretrainRecipe, overrides: list[str], ship: 
     """Build the corpus, pretrain (resuming a run in ``out``), measure, write the tag under ``out/<tag>`` and, with
     ``ship``, copy it into the package's ``pretrained/`` folder; returns the card data."""
     start = time.perf_counter()
-    rules = leak_rules(DemoConfig.load(recipe.demo), out / "demo", progress)
-    corpus = out / "corpus"
-    corpus_stats = build_corpus(corpus, recipe.corpus, rules["forbidden_words"], rules["excluded_chars"],
-                                rules["excluded_monochrome_chars"], progress)
+    corpus, corpus_stats = recipe_corpus(out, recipe, progress)
     config = TrainConfig.load(recipe.train_config, [
         f"data={corpus / 'train.json'}", f"eval_data={corpus / 'val.json'}", f"out={out / 'run'}",
         f"text_cache_file={out / 'text-cache.pt'}", f"seed={recipe.seed}", *recipe.train, *overrides])
