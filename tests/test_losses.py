@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import typing
 
 import pytest
 import torch
@@ -11,7 +13,9 @@ from open_clip.loss import ClipLoss
 from clearglass import losses
 from clearglass.errors import ClearglassError
 from clearglass.losses import (
+    INNER_TERMS,
     LOSSES,
+    OUTER_TERMS,
     GroupedContrastiveLoss,
     MultiLevelGroupedLoss,
     _Batch,
@@ -166,13 +170,37 @@ def test_chunked_multilevel_matches_oracle():
 
 def test_chunk_setting_is_validated_and_reaches_the_loss_from_the_config():
     for bad in (0, -1, 1.5, True):
-        with pytest.raises(ClearglassError, match="chunk: expected None or a number of groups >= 1"):
+        with pytest.raises(ClearglassError, match=r"chunk: expected None \(null in JSON.*a number of groups >= 1"):
             GroupedContrastiveLoss(chunk=bad)
-    with pytest.raises(ClearglassError, match="chunk = 0: expected null"):
+    with pytest.raises(ClearglassError, match="chunk: expected None .* got 0"):
         LossConfig(chunk=0)
     assert LossConfig().chunk is None
     assert make_loss(**LossConfig(chunk=3).to_dict()).chunk == 3
     assert make_loss(**LossConfig(kind="multilevel", chunk=2).to_dict()).grouped.chunk == 2
+
+
+BAD_SETTINGS = [("outer", "triplet"), ("inner", "nope"), ("alpha", 1.5), ("alpha", True), ("tau", 0.0),
+                ("tau_inner", math.inf), ("chunk", 0), ("instance_weight", -1.0), ("level2_weight", math.nan)]
+
+
+@pytest.mark.parametrize("name,value", BAD_SETTINGS)
+def test_a_bad_setting_gets_one_message_from_the_loss_and_from_the_training_config(name, value):
+    kind = "multilevel" if name.endswith("_weight") else "grouped"
+    with pytest.raises(ClearglassError, match=f"^{name}: expected .*, got {re.escape(repr(value))}$") as from_loss:
+        make_loss(**{**LossConfig(kind=kind).to_dict(), name: value})
+    with pytest.raises(ClearglassError) as from_config:
+        LossConfig(kind=kind, **{name: value})
+    assert str(from_config.value) == str(from_loss.value)
+
+
+def test_the_config_offers_exactly_the_registered_losses_and_terms():
+    hints = typing.get_type_hints(LossConfig)
+    assert typing.get_args(hints["kind"]) == tuple(LOSSES)
+    assert typing.get_args(hints["outer"]) == tuple(OUTER_TERMS) == ("pairwise", "centroid", "clip")
+    assert typing.get_args(typing.get_args(hints["inner"])[0]) == tuple(INNER_TERMS)
+    for name, term in {**OUTER_TERMS, **INNER_TERMS}.items():
+        assert term.needs in ("groups", "pairs", None), name
+    assert [n for n, t in OUTER_TERMS.items() if t.takes_negatives] == ["pairwise", "clip"]
 
 
 def test_autograd_twin_of_the_default_loss_matches_oracle():

@@ -334,7 +334,7 @@ def test_self_regularisation_copy_is_made_only_when_on_and_shares_frozen_weights
                                               r"parameter behind them is trainable"):
         train(tiny_config(dataset, tmp_path / "locked", steps=1, warmup=0, **{"loss.self_reg": 0.1,
                                                                       "loss.self_reg_features": "text"}))
-    with pytest.raises(ClearglassError, match=r"self_reg = -1.0: expected a weight >= 0"):
+    with pytest.raises(ClearglassError, match=r"loss.self_reg: expected a finite weight >= 0, got -1.0"):
         tiny_config(dataset, tmp_path / "x", **{"loss.self_reg": -1.0})
     with pytest.raises(ClearglassError, match="self_reg_features"):
         tiny_config(dataset, tmp_path / "x", **{"loss.self_reg_features": "audio"})

@@ -27,7 +27,7 @@ model's features of the same batch, added to the returned dict as ``self_reg_los
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +39,6 @@ from clearglass.errors import ClearglassError
 
 LN_100 = math.log(100.0)
 NORM_EPS = 1e-12  # the floor of F.normalize
-OUTER_LOSSES = ("pairwise", "centroid", "clip")
-INNER_LOSSES = ("pairwise", "scaled_pairwise", "centroid", "scaled_centroid")
 INNER_CHUNK_FLOATS = 1 << 22  # default size of one scaled_pairwise chunk, products plus logits: 16 MiB of float32
 
 
@@ -142,12 +140,6 @@ def _raise_non_finite(name: str, x: Tensor) -> None:
         index = tuple(int(i) for i in bad.nonzero()[0][:-1])
         raise ClearglassError(f"{name}: expected finite features, found NaN/inf at index {index}"
                               " (indices over all ranks when distributed)")
-
-
-def _check_temperature(name: str, value: float) -> None:
-    """Raise ClearglassError unless value is a finite positive temperature."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ClearglassError(f"{name}: expected a finite temperature > 0, got {value!r}")
 
 
 def _centroids(features: Tensor, labels: Tensor, num_groups: int) -> Tensor:
@@ -542,6 +534,86 @@ def scaled_centroid_inner(b: _Batch, tau_inner: float) -> Tensor:
     return 0.5 * (terms[0] + terms[1])
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# the outer and inner terms by name (what ``outer`` and ``inner`` name), and the one check of every loss setting
+
+
+@dataclass(frozen=True)
+class Term:
+    """An outer or inner term by name: its value on a prepared batch under a loss's settings (outer_scale, chunk,
+    tau_inner), what the batch needs for it to have a negative ("groups": M >= 2 over all ranks, "pairs":
+    M*N >= 2, None: nothing), and whether text negatives enter it (outer terms with per-image rows)."""
+
+    compute: Callable[[GroupedContrastiveLoss, _Batch, Tensor | None], Tensor]
+    needs: str | None
+    takes_negatives: bool = False
+
+
+OUTER_TERMS: dict[str, Term] = {
+    "pairwise": Term(lambda loss, b, neg: pairwise_outer(b, loss.outer_scale(), neg, loss.chunk), "groups", True),
+    "centroid": Term(lambda loss, b, _: centroid_outer(b, loss.outer_scale()), "groups"),
+    "clip": Term(lambda loss, b, neg: clip_outer(b, loss.outer_scale(), neg, loss.chunk), "pairs", True),
+}
+INNER_TERMS: dict[str, Term] = {
+    "pairwise": Term(lambda loss, b, _: pairwise_inner(b), None),
+    "scaled_pairwise": Term(lambda loss, b, _: scaled_pairwise_inner(b, loss.tau_inner, loss.chunk), "groups"),
+    "centroid": Term(lambda loss, b, _: centroid_inner(b), None),
+    "scaled_centroid": Term(lambda loss, b, _: scaled_centroid_inner(b, loss.tau_inner), "groups"),
+}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_term(name: str, value: object, terms: dict[str, Term], optional: bool) -> None:
+    if value not in terms and not (optional and value is None):
+        raise ClearglassError(f"{name}: expected one of {tuple(terms)}{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_temperature(name: str, value: object) -> None:
+    if not (_number(value) and value > 0):
+        raise ClearglassError(f"{name}: expected a finite temperature > 0, got {value!r}")
+
+
+def _check_weight(name: str, value: object) -> None:
+    if not (_number(value) and value >= 0):
+        raise ClearglassError(f"{name}: expected a finite weight >= 0, got {value!r}")
+
+
+def _check_fraction(name: str, value: object) -> None:
+    if not (_number(value) and 0.0 <= value <= 1.0):
+        raise ClearglassError(f"{name}: expected a weight in [0, 1], got {value!r}")
+
+
+def _check_chunk(name: str, value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ClearglassError(f"{name}: expected None (null in JSON: the outer term untiled) or a number of groups "
+                              f">= 1 per tile, got {value!r}")
+
+
+SETTING_CHECKS: dict[str, Callable[[str, object], None]] = {
+    "outer": lambda name, value: _check_term(name, value, OUTER_TERMS, optional=False),
+    "inner": lambda name, value: _check_term(name, value, INNER_TERMS, optional=True),
+    "alpha": _check_fraction,
+    "tau": _check_temperature,
+    "tau_inner": _check_temperature,
+    "chunk": _check_chunk,
+    "instance_weight": _check_weight,
+    "level1_weight": _check_weight,
+    "level2_weight": _check_weight,
+    "self_reg": _check_weight,
+}
+
+
+def check_settings(settings: Mapping[str, object]) -> None:
+    """Raise ClearglassError naming the first loss setting out of range (the losses' constructors and the training
+    config's ``loss`` section both check here; names without a check, e.g. ``kind``, pass)."""
+    for name, value in settings.items():
+        if name in SETTING_CHECKS:
+            SETTING_CHECKS[name](name, value)
+
+
 class GroupedContrastiveLoss(nn.Module):
     """CLEAR GLASS loss: loss = alpha * outer + (1 - alpha) * inner on (M groups, N pairs, D) features.
 
@@ -570,16 +642,8 @@ class GroupedContrastiveLoss(nn.Module):
                  tau: float = 0.1, tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False,
                  chunk: int | None = None) -> None:
         super().__init__()
-        if outer not in OUTER_LOSSES:
-            raise ClearglassError(f"outer: expected one of {OUTER_LOSSES}, got {outer!r}")
-        if inner is not None and inner not in INNER_LOSSES:
-            raise ClearglassError(f"inner: expected one of {INNER_LOSSES} or None, got {inner!r}")
-        if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-            raise ClearglassError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
-        _check_temperature("tau", tau)
-        _check_temperature("tau_inner", tau_inner)
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ClearglassError(f"chunk: expected None or a number of groups >= 1, got {chunk!r}")
+        check_settings({"outer": outer, "inner": inner, "alpha": alpha, "tau": tau, "tau_inner": tau_inner,
+                        "chunk": chunk})
         self.outer, self.inner, self.alpha, self.chunk = outer, inner, float(alpha), chunk
         self.tau, self.tau_inner, self.local_loss = float(tau), float(tau_inner), local_loss
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / tau))) if learn_tau else None
@@ -600,35 +664,24 @@ class GroupedContrastiveLoss(nn.Module):
 
     def check_batch(self, b: _Batch, negatives: Tensor | None) -> None:
         """Raise ClearglassError when the gathered batch cannot give this loss a negative."""
-        needs_groups = self.outer in ("pairwise", "centroid") or self.inner in ("scaled_pairwise", "scaled_centroid")
-        if needs_groups and b.num_groups < 2:
+        terms = [OUTER_TERMS[self.outer]] + ([INNER_TERMS[self.inner]] if self.inner is not None else [])
+        if any(t.needs == "groups" for t in terms) and b.num_groups < 2:
             raise ClearglassError(f"features: outer={self.outer!r}, inner={self.inner!r} needs M >= 2 groups "
                                   f"(over all ranks) to have negatives, got M={b.num_groups}")
-        if self.outer == "clip" and b.labels.numel() < 2:
-            raise ClearglassError("features: outer='clip' needs at least 2 pairs (M*N >= 2) to have negatives, got 1")
-        if negatives is not None and self.outer == "centroid":
-            raise ClearglassError("text_negatives: only used by outer='pairwise' or 'clip'; outer='centroid' "
+        if any(t.needs == "pairs" for t in terms) and b.labels.numel() < 2:
+            raise ClearglassError(f"features: outer={self.outer!r} needs at least 2 pairs (M*N >= 2) to have "
+                                  "negatives, got 1")
+        if negatives is not None and not OUTER_TERMS[self.outer].takes_negatives:
+            takers = " or ".join(repr(n) for n, t in OUTER_TERMS.items() if t.takes_negatives)
+            raise ClearglassError(f"text_negatives: only used by outer={takers}; outer={self.outer!r} "
                                   "has no per-image rows to add them to")
 
     def terms(self, b: _Batch, negatives: Tensor | None) -> dict[str, Tensor]:
         """{"loss", "outer_loss", "inner_loss"} on a prepared batch (inner_loss absent when inner is None)."""
-        scale = self.outer_scale()
-        if self.outer == "pairwise":
-            outer = pairwise_outer(b, scale, negatives, self.chunk)
-        elif self.outer == "clip":
-            outer = clip_outer(b, scale, negatives, self.chunk)
-        else:
-            outer = centroid_outer(b, scale)
+        outer = OUTER_TERMS[self.outer].compute(self, b, negatives)
         if self.inner is None:
             return {"loss": outer, "outer_loss": outer}
-        if self.inner == "pairwise":
-            inner = pairwise_inner(b)
-        elif self.inner == "scaled_pairwise":
-            inner = scaled_pairwise_inner(b, self.tau_inner, self.chunk)
-        elif self.inner == "centroid":
-            inner = centroid_inner(b)
-        else:
-            inner = scaled_centroid_inner(b, self.tau_inner)
+        inner = INNER_TERMS[self.inner].compute(self, b, None)
         return {"loss": self.alpha * outer + (1.0 - self.alpha) * inner, "outer_loss": outer, "inner_loss": inner}
 
 
@@ -692,10 +745,8 @@ class MultiLevelGroupedLoss(nn.Module):
                  tau_inner: float = 0.07, learn_tau: bool = False, local_loss: bool = False,
                  chunk: int | None = None) -> None:
         super().__init__()
-        for name, weight in (("instance_weight", instance_weight), ("level1_weight", level1_weight),
-                             ("level2_weight", level2_weight)):
-            if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
-                raise ClearglassError(f"{name}: expected a finite weight >= 0, got {weight!r}")
+        check_settings({"instance_weight": instance_weight, "level1_weight": level1_weight,
+                        "level2_weight": level2_weight})
         self.weights = (float(instance_weight), float(level1_weight), float(level2_weight))
         self.grouped = GroupedContrastiveLoss(outer, inner, alpha, tau, tau_inner, learn_tau, local_loss, chunk)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -11,14 +11,17 @@ from clearglass.config import MAX_SEED, Config
 from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import SyntheticNegativesConfig
 from clearglass.io import DEFAULT_MAX_PIXELS
+from clearglass.losses import INNER_TERMS, LOSSES, OUTER_TERMS, check_settings
 from clearglass.results import MetricKey
 
 if TYPE_CHECKING:
     from clearglass.evaluate import EvalConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "train"
-OUTER = Literal["pairwise", "centroid", "clip"]
-INNER = Literal["pairwise", "scaled_pairwise", "centroid", "scaled_centroid"]
+# the choices are the registries' names (losses.py), so a new loss or term is one edit there
+KIND = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+OUTER = Literal[tuple(OUTER_TERMS)]  # type: ignore[valid-type]
+INNER = Literal[tuple(INNER_TERMS)]  # type: ignore[valid-type]
 
 
 @dataclass
@@ -52,7 +55,7 @@ class LossConfig(Config):
     a number tiles the outer and scaled_pairwise inner terms that many groups at a time, for batches whose (B, B)
     logits do not fit in memory. The value and gradients are the same either way."""
 
-    kind: Literal["grouped", "clip", "multilevel"] = "grouped"
+    kind: KIND = "grouped"
     outer: OUTER = "pairwise"
     inner: INNER | None = "scaled_pairwise"
     alpha: float = 0.7
@@ -68,19 +71,8 @@ class LossConfig(Config):
     self_reg_features: Literal["image", "text", "both"] = "image"
 
     def validate(self) -> None:
-        """Temperatures > 0, 0 <= alpha <= 1, weights >= 0, self_reg >= 0, chunk None or >= 1."""
-        if self.tau <= 0 or self.tau_inner <= 0:
-            raise ClearglassError(f"tau = {self.tau}, tau_inner = {self.tau_inner}: expected > 0")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ClearglassError(f"alpha = {self.alpha}: expected 0 <= alpha <= 1")
-        if min(self.instance_weight, self.level1_weight, self.level2_weight) < 0:
-            raise ClearglassError("instance_weight, level1_weight and level2_weight: expected >= 0")
-        if self.self_reg < 0:
-            raise ClearglassError(f"self_reg = {self.self_reg}: expected a weight >= 0 (0 turns the "
-                                  "self-regularisation toward the base off)")
-        if self.chunk is not None and self.chunk < 1:
-            raise ClearglassError(f"chunk = {self.chunk}: expected null (untiled outer term) or a number of groups "
-                                  ">= 1 per tile")
+        """Every setting in the range the losses accept (``losses.check_settings``, the one check of them)."""
+        check_settings(asdict(self))
 
 
 @dataclass
