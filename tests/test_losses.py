@@ -201,6 +201,9 @@ def test_the_config_offers_exactly_the_registered_losses_and_terms():
     for name, term in {**OUTER_TERMS, **INNER_TERMS}.items():
         assert term.needs in ("groups", "pairs", None), name
     assert [n for n, t in OUTER_TERMS.items() if t.takes_negatives] == ["pairwise", "clip"]
+    assert LOSSES["clip"].outer_term("centroid") is OUTER_TERMS["clip"]  # the baseline ignores loss.outer
+    assert make_loss(**LossConfig(kind="clip", outer="centroid").to_dict()).outer == LOSSES["clip"].outer
+    assert LOSSES["grouped"].outer_term("centroid") is OUTER_TERMS["centroid"]
 
 
 def test_autograd_twin_of_the_default_loss_matches_oracle():

@@ -560,6 +560,7 @@ INNER_TERMS: dict[str, Term] = {
     "centroid": Term(lambda loss, b, _: centroid_inner(b), None),
     "scaled_centroid": Term(lambda loss, b, _: scaled_centroid_inner(b, loss.tau_inner), "groups"),
 }
+NEGATIVE_OUTERS = " or ".join(repr(n) for n, t in OUTER_TERMS.items() if t.takes_negatives)  # for messages
 
 
 def _number(value: object) -> bool:
@@ -672,8 +673,7 @@ class GroupedContrastiveLoss(nn.Module):
             raise ClearglassError(f"features: outer={self.outer!r} needs at least 2 pairs (M*N >= 2) to have "
                                   "negatives, got 1")
         if negatives is not None and not OUTER_TERMS[self.outer].takes_negatives:
-            takers = " or ".join(repr(n) for n, t in OUTER_TERMS.items() if t.takes_negatives)
-            raise ClearglassError(f"text_negatives: only used by outer={takers}; outer={self.outer!r} "
+            raise ClearglassError(f"text_negatives: only used by outer={NEGATIVE_OUTERS}; outer={self.outer!r} "
                                   "has no per-image rows to add them to")
 
     def terms(self, b: _Batch, negatives: Tensor | None) -> dict[str, Tensor]:
@@ -822,12 +822,18 @@ def add_self_regularisation(terms: dict[str, Tensor], pairs: list[tuple[Tensor, 
 
 @dataclass(frozen=True)
 class NamedLoss:
-    """A trainable loss by name: how to build it from the loss settings and which batches it trains on
-    ("groups": M groups x N pairs of the group sampler; "pairs": random pairs, the CLIP baseline)."""
+    """A trainable loss by name: how to build it from the loss settings, which batches it trains on ("groups":
+    M groups x N pairs of the group sampler; "pairs": random pairs, the CLIP baseline) and, when it ignores the
+    ``outer`` setting, the outer term it always uses."""
 
     build: Callable[..., nn.Module]
     batches: str
     needs_level2: bool = False
+    outer: str | None = None
+
+    def outer_term(self, outer: str) -> Term:
+        """The outer term this loss uses under the setting ``outer``."""
+        return OUTER_TERMS[self.outer or outer]
 
 
 def _grouped(*, outer: str, inner: str | None, alpha: float, tau: float, tau_inner: float, learn_tau: bool,
@@ -849,7 +855,7 @@ def _multilevel(*, instance_weight: float, level1_weight: float, level2_weight: 
 
 LOSSES: dict[str, NamedLoss] = {
     "grouped": NamedLoss(_grouped, "groups"),
-    "clip": NamedLoss(_clip, "pairs"),
+    "clip": NamedLoss(_clip, "pairs", outer="clip"),
     "multilevel": NamedLoss(_multilevel, "groups", needs_level2=True),
 }
 

@@ -11,7 +11,7 @@ from clearglass.config import MAX_SEED, Config
 from clearglass.errors import ClearglassError
 from clearglass.hard_negatives import SyntheticNegativesConfig
 from clearglass.io import DEFAULT_MAX_PIXELS
-from clearglass.losses import INNER_TERMS, LOSSES, OUTER_TERMS, check_settings
+from clearglass.losses import INNER_TERMS, LOSSES, NEGATIVE_OUTERS, OUTER_TERMS, check_settings
 from clearglass.results import MetricKey
 
 if TYPE_CHECKING:
@@ -178,9 +178,9 @@ class TrainConfig(Config):
                                   "seeds accepts)")
         if self.anchors_per_batch is not None and self.anchors_per_batch < 1:
             raise ClearglassError(f"anchors_per_batch = {self.anchors_per_batch}: expected >= 1 or null")
-        if self.synthetic_negatives.caption and self.loss.kind != "clip" and self.loss.outer == "centroid":
-            raise ClearglassError("synthetic_negatives.caption needs loss.outer 'pairwise' or 'clip' "
-                                  "(outer 'centroid' has no per-image rows to add text negatives to)")
+        if self.synthetic_negatives.caption and not LOSSES[self.loss.kind].outer_term(self.loss.outer).takes_negatives:
+            raise ClearglassError(f"synthetic_negatives.caption needs loss.outer {NEGATIVE_OUTERS} (outer "
+                                  f"{self.loss.outer!r} has no per-image rows to add text negatives to)")
         if (self.eval_every or self.keep_best or self.early_stop_patience) and not (self.eval_every and self.eval_data):
             raise ClearglassError("eval_every, keep_best and early_stop_patience need validation: set eval_every > 0 "
                                   "and eval_data")
