@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import Encoder, Item, items_hash, make_recognition_items, rank_labels
+from clearglass.evaluate import Encoder, Item, items_hash, make_recognition_items, metric_stat, rank_labels
 from clearglass.io import load_image
 from clearglass.magic.schema import ConceptRecord, resolve_image_path
 from clearglass.report import fmt_pct
-from clearglass.results import MetricKey, MetricSpec, Results
+from clearglass.results import MetricKey, Outcomes, Results
 
 LEVELS = (1, 2)  # the concept levels a gallery shows
 THUMBNAIL = 112  # longest side of a thumbnail, pixels
@@ -71,14 +71,10 @@ class Hits:
         return f"{int(self.counts.sum())}/{len(self.counts) * self.seeds}"
 
 
-def _hit_fraction(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """Per picture, the fraction of seeds that hit: a rank below k (one seed) or the merged seeds' mean hit."""
-    a = np.asarray(arrays[spec.array], dtype=float)
-    if spec.stat == "hit":
-        return (a < spec.k).astype(float)
-    if spec.stat == "mean":
-        return a
-    raise ClearglassError(f"gallery: a {METRIC} row with statistic {spec.stat!r}; expected hit or mean")
+def _per_item(outcomes: Outcomes) -> np.ndarray:
+    """Each item's own value of the metric's statistic (a resample of that one item): for one seed's hit metric, 1
+    or 0; for the merged seeds' mean of hits, the fraction of seeds that hit."""
+    return metric_stat(outcomes.spec, outcomes.arrays)(np.arange(outcomes.n)[:, None])
 
 
 def table_hits(trials: Trials, results: dict) -> dict[int, Hits]:
@@ -97,7 +93,7 @@ def table_hits(trials: Trials, results: dict) -> dict[int, Hits]:
             raise ClearglassError(f"{where}: scored on other items (items hash {outcomes.items_hash}, the test "
                                   f"set's {items_hash(items)}): other data, k, seed or template")
         seeds = int(results.get("seeds", 1))
-        counts = np.rint(_hit_fraction(outcomes.spec, outcomes.arrays) * seeds).astype(int)
+        counts = np.rint(_per_item(outcomes) * seeds).astype(int)
         if len(counts) != len(items) or abs(counts.sum() / (len(items) * seeds) - value) > 1e-9:
             raise ClearglassError(f"{where}: {len(counts)} per-item outcomes that do not add up to the results' "
                                   f"{METRIC} {value} over {len(items)} items")
