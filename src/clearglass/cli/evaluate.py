@@ -38,6 +38,7 @@ from clearglass.model_sets import ModelSet, model_set_names
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.page import markdown_html, write_page
 from clearglass.report import compare, write_report
+from clearglass.results import MetricKey
 
 GALLERY_PICTURES = 48  # test pictures in a comparison's report.html
 NAME = re.compile(r"[A-Za-z0-9_.+-]+")  # a report name: no '/', ':' or '=' (those belong to specs)
@@ -143,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> int:
     for what, why in results["skipped"].items():
         print(f"skipped {what}: {why}")
     for r in results["metrics"]:
-        print(f"{r['task']}/{r['subset']}/{r['metric']}: {r['value']:.4f} "
+        print(f"{MetricKey.of(r)}: {r['value']:.4f} "
               f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] n={r['n']}")
     print(f"wrote {args.out}")
     return 0
