@@ -40,8 +40,8 @@ def tiny_bundle(config: dict = TINY_MODEL_CONFIG, name: str = "clearglass-test-t
     register_open_clip_config(name, config)
     torch.manual_seed(0)
     model = open_clip.create_model(name)
-    model.clearglass_source = ModelSource("open_clip", name, config)
-    return ModelBundle(model, open_clip.get_tokenizer(name), None, None, name, config)
+    return ModelBundle(model, open_clip.get_tokenizer(name), None, None, name, config,
+                       ModelSource("open_clip", name, config))
 
 
 @pytest.fixture()
@@ -217,7 +217,7 @@ def test_a_slim_checkpoint_refuses_a_base_that_changed(trained_default, tmp_path
 def test_a_format_1_checkpoint_still_loads_but_does_not_resume(trained_default, tmp_path):
     """Checkpoints written before slim checkpoints: full weights, format 1 metadata, a pickled resume state."""
     path = tmp_path / "old.pt"
-    source = trained_default.model.clearglass_source
+    source = trained_default.source
     torch.save({k: v.detach().cpu() for k, v in trained_default.model.state_dict().items()}, path)
     torch.save({"scheduler": {"lr_lambdas": [{"config": object.__new__(ModelSource)}]}}, extra_state_path(path))
     metadata_path(path).write_text(json.dumps({

@@ -256,9 +256,8 @@ def _(w, t, s):
 
     name = register_open_clip_config("clearglass-test-tiny-wider", wider)
     model = open_clip.create_model(name)
-    model.clearglass_source = ModelSource("open_clip", name, wider)
-    other = save_checkpoint(ModelBundle(model, None, None, None, name, wider), t / "wider.pt", train_config={},
-                            dataset_sha256="", metrics={})
+    bundle = ModelBundle(model, None, None, None, name, wider, ModelSource("open_clip", name, wider))
+    other = save_checkpoint(bundle, t / "wider.pt", train_config={}, dataset_sha256="", metrics={})
     raw["model"] = str(other)
     config.write_text(json.dumps(raw))
     return ["train", "--config", str(config), "--resume", str(run / "checkpoints" / "step_000002.pt"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import open_clip
 import pytest
@@ -14,11 +15,15 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenize
 from clearglass.checkpoints import load_extra_state, read_checkpoint_metadata, save_checkpoint
 from clearglass.errors import ClearglassError
 from clearglass.models import (
+    IMAGE_TOWERS,
+    TEXT_TOWERS,
     FrozenTextCache,
     HFCLIPModel,
+    ModelSource,
     load_model,
     lock_towers,
     register_open_clip_config,
+    towers,
     trim_padding,
 )
 
@@ -145,8 +150,13 @@ def test_a_model_loads_as_the_cli_scores_with_it(default_bundle, tiny_open_clip_
         frozen = {n for n, p in bundle.model.named_parameters() if not p.requires_grad}
         assert frozen and all(n.startswith("text.transformer.") for n in frozen), bundle.name
     assert default_bundle.untrained and not mini.untrained
+    assert default_bundle.source == ModelSource("open_clip", "clearglass-default", default_bundle.config,
+                                                "clearglass:scratch", ("text.transformer.",))
+    assert mini.source == replace(default_bundle.source, base="clearglass-mini", rebuildable=("",))
     path = save_checkpoint(default_bundle, tmp_path / "ckpt.pt", train_config={}, dataset_sha256="", metrics={})
-    assert read_checkpoint_metadata(path)["base"] == "clearglass:scratch" and not load_model(str(path)).untrained
+    loaded = load_model(str(path))  # slim: its base with the saved tensors over it
+    assert read_checkpoint_metadata(path)["base"] == "clearglass:scratch" and not loaded.untrained
+    assert loaded.source == replace(default_bundle.source, base=str(path.resolve()), rebuildable=("",))
     with pytest.raises(ClearglassError, match="'default' is retired: use 'clearglass-mini' .* or 'clearglass:scratch'"):
         load_model("default")
 
@@ -154,6 +164,8 @@ def test_a_model_loads_as_the_cli_scores_with_it(default_bundle, tiny_open_clip_
 def test_open_clip_spec_loads_local_checkpoint(tiny_open_clip_checkpoint):
     path, reference = tiny_open_clip_checkpoint
     b = load_model(f"open_clip:clearglass-test-tiny:{path}")
+    assert b.source == ModelSource("open_clip", "clearglass-test-tiny", TINY_OPEN_CLIP,
+                                   f"open_clip:clearglass-test-tiny:{path}", ("",))
     assert b.preprocess_val(Image.new("RGB", (40, 50))).shape == (3, 32, 32)
     images = torch.randn(2, 3, 32, 32)
     img, txt = _encode(b, images)
@@ -166,6 +178,8 @@ def test_open_clip_spec_loads_local_checkpoint(tiny_open_clip_checkpoint):
 def test_hf_spec_loads_local_directory(tiny_hf_dir):
     b = load_model(f"hf:{tiny_hf_dir}")
     assert isinstance(b.model, HFCLIPModel)
+    directory = str(tiny_hf_dir.resolve())
+    assert b.source == ModelSource("hf", directory, b.model.clip.config.to_dict(), f"hf:{directory}", ("",))
     assert b.preprocess_train(Image.new("RGB", (50, 40))).shape == (3, 32, 32)
     images = b.preprocess_val(Image.new("RGB", (50, 40), "blue"))[None]
     img, txt = _encode(b, images)
@@ -228,6 +242,18 @@ def test_frozen_text_cache_matches_encode_text_and_runs_each_caption_once(defaul
 
 # ----------------------------------------------------------------------------------------------------------------
 # locking
+
+
+def test_towers_tell_the_model_families_apart(default_bundle, tiny_open_clip_checkpoint, tiny_hf_dir):
+    """Each model class gets its own image and text tower entries; a ViT with MiniLM mixes the two open_clip axes."""
+    _, vit = tiny_open_clip_checkpoint
+    cases = [(vit, "open_clip", "open_clip"), (default_bundle.model, "open_clip_resnet", "open_clip_hf"),
+             (load_model("clearglass:clearglass-vit").model, "open_clip", "open_clip_hf"),
+             (load_model(f"hf:{tiny_hf_dir}").model, "hf_clip", "hf_clip")]
+    for model, image, text in cases:
+        got = towers(model)
+        assert got[0] is IMAGE_TOWERS[image] and got[1] is TEXT_TOWERS[text], (type(model).__name__, image, text)
+    assert [name for name, entry in TEXT_TOWERS.items() if entry.cacheable] == ["open_clip_hf"]
 
 
 def test_lock_default_towers(default_bundle):
@@ -328,10 +354,12 @@ def test_hf_checkpoint_round_trip(tiny_hf_dir, tmp_path):
     b = load_model(f"hf:{tiny_hf_dir}")
     with torch.no_grad():
         b.model.clip.visual_projection.weight.mul_(2.0)
-    path = save_checkpoint(b.model, tmp_path / "hf.pt", train_config={}, dataset_sha256="h", metrics={})
+    path = save_checkpoint(b, tmp_path / "hf.pt", train_config={}, dataset_sha256="h", metrics={})
     assert read_checkpoint_metadata(path)["kind"] == "hf"
+    loaded = load_model(str(path))  # full: rebuilt from the directory with every tensor loaded over it
+    assert loaded.source == replace(b.source, base=str(path.resolve()))
     images = torch.randn(2, 3, 32, 32)
-    before, after = _encode(b, images), _encode(load_model(str(path)), images)
+    before, after = _encode(b, images), _encode(loaded, images)
     torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
     torch.testing.assert_close(after[1], before[1], rtol=0, atol=0)
 
@@ -417,7 +445,7 @@ def test_an_open_clip_tag_downloads_as_open_clip_does(tmp_path, monkeypatch):
     assert asked and asked[0]["hf_hub"] == "someone/tiny-clip/" and "HF_HUB_OFFLINE" not in os.environ
     expected = torch.load(weights, weights_only=True)
     assert all(torch.equal(v, expected[k]) for k, v in bundle.model.state_dict().items())
-    assert bundle.model.clearglass_source.base == f"open_clip:{name}:net"
+    assert bundle.source == ModelSource("open_clip", name, TINY_OPEN_CLIP, f"open_clip:{name}:net", ("",))
 
 
 def test_the_text_cache_refuses_trainable_hierarchy_aware_text_layers():

@@ -21,7 +21,7 @@ def test_clearglass_mini_is_shipped_slim_and_loads() -> None:
     meta = read_checkpoint_metadata(TAG / "model.pt")
     assert meta["base"] == "default" and meta["omitted"]["prefixes"] == ["text.transformer."]
     bundle = load_model("clearglass-mini")
-    assert bundle.name == "clearglass-mini" and bundle.model.clearglass_source.base == "clearglass-mini"
+    assert bundle.name == "clearglass-mini" and bundle.source.base == "clearglass-mini"
     for name in ("MODEL_CARD.md", "card.json", "validation_curve.png", "heldout/val.json", "heldout/test.json"):
         assert (TAG / name).is_file(), name
 

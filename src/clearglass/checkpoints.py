@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from clearglass.errors import ClearglassError
 from clearglass.io import json_writer, load_torch, read_json, torch_writer, write_together
+
+if TYPE_CHECKING:  # models imports this module
+    from clearglass.models import ModelBundle, ModelSource
 
 FORMAT = "clearglass-checkpoint/2"
 FORMATS = ("clearglass-checkpoint/1", FORMAT)
@@ -40,15 +43,10 @@ def extra_state_path(checkpoint: str | os.PathLike) -> Path:
     return path.with_name(path.stem + ".extra.pt")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DistributedDataParallel
-
-
-def rebuildable_frozen_keys(model: nn.Module) -> list[str]:
-    """State-dict keys the model's base rebuilds exactly: frozen parameters, and buffers of modules without a
-    trainable parameter, under the prefixes its ``ModelSource.rebuildable`` names (sorted)."""
-    source = getattr(model, "clearglass_source", None)
-    prefixes = tuple(source.rebuildable) if source is not None and source.base else ()
+def rebuildable_frozen_keys(model: nn.Module, source: ModelSource) -> list[str]:
+    """State-dict keys that the model's base (``source.base``) rebuilds exactly: frozen parameters, and buffers of
+    modules without a trainable parameter, under the prefixes ``source.rebuildable`` names (sorted)."""
+    prefixes = tuple(source.rebuildable) if source.base else ()
     if not prefixes:
         return []
     params = dict(model.named_parameters())
@@ -76,20 +74,21 @@ def tensors_sha256(state: dict[str, Any], keys: list[str]) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(bundle_or_model: Any, path: str | os.PathLike, *, train_config: dict, dataset_sha256: str,
+def save_checkpoint(bundle: ModelBundle, path: str | os.PathLike, *, train_config: dict, dataset_sha256: str,
                     metrics: dict, extra_state: dict | None = None, save_frozen: bool = False,
                     info: dict | None = None) -> Path:
-    """Write the weights (slim unless ``save_frozen``), the metadata JSON and, given, the resume state, each
+    """Write the bundle's weights (slim unless ``save_frozen``), the metadata JSON and, given, the resume state, each
     atomically; returns the .pt path. ``info`` adds keys to the metadata (e.g. the best validation step)."""
-    model = _unwrap(getattr(bundle_or_model, "model", bundle_or_model))
-    source = getattr(model, "clearglass_source", None)
+    source = getattr(bundle, "source", None)
     if source is None:
-        raise ClearglassError(f"save_checkpoint {path}: the model was not built by load_model, so it cannot be rebuilt")
+        raise ClearglassError(f"save_checkpoint {path}: got a {type(bundle).__name__} without a ModelSource: the model "
+                              "was not built by load_model, so it cannot be rebuilt")
+    model = getattr(bundle.model, "module", bundle.model)  # DistributedDataParallel
     path = Path(path)
     if path.suffix not in (".pt", ".pth"):
         raise ClearglassError(f"checkpoint path {path}: expected a .pt or .pth file name")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    omitted = [] if save_frozen else rebuildable_frozen_keys(model)
+    omitted = [] if save_frozen else rebuildable_frozen_keys(model, source)
     writes = {path: torch_writer({k: v for k, v in state.items() if k not in set(omitted)})}
     if extra_state is not None:
         writes[extra_state_path(path)] = torch_writer(extra_state)
@@ -97,7 +96,7 @@ def save_checkpoint(bundle_or_model: Any, path: str | os.PathLike, *, train_conf
         "format": FORMAT,
         "kind": source.kind,
         "architecture": source.architecture,
-        "spec": getattr(bundle_or_model, "name", None),
+        "spec": bundle.name,
         "weights": path.name,
         "extra_state": extra_state_path(path).name if extra_state is not None else None,
         "model_config": source.config,

@@ -42,5 +42,4 @@ def interpolate(base: ModelBundle, tuned: ModelBundle, w: float) -> ModelBundle:
     tuned.model.load_state_dict(interpolate_state(base_state, tuned_state, w))
     for name, p in tuned.model.named_parameters():
         p.requires_grad_(not torch.equal(p.detach(), base_state[name]))
-    tuned.model.clearglass_source = base.model.clearglass_source
-    return replace(tuned, name=f"wise-ft({base.name}, {tuned.name}, w={w:g})")
+    return replace(tuned, name=f"wise-ft({base.name}, {tuned.name}, w={w:g})", source=base.source)

@@ -1,4 +1,4 @@
-"""Model loading behind one interface, and tower locking.
+"""Model loading behind one interface, and the model families' towers (locking, padding, text caching).
 
 Specs understood by :func:`load_model`:
 
@@ -90,7 +90,7 @@ def quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSource:
     """How to rebuild a model: kind 'open_clip' (an open_clip model name) or 'hf' (a local HF CLIP directory); and
     ``base``, the spec that rebuilds the tensors under the ``rebuildable`` key prefixes exactly (the prefix ""
@@ -113,6 +113,7 @@ class ModelBundle:
     preprocess_val: Callable[[PIL.Image.Image], torch.Tensor]  # image -> (3, H, W)
     name: str  # the spec it was loaded from
     config: dict  # the model config (JSON data)
+    source: ModelSource  # how to rebuild the model: what save_checkpoint records
     untrained: bool = False  # randomly initialised (clearglass:NAME): its scores are chance level
 
 
@@ -226,8 +227,8 @@ def _open_clip_bundle(spec: str, name: str, pretrained: str | None, config: dict
         model.to(device)
         if pretrained:
             load_weights(model, pretrained)
-    model.clearglass_source = ModelSource("open_clip", name, config, base, rebuildable)
-    return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config)
+    source = ModelSource("open_clip", name, config, base, rebuildable)
+    return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config, source)
 
 
 def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBundle:
@@ -259,9 +260,10 @@ def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBu
     ]
     context_length = clip.config.text_config.max_position_embeddings
     directory = str(Path(directory).resolve())
-    model.clearglass_source = ModelSource("hf", directory, clip.config.to_dict(), f"hf:{directory}", ("",))
+    source = ModelSource("hf", directory, clip.config.to_dict(), f"hf:{directory}", ("",))
     model.to(device)
-    return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, clip.config.to_dict())
+    return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, clip.config.to_dict(),
+                       source)
 
 
 def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device, rebuilt_by: str | None = None
@@ -270,20 +272,20 @@ def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device, rebuil
     model it gives is rebuilt by ``rebuilt_by`` (default: the checkpoint's absolute path)."""
     meta = read_checkpoint_metadata(path)
     kind, architecture, config = meta["kind"], meta["architecture"], meta["model_config"]
-    source = (rebuilt_by or str(path.resolve()), ("",))
+    base, rebuildable = rebuilt_by or str(path.resolve()), ("",)
     if meta.get("base"):
         bundle = _load_model(LEGACY_BASES.get(meta["base"], meta["base"]), device)
         load_weights(bundle.model, path, meta)
-        bundle.model.clearglass_source = replace(bundle.model.clearglass_source, base=source[0], rebuildable=source[1])
-        return replace(bundle, name=spec, untrained=False)
+        return replace(bundle, name=spec, source=replace(bundle.source, base=base, rebuildable=rebuildable),
+                       untrained=False)
     if kind == "open_clip":
         register_open_clip_config(architecture, config)
         if config.get("hier_attention"):
-            return _open_clip_bundle(spec, architecture, str(path), config, device, *source)
-        bundle = _open_clip_bundle(spec, architecture, None, config, device, *source)
+            return _open_clip_bundle(spec, architecture, str(path), config, device, base, rebuildable)
+        bundle = _open_clip_bundle(spec, architecture, None, config, device, base, rebuildable)
     elif kind == "hf":
         bundle = _hf_bundle(spec, architecture, device)
-        bundle.model.clearglass_source = replace(bundle.model.clearglass_source, base=source[0], rebuildable=source[1])
+        bundle = replace(bundle, source=replace(bundle.source, base=base, rebuildable=rebuildable))
     else:
         raise ClearglassError(f"checkpoint metadata {metadata_path(path)}: unknown model kind {kind!r}, expected "
                               "open_clip or hf")
@@ -386,43 +388,82 @@ def _lock_groups(groups: Sequence[Sequence[nn.Module | nn.Parameter]], unlocked:
                 p.requires_grad_(trainable)
 
 
-def _lock_image(model: nn.Module, unlocked: int) -> None:
+def _lock_hf_clip_image(model: nn.Module, unlocked: int) -> None:
+    vision = model.clip.vision_model
+    layers = list(vision.encoder.layers)
+    groups = [[vision.embeddings, vision.pre_layrnorm], *[[m] for m in layers[:-1]]]
+    groups += [[layers[-1], vision.post_layernorm], [model.clip.visual_projection]]
+    _lock_groups(groups, unlocked)
+
+
+def _lock_resnet_image(model: nn.Module, unlocked: int) -> None:
+    v = model.visual
+    stem = [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3]
+    _lock_groups([stem, [v.layer1], [v.layer2], [v.layer3], [v.layer4], [v.attnpool]], unlocked)
+
+
+def _lock_hf_clip_text(model: nn.Module, unlocked: int) -> None:
+    text = model.clip.text_model
+    layers = list(text.encoder.layers)
+    groups = [[text.embeddings], *[[m] for m in layers[:-1]]]
+    groups += [[layers[-1], text.final_layer_norm], [model.clip.text_projection]]
+    _lock_groups(groups, unlocked + 1 if unlocked else 0)
+
+
+def _lock_open_clip_text(model: nn.Module, unlocked: int) -> None:
+    model.lock_text_tower(unlocked_layers=unlocked)
+
+
+def _hf_clip_used_length(model: nn.Module, tokens: torch.Tensor) -> int:
+    eos = model.clip.config.text_config.eos_token_id
+    return int((tokens == eos).int().argmax(dim=1).max()) + 1  # first end token of the longest row
+
+
+def _unpadded_length(model: nn.Module, tokens: torch.Tensor) -> int:
+    used = (tokens != model.text.config.pad_token_id).any(dim=0).nonzero()  # (n used columns, 1)
+    return int(used.max()) + 1 if len(used) else 1
+
+
+@dataclass(frozen=True)
+class ImageTower:
+    """How a family's image tower locks: ``lock(model, unlocked)`` freezes it except its last ``unlocked`` groups."""
+
+    lock: Callable[[nn.Module, int], None]
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """How a family's text tower locks, which projection ``lock_text_projection`` freezes, and how many token
+    columns ``encode_text`` reads."""
+
+    lock: Callable[[nn.Module, int], None]  # (model, unlocked layers)
+    head: Callable[[nn.Module], nn.Module | nn.Parameter | None]  # the text projection; None: the model has none
+    used_length: Callable[[nn.Module, torch.Tensor], int | None]  # (model, (B, L) tokens) -> L' <= L; None: all L
+    cacheable: bool = False  # a frozen HF transformer and a projection: FrozenTextCache may store its pooled outputs
+
+
+IMAGE_TOWERS: dict[str, ImageTower] = {
+    "hf_clip": ImageTower(_lock_hf_clip_image),
+    "open_clip_resnet": ImageTower(_lock_resnet_image),  # clearglass-default's ModifiedResNet: stem, 4 stages, pool
+    "open_clip": ImageTower(lambda model, unlocked: model.lock_image_tower(unlocked_groups=unlocked)),
+}
+TEXT_TOWERS: dict[str, TextTower] = {
+    "hf_clip": TextTower(_lock_hf_clip_text, lambda model: model.clip.text_projection, _hf_clip_used_length),
+    # a Hugging Face transformer in open_clip (hf_model_name, e.g. MiniLM): it masks padding
+    "open_clip_hf": TextTower(_lock_open_clip_text, lambda model: model.text.proj, _unpadded_length, cacheable=True),
+    # open_clip's own text transformer: a fixed-length positional embedding; the projection is CLIP.text_projection
+    "open_clip": TextTower(_lock_open_clip_text, lambda model: getattr(model, "text_projection", None),
+                           lambda model, tokens: None),
+}
+
+
+def towers(model: nn.Module) -> tuple[ImageTower, TextTower]:
+    """The image and text tower entries of an (unwrapped) model: the one place that tells model classes apart."""
     if isinstance(model, HFCLIPModel):
-        vision = model.clip.vision_model
-        layers = list(vision.encoder.layers)
-        groups = [[vision.embeddings, vision.pre_layrnorm], *[[m] for m in layers[:-1]]]
-        groups += [[layers[-1], vision.post_layernorm], [model.clip.visual_projection]]
-        _lock_groups(groups, unlocked)
-    elif isinstance(model.visual, ModifiedResNet):
-        v = model.visual
-        stem = [v.conv1, v.bn1, v.conv2, v.bn2, v.conv3, v.bn3]
-        _lock_groups([stem, [v.layer1], [v.layer2], [v.layer3], [v.layer4], [v.attnpool]], unlocked)
-    else:
-        model.lock_image_tower(unlocked_groups=unlocked)
-
-
-def _lock_text(model: nn.Module, unlocked: int) -> None:
-    if isinstance(model, HFCLIPModel):
-        text = model.clip.text_model
-        layers = list(text.encoder.layers)
-        groups = [[text.embeddings], *[[m] for m in layers[:-1]]]
-        groups += [[layers[-1], text.final_layer_norm], [model.clip.text_projection]]
-        _lock_groups(groups, unlocked + 1 if unlocked else 0)
-    else:
-        model.lock_text_tower(unlocked_layers=unlocked)
-
-
-def _lock_text_projection(model: nn.Module) -> None:
-    if isinstance(model, HFCLIPModel):
-        head = model.clip.text_projection
-    elif hasattr(model, "text"):  # open_clip CustomTextCLIP: the HF text tower's projection
-        head = getattr(model.text, "proj", None)
-    else:
-        head = getattr(model, "text_projection", None)
-    if head is None:
-        raise ClearglassError(f"lock_text_projection: {type(model).__name__} has no text projection to freeze")
-    for p in [head] if isinstance(head, nn.Parameter) else head.parameters():
-        p.requires_grad_(False)
+        return IMAGE_TOWERS["hf_clip"], TEXT_TOWERS["hf_clip"]
+    image = "open_clip_resnet" if isinstance(getattr(model, "visual", None), ModifiedResNet) else "open_clip"
+    text = "open_clip_hf" if isinstance(getattr(model, "text", None), open_clip.hf_model.HFTextEncoder) else "open_clip"
+    return IMAGE_TOWERS[image], TEXT_TOWERS[text]
 
 
 def lock_towers(
@@ -443,14 +484,19 @@ def lock_towers(
     ``lock_text_projection`` also freezes the text projection (a control where only the image tower learns).
     """
     model = _unwrap(model_or_bundle)
+    image, text = towers(model)
     for p in model.parameters():
         p.requires_grad_(True)
     if lock_image:
-        _lock_image(model, lock_image_unlocked_layers)
+        image.lock(model, lock_image_unlocked_layers)
     if lock_text:
-        _lock_text(model, lock_text_unlocked_layers)
+        text.lock(model, lock_text_unlocked_layers)
     if lock_text_projection:
-        _lock_text_projection(model)
+        head = text.head(model)
+        if head is None:
+            raise ClearglassError(f"lock_text_projection: {type(model).__name__} has no text projection to freeze")
+        for p in [head] if isinstance(head, nn.Parameter) else head.parameters():
+            p.requires_grad_(False)
 
 
 def frozen_modules_to_eval(model_or_bundle: ModelBundle | nn.Module) -> None:
@@ -469,15 +515,8 @@ def trim_padding(model_or_bundle: ModelBundle | nn.Module, tokens: torch.Tensor)
     Trimming a batch padded to 32 down to its longest caption makes the frozen-MiniLM forward ~3x cheaper.
     """
     model = _unwrap(model_or_bundle)
-    if isinstance(model, HFCLIPModel):
-        eos = model.clip.config.text_config.eos_token_id
-        length = int((tokens == eos).int().argmax(dim=1).max()) + 1  # first end token of the longest row
-    elif isinstance(getattr(model, "text", None), open_clip.hf_model.HFTextEncoder):
-        used = (tokens != model.text.config.pad_token_id).any(dim=0).nonzero()  # (n used columns, 1)
-        length = int(used.max()) + 1 if len(used) else 1
-    else:
-        return tokens
-    return tokens[:, :length]
+    length = towers(model)[1].used_length(model, tokens)
+    return tokens if length is None else tokens[:, :length]
 
 
 class FrozenTextCache:
@@ -491,10 +530,10 @@ class FrozenTextCache:
 
     def __init__(self, model_or_bundle: ModelBundle | nn.Module) -> None:
         model = _unwrap(model_or_bundle)
-        text = getattr(model, "text", None)
-        if not isinstance(text, open_clip.hf_model.HFTextEncoder):
+        if not towers(model)[1].cacheable:
             raise ClearglassError(f"cache_text_features: {type(model).__name__} has no Hugging Face text tower "
                                   "(open_clip hf_model_name); only its pooled outputs can be cached")
+        text = model.text
         if any(p.requires_grad for p in text.transformer.parameters()):
             raise ClearglassError("cache_text_features: the text transformer has trainable layers; set "
                                   "lock.lock_text=true and lock.lock_text_unlocked_layers=0")
