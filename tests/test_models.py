@@ -283,6 +283,11 @@ def test_lock_text_projection(default_bundle):
     c = trainable_parameter_counts(default_bundle)
     assert c["text"]["trainable"] == 0 and c["image"]["trainable"] == c["image"]["total"]
     lock_towers(default_bundle)
+    custom = open_clip.model.CustomTextCLIP(  # open_clip's own text transformer inside a CustomTextCLIP
+        16, open_clip.model.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=16),
+        open_clip.model.CLIPTextCfg(context_length=8, vocab_size=50, width=16, heads=2, layers=1))
+    lock_towers(custom, lock_text_projection=True)
+    assert [n for n, p in custom.named_parameters() if not p.requires_grad] == ["text.text_projection"]
 
 
 def test_lock_open_clip_vit_towers(tiny_open_clip_checkpoint):

@@ -451,8 +451,10 @@ TEXT_TOWERS: dict[str, TextTower] = {
     "hf_clip": TextTower(_lock_hf_clip_text, lambda model: model.clip.text_projection, _hf_clip_used_length),
     # a Hugging Face transformer in open_clip (hf_model_name, e.g. MiniLM): it masks padding
     "open_clip_hf": TextTower(_lock_open_clip_text, lambda model: model.text.proj, _unpadded_length, cacheable=True),
-    # open_clip's own text transformer: a fixed-length positional embedding; the projection is CLIP.text_projection
-    "open_clip": TextTower(_lock_open_clip_text, lambda model: getattr(model, "text_projection", None),
+    # open_clip's own text transformer: a fixed-length positional embedding; its projection is CLIP.text_projection,
+    # or CustomTextCLIP.text.text_projection
+    "open_clip": TextTower(_lock_open_clip_text,
+                           lambda model: getattr(getattr(model, "text", model), "text_projection", None),
                            lambda model, tokens: None),
 }
 
