@@ -179,8 +179,9 @@ def test_chunk_setting_is_validated_and_reaches_the_loss_from_the_config():
     assert make_loss(**LossConfig(kind="multilevel", chunk=2).to_dict()).grouped.chunk == 2
 
 
-BAD_SETTINGS = [("outer", "triplet"), ("inner", "nope"), ("alpha", 1.5), ("alpha", True), ("tau", 0.0),
-                ("tau_inner", math.inf), ("chunk", 0), ("instance_weight", -1.0), ("level2_weight", math.nan)]
+BAD_SETTINGS = [("outer", "triplet"), ("outer", ["clip"]), ("inner", "nope"), ("alpha", 1.5), ("alpha", True),
+                ("tau", 0.0), ("tau_inner", math.inf), ("chunk", 0), ("instance_weight", -1.0),
+                ("level2_weight", math.nan)]
 
 
 @pytest.mark.parametrize("name,value", BAD_SETTINGS)

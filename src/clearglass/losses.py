@@ -568,7 +568,7 @@ def _number(value: object) -> bool:
 
 
 def _check_term(name: str, value: object, terms: dict[str, Term], optional: bool) -> None:
-    if value not in terms and not (optional and value is None):
+    if not (isinstance(value, str) and value in terms) and not (optional and value is None):
         raise ClearglassError(f"{name}: expected one of {tuple(terms)}{' or None' if optional else ''}, got {value!r}")
 
 
