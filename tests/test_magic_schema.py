@@ -87,3 +87,12 @@ def test_a_zero_width_joiner_inside_an_emoji_sequence_is_kept():
     cook = "\U0001F468\u200d\U0001F373"  # man cook
     assert unsafe_chars(f"a {cook} at work") == [] and clean_text(cook) == cook
     assert unsafe_chars("con\u200dcept") == ["U+200D"] and clean_text("con\u200dcept") == "concept"
+
+
+def test_the_printable_fast_path_agrees_with_the_per_character_check_on_every_code_point():
+    from clearglass.magic.schema import _is_unsafe, _unsafe_positions
+
+    for caption in (False, True):
+        for code in range(0x110000):
+            text = f"a{chr(code)}b"
+            assert _unsafe_positions(text, caption) == [i for i in range(3) if _is_unsafe(text, i, caption)], hex(code)

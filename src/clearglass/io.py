@@ -170,12 +170,11 @@ def read_text(path: str | os.PathLike, what: str) -> str:
 def _unique_keys(path: Path, what: str) -> Callable[[list[tuple[str, Any]]], dict]:
     """A ``json.loads`` object hook that refuses a key given twice in one object (JSON keeps the last silently)."""
     def hook(pairs: list[tuple[str, Any]]) -> dict:
-        obj: dict = {}
-        for key, value in pairs:
-            if key in obj:
-                raise ClearglassError(f"{path}: {what} gives the key {key!r} twice in one object; expected each key "
-                                      "once")
-            obj[key] = value
+        obj = dict(pairs)
+        if len(obj) < len(pairs):  # rare: only then look for the key
+            seen: set[str] = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ClearglassError(f"{path}: {what} gives the key {key!r} twice in one object; expected each key once")
         return obj
     return hook
 

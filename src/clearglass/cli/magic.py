@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clearglass.magic.schema import dataset_image_root, load_concepts
+from clearglass.magic.schema import load_concepts
 from clearglass.magic.stats import dataset_stats, format_stats
 from clearglass.magic.validate import validate
 
@@ -42,10 +42,9 @@ def run_validate(args: argparse.Namespace) -> int:
     for p in problems:
         print(p)
     print(f"{args.dataset}: {len(problems)} problem(s)")
-    missing = sum(p.missing_image for p in problems)
+    missing = [p for p in problems if p.missing_under is not None]
     if missing:
-        root = dataset_image_root(args.dataset) if args.images is None else args.images
-        print(f"{args.dataset}: {missing} image file(s) missing under the image root {root}; "
+        print(f"{args.dataset}: {len(missing)} image file(s) missing under the image root {missing[0].missing_under}; "
               "if the pictures are elsewhere, name their folder with --images DIR")
     return 1 if problems else 0
 

@@ -122,26 +122,36 @@ def _is_unsafe(text: str, i: int, caption: bool = False) -> bool:
     return True
 
 
+def _unsafe_positions(text: str, caption: bool = False) -> list[int]:
+    """Where ``text`` holds a character :func:`unsafe_chars` names; printable text (the common case) holds none:
+    it has no Cc, Cf, Cs, Zl or Zp character."""
+    return [] if text.isprintable() else [i for i in range(len(text)) if _is_unsafe(text, i, caption)]
+
+
 def unsafe_chars(text: str, caption: bool = False) -> list[str]:
     """The characters of ``text`` that must not reach a terminal or a dataset unseen, as ``U+XXXX``: control
     characters (a caption may hold tabs and line breaks), format characters (bidi overrides U+202A..U+202E and
     isolates U+2066..U+2069, zero-width U+200B..U+200D, U+FEFF; a zero-width joiner inside an emoji sequence is
     kept), lone surrogates and line/paragraph separators."""
-    return [f"U+{ord(text[i]):04X}" for i in range(len(text)) if _is_unsafe(text, i, caption)]
+    return [f"U+{ord(text[i]):04X}" for i in _unsafe_positions(text, caption)]
 
 
 def clean_text(text: str) -> str:
     """``text`` in NFC form without the characters :func:`unsafe_chars` names: control characters and separators
     become spaces, format characters and surrogates are dropped; whitespace is collapsed."""
     text = unicodedata.normalize("NFC", text)
-    kept = [(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else "") if _is_unsafe(text, i) else ch
-            for i, ch in enumerate(text)]
+    kept = list(text)
+    for i in _unsafe_positions(text):
+        kept[i] = " " if unicodedata.category(text[i]) in ("Cc", "Zl", "Zp") else ""
     return " ".join("".join(kept).split())
 
 
 def escaped(text: str) -> str:
     """``text`` for a terminal: the characters :func:`unsafe_chars` names written as ``\\uXXXX`` escapes."""
-    return "".join(f"\\u{ord(ch):04x}" if _is_unsafe(text, i) else ch for i, ch in enumerate(text))
+    kept = list(text)
+    for i in _unsafe_positions(text):
+        kept[i] = f"\\u{ord(text[i]):04x}"
+    return "".join(kept)
 
 
 def image_key(image: str) -> str:

@@ -29,29 +29,27 @@ class Problem:
     record: int | None
     field: str
     message: str
-    missing_image: bool = False  # an image id whose file is not under the image root
+    missing_under: Path | None = None  # the image root an image id's file is missing under
 
     def __str__(self) -> str:
         where = f"concept record {self.record}: " if self.record is not None else ""
         return f"{self.file}: {where}{self.field}: {self.message}"
 
 
-MISSING = " is missing"
-
-
-def _image_problem(image_root: ImageRoot, image: str, check_files: bool, max_pixels: int) -> str | None:
-    """Why an image id is bad: it leaves the root or has no suffix (always checked), or (with ``check_files``) its
-    file is missing, empty, not an image or over ``max_pixels``; None when it is fine."""
+def _image_problem(image_root: ImageRoot, image: str, check_files: bool, max_pixels: int) -> tuple[str, bool] | None:
+    """Why an image id is bad, and whether its file is missing: it leaves the root or has no suffix (always
+    checked), or (with ``check_files``) its file is missing, empty, not an image or over ``max_pixels``; None when
+    it is fine."""
     try:
         path = resolve_image_path(image_root, image)
         if check_files and path.is_symlink() and not path.exists():  # a loop, or a link to nothing
-            return f"image file {path} is a symbolic link that leads nowhere (a loop, or a missing target)"
+            return f"image file {path} is a symbolic link that leads nowhere (a loop, or a missing target)", False
         if check_files and not path.exists():
-            return f"image file {path}{MISSING}"
+            return f"image file {path} is missing", True
         if check_files:
             check_image(path, max_pixels=max_pixels)
     except ClearglassError as e:
-        return str(e)
+        return str(e), False
     return None
 
 
@@ -92,9 +90,9 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
                                                                         f"(first at {first_image[key]})"))
                 else:
                     first_image[key] = f"concept record {r} {where}"
-                    why = None if root is None else _image_problem(root, im.image, check_files, max_pixels)
-                    if why is not None:
-                        problems.append(Problem(file, r, f"{where}.image", why, why.endswith(MISSING)))
+                    bad = None if root is None else _image_problem(root, im.image, check_files, max_pixels)
+                    if bad is not None:
+                        problems.append(Problem(file, r, f"{where}.image", bad[0], root.folder if bad[1] else None))
                 for key in ("old_captions", "new_captions"):
                     captions = getattr(im, key)
                     if key == "new_captions" and not captions:
