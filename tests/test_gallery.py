@@ -216,3 +216,13 @@ def test_gallery_refuses_picks_of_other_items_and_models_without_hits(section, t
         gallery_html(items, {"other": picks["clip"]}, trials, hits, KINDS, tmp_path)
     with pytest.raises(ClearglassError, match="no model's picks"):
         gallery_html(items, {}, trials, hits, KINDS, tmp_path)
+
+
+@pytest.mark.parametrize("template", ["a photo of {}.", "{}", "a {{b}} {}", "{{}} {} }}"])
+def test_labels_take_the_formatted_template_off_braces_included(template):
+    from clearglass.evaluate import Item
+    from clearglass.gallery import Trials
+
+    names = ("cat", "wild dog")
+    item = Item(names, ("a.png", "b.png"), tuple(template.format(n) for n in names))
+    assert Trials("test", 2, template, {1: [item]}).labels(1, 0) == list(names)

@@ -46,7 +46,7 @@ class Trials:
 
     def labels(self, level: int, position: int) -> list[str]:
         """The K candidate concept names of one picture at ``level``, the template taken off; the truth first."""
-        prefix, _, suffix = self.template.partition("{}")
+        prefix, _, suffix = self.template.format("\0").partition("\0")  # as formatted: {{ is one brace
         return [t[len(prefix):len(t) - len(suffix)] for t in self.items[level][position].texts]
 
 
