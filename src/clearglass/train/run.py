@@ -663,9 +663,10 @@ class _Interrupts:
 
 RUN_FILES = ("metrics.jsonl", "latest.json", "checkpoints")  # what a run writes into its folder, beside config.json
 LOCK_FILE = "train.lock"
-# settings a resumed run may change: where and how fast it runs, what it logs; every other one decides the result
+# settings (a section, or a dotted key) a resumed run may change: where and how fast it runs, what it logs (loss.chunk
+# tiles the same loss); every other one decides the result
 FREE_ON_RESUME = {"data", "out", "device", "log_every", "checkpoint_every", "report_to", "num_workers", "cache_images",
-                  "text_cache_file"}
+                  "text_cache_file", "loss.chunk"}
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
@@ -673,7 +674,7 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     config and ``now`` (keys the checkpoint does not record are not compared; the data is compared by its sha256)."""
     old, new = flatten(saved), flatten(now)
     return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys())
-            if k.split(".")[0] not in FREE_ON_RESUME and old[k] != new[k]]
+            if not {k, k.split(".")[0]} & FREE_ON_RESUME and old[k] != new[k]]
 
 
 @contextlib.contextmanager
