@@ -366,7 +366,8 @@ def write_report(results: dict, out_dir: str | os.PathLike, title: str = "clearg
                  intro: str = "", measures: list[Measure] | None = None) -> dict[str, Path]:
     """Write ``results.json``, ``report.md`` and the plots for one results dict, or for a ``compare`` output. The
     report leads with the headline table of ``measures`` (default: ``default_measures``) and the verdict per
-    compared pair, then the long tables."""
+    compared pair, then ``intro`` (Markdown, taken as written: escape data in it with md_text / md_code) and the
+    long tables."""
     out_dir = Path(out_dir)
     comparison = results if "differences" in results else compare({results["model"] or "model": results})
     by_model = comparison["results"]

@@ -37,7 +37,7 @@ from clearglass.magic.schema import (
 from clearglass.model_sets import ModelSet, model_set_names
 from clearglass.models import DEFAULT_MODEL, ModelBundle, load_model
 from clearglass.page import markdown_html, write_page
-from clearglass.report import compare, write_report
+from clearglass.report import compare, md_code, md_text, write_report
 from clearglass.results import MetricKey
 
 GALLERY_PICTURES = 48  # test pictures in a comparison's report.html
@@ -223,8 +223,9 @@ def run_compare(args: argparse.Namespace) -> int:
             torch.cuda.empty_cache()
     comparison = compare(results, pairs=pairs)
     renamed = {name: spec for name, spec in models.items() if name != spec}
-    intro = "Models: " + "; ".join(f"{name} = `{spec}`" for name, spec in renamed.items()) + "." if renamed else ""
-    paths = write_report(comparison, args.out, title=args.title, intro=intro)  # escaped there
+    intro = "Models: " + "; ".join(f"{md_text(name)} = {md_code(spec)}" for name, spec in renamed.items()) + "." \
+        if renamed else ""  # Markdown: report.md takes it as written
+    paths = write_report(comparison, args.out, title=args.title, intro=intro)
     body = markdown_html(read_text(paths["markdown"], "report"), args.out)
     if picks:
         hits = {"test": {name: table_hits(trials, res) for name, res in results.items()}}

@@ -721,7 +721,8 @@ def _refuse_earlier_run(out: Path, overwrite: bool) -> None:
 
 def _start(run: Run, resume: str | None, allow_changes: bool = False,
            overwrite: bool = False) -> tuple[Path | None, Reporters | None]:
-    """Resume (``auto``: from ``out/latest.json`` if present), and prepare the output folder on rank 0."""
+    """Resume (``auto``: from ``out/latest.json`` if present), and prepare the output folder (made by run_lock) on
+    rank 0."""
     out, config = run.out, run.config
     if resume is None and run.rank == 0:
         _refuse_earlier_run(out, overwrite)
@@ -732,9 +733,6 @@ def _start(run: Run, resume: str | None, allow_changes: bool = False,
         run.restore(resume_path, allow_changes)
     if run.rank != 0:
         return resume_path, None
-    if out.is_file():
-        raise ClearglassError(f"out = {out}: is a file; expected an output folder")
-    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(config.to_dict(), out / "config.json")
     metrics_path = out / "metrics.jsonl"
     if resume_path is not None:
