@@ -24,6 +24,13 @@ def test_hierarcaps_csv(tmp_path):
     path.write_text("id,captions,image_url\n1,a => b,http://x/y.jpg\n")
     with pytest.raises(ClearglassError, match="row 2.*4 non-empty texts"):
         load_test_set([path], "hierarcaps-csv")
+    path.write_text('id,captions,image_url\n0,"a => b => c => a caption\nover two lines",http://x/a.jpg\n'
+                    '1,a => b,http://x/y.jpg\n')  # the bad row is on line 4 of the file
+    with pytest.raises(ClearglassError, match="row 4.*4 non-empty texts"):
+        load_test_set([path], "hierarcaps-csv")
+    path.write_text("id,captions,image_url\n1,,http://x/y.jpg\n")
+    with pytest.raises(ClearglassError, match="row 2: column 'captions' is empty"):
+        load_test_set([path], "hierarcaps-csv")
 
 
 def test_hierarcaps_json(tmp_path):

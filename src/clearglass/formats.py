@@ -17,15 +17,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 from clearglass.errors import ClearglassError
-from clearglass.io import read_json, read_text
+from clearglass.io import read_json
 from clearglass.magic.schema import COCO_ID_DIGITS, ConceptRecord, ImageRecord, load_concepts
+from clearglass.magic.sources.csv import read_csv
 
 FORMATS = ("magic", "hierarcaps-csv", "hierarcaps-json", "breeds")
 
@@ -46,18 +45,13 @@ def _string(rec: dict, key: str, where: str) -> str:
 
 def load_hierarcaps_csv(path: str | os.PathLike) -> list[ConceptRecord]:
     """The official HierarCaps test CSV as one concept per row."""
-    path = Path(path)
-    reader = csv.DictReader(io.StringIO(read_text(path, "test set file"), newline=""))
-    try:
-        rows = list(reader)
-    except csv.Error as e:  # e.g. a field over the csv module's limit of 131,072 characters
-        raise ClearglassError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+    columns = ("id", "captions", "image_url")
     concepts = []
-    for i, row in enumerate(rows):
-        where = f"{path}: row {i + 2}"
-        for key in ("id", "captions", "image_url"):
-            if not row.get(key):
-                raise ClearglassError(f"{where}: missing column {key!r} (expected id, captions, image_url)")
+    for line, row in read_csv(path, ",", {key: "a HierarCaps column" for key in columns}):
+        where = f"{path}: row {line}"
+        for key in columns:
+            if not row[key]:
+                raise ClearglassError(f"{where}: column {key!r} is empty (expected id, captions, image_url)")
         chain = [x.strip() for x in row["captions"].split("=>")]
         if len(chain) != 4 or not all(chain):
             raise ClearglassError(f"{where}: 'captions' must be 4 non-empty texts joined by ' => ', got {len(chain)}")
