@@ -304,7 +304,7 @@ def _labelled(good: list[SourceItem], labeler: Labeler, build: dict) -> dict[str
         else:
             labels[item.image] = answer
     build["label_failures"] = {"count": len(failures), "examples": failures[:MAX_EXAMPLES]}
-    cleaned = build.setdefault("cleaned_texts", {"count": 0, "examples": []})
+    cleaned = build["cleaned_texts"]  # step 1 counted the captions it cleaned
     cleaned["count"] += len(changed)
     cleaned["examples"] = (cleaned["examples"] + changed)[:MAX_EXAMPLES]
     if hasattr(labeler, "stats"):
