@@ -515,10 +515,9 @@ STATISTICS: dict[str, Callable[[MetricSpec, dict[str, np.ndarray]], Statistic]] 
     "hit": _hit, "mean": _mean, "class_recall": _recall_per_class}
 
 
-def metric_stat(spec: MetricSpec | dict, arrays: dict[str, np.ndarray]) -> Statistic:
-    """The statistic of a metric row (its ``MetricSpec``, or the row's ``stat`` JSON) as a function of resample
-    indices (B, n) -> (B,): ``STATISTICS[spec.stat]`` (or a task's own statistic) over ``arrays``."""
-    spec = spec if isinstance(spec, MetricSpec) else MetricSpec.from_dict(spec)
+def metric_stat(spec: MetricSpec, arrays: dict[str, np.ndarray]) -> Statistic:
+    """The statistic of a metric row as a function of resample indices (B, n) -> (B,): ``STATISTICS[spec.stat]``
+    (or a task's own statistic) over ``arrays``."""
     statistics = _statistics()
     if spec.stat not in statistics:
         raise ClearglassError(f"unknown metric statistic {spec.stat!r}: expected one of {sorted(statistics)}")
@@ -678,7 +677,6 @@ TASKS: dict[str, Task] = {
 }
 
 
-
 def _base_and_novel(encoder: Encoder, concepts: list[ConceptRecord], root: Any, config: EvalConfig) -> list[Unit]:
     """Recognition per field, each item marked novel (its concept has no training images) or base."""
     novel = {c.concept: not c.train_images for c in concepts}
@@ -712,6 +710,7 @@ TASKS["harmonic_mean"] = Task(  # base-to-novel: 2·B·N / (B + N) of recognitio
     metrics=lambda config: [(name, MetricSpec("harmonic_mean", spec.array, 1, "novel")) for name, spec in RECALL_AT_1],
     select=lambda config, subsets: replace(config, fields=subsets),
     statistics={"harmonic_mean": _harmonic_mean_of_hits})
+
 
 def task_named(name: str) -> Task:
     """The registered task ``name``; an unknown name is an error with the closest known one."""
@@ -752,19 +751,25 @@ def _statistics() -> dict[str, Callable[[MetricSpec, dict[str, np.ndarray]], Sta
     return {**STATISTICS, **{name: f for task in TASKS.values() for name, f in task.statistics.items()}}
 
 
+def metric_row(key: MetricKey, spec: MetricSpec, arrays: dict[str, np.ndarray], n_boot: int, seed: int,
+               ci_level: float) -> dict:
+    """The metric row of ``key``: the value of ``spec``'s statistic over all items of ``arrays`` and its bootstrap
+    interval (``n_boot`` resamples, ``seed``, ``ci_level``)."""
+    n = len(arrays[spec.array])
+    stat = metric_stat(spec, arrays)
+    low, high = bootstrap(stat, n, n_boot, seed, ci_level)
+    return {"task": key.task, "subset": key.subset, "metric": key.metric, "value": float(stat(np.arange(n)[None])[0]),
+            "ci_low": low, "ci_high": high, "n": n, "unit": f"{key.unit}/{spec.array}", "stat": spec.to_dict()}
+
+
 def metric_rows(units: list[tuple[str, str, dict]], config: EvalConfig) -> tuple[list[dict], dict]:
     """Metric rows with bootstrap intervals, and the per-item outcomes they were computed from, of
     ``(task, subset, outcomes)`` units."""
     rows, per_item = [], {}
     for task, subset, outcomes in units:
         arrays = {k: v for k, v in outcomes.items() if isinstance(v, np.ndarray)}
-        for name, spec in TASKS[task].metrics(config):
-            n = len(arrays[spec.array])
-            stat = metric_stat(spec, arrays)
-            value = float(stat(np.arange(n)[None])[0])
-            low, high = bootstrap(stat, n, config.n_boot, config.seed, config.ci_level)
-            rows.append({"task": task, "subset": subset, "metric": name, "value": value, "ci_low": low,
-                         "ci_high": high, "n": n, "unit": f"{task}/{subset}/{spec.array}", "stat": spec.to_dict()})
+        rows += [metric_row(MetricKey(task, subset, name), spec, arrays, config.n_boot, config.seed, config.ci_level)
+                 for name, spec in TASKS[task].metrics(config)]
         per_item[f"{task}/{subset}"] = {"items_hash": items_hash(TASKS[task].identity(outcomes)),
                                         "arrays": {k: v.tolist() for k, v in arrays.items()}}
     return rows, per_item

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clearglass.evaluate import bootstrap, metric_stat
-from clearglass.results import MetricSpec
+from clearglass.evaluate import metric_row
+from clearglass.results import MetricKey, MetricSpec
 
 
 def merge_seeds(per_seed: list[dict]) -> dict:
@@ -13,20 +13,16 @@ def merge_seeds(per_seed: list[dict]) -> dict:
     of hits over seeds (``{"stat": "mean"}``), so intervals resample items of the seed-averaged model."""
     first = per_seed[0]
     merged = {**first, "metrics": [], "per_item": {}, "seeds": len(per_seed)}
+    cfg = first["config"]
     for row in first["metrics"]:
-        hit = MetricSpec.from_dict(row["stat"])
+        hit, key = MetricSpec.from_dict(row["stat"]), MetricKey.of(row)
         if hit.stat != "hit":
             continue
-        group = row["unit"].rsplit("/", 1)[0]
-        name = f"{row['metric']}_hit"
-        hits = np.mean([np.asarray(r["per_item"][group]["arrays"][hit.array]) < hit.k for r in per_seed], axis=0)
-        spec = MetricSpec("mean", name)
-        stat = metric_stat(spec, {name: hits})
-        cfg = first["config"]
-        low, high = bootstrap(stat, len(hits), cfg["n_boot"], cfg["seed"], cfg["ci_level"])
-        merged["metrics"].append({**row, "value": float(hits.mean()), "ci_low": low, "ci_high": high,
-                                  "unit": f"{group}/{name}", "stat": spec.to_dict()})
-        slot = merged["per_item"].setdefault(group, {"items_hash": first["per_item"][group]["items_hash"],
-                                                     "arrays": {}})
+        name = f"{key.metric}_hit"
+        hits = np.mean([np.asarray(r["per_item"][key.unit]["arrays"][hit.array]) < hit.k for r in per_seed], axis=0)
+        merged["metrics"].append(metric_row(key, MetricSpec("mean", name), {name: hits}, cfg["n_boot"], cfg["seed"],
+                                            cfg["ci_level"]))
+        slot = merged["per_item"].setdefault(key.unit, {"items_hash": first["per_item"][key.unit]["items_hash"],
+                                                        "arrays": {}})
         slot["arrays"][name] = hits.tolist()
     return merged

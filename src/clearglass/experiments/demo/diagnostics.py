@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from clearglass.errors import ClearglassError
-from clearglass.evaluate import Encoder, EvalConfig, bootstrap, items_hash, metric_stat, strict_rank
+from clearglass.evaluate import Encoder, EvalConfig, items_hash, metric_row, strict_rank
 from clearglass.magic.schema import ConceptRecord, resolve_image_path
+from clearglass.results import MetricKey, MetricSpec
 
 
 def centroid_ranks(encoder: Encoder, train: list[ConceptRecord], test: list[ConceptRecord],
@@ -48,15 +49,10 @@ def add_clustering(results: dict, encoder: Encoder, train: list[ConceptRecord], 
     """Append ``image_clustering/level{L}`` rows (accuracy with a bootstrap interval) and per-item ranks to results."""
     for level in levels:
         out = centroid_ranks(encoder, train, test, image_root, level)
-        spec = {"stat": "hit", "array": "rank", "k": 1}
-        stat = metric_stat(spec, {"rank": out["rank"]})
-        n = len(out["rank"])
-        low, high = bootstrap(stat, n, config.n_boot, config.seed, config.ci_level)
-        unit = f"image_clustering/level{level}"
-        results["metrics"].append({"task": "image_clustering", "subset": f"level{level}", "metric": "centroid_acc",
-                                   "value": float(stat(np.arange(n)[None])[0]), "ci_low": low, "ci_high": high,
-                                   "n": n, "unit": f"{unit}/rank", "stat": spec})
-        results["per_item"][unit] = {"items_hash": items_hash([out["items"], out["labels"]]),
+        key = MetricKey("image_clustering", f"level{level}", "centroid_acc")
+        results["metrics"].append(metric_row(key, MetricSpec("hit", "rank", 1), {"rank": out["rank"]}, config.n_boot,
+                                             config.seed, config.ci_level))
+        results["per_item"][key.unit] = {"items_hash": items_hash([out["items"], out["labels"]]),
                                      "arrays": {"rank": out["rank"].tolist(), "class": out["class"].tolist()}}
 
 
