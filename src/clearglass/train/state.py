@@ -8,13 +8,16 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from clearglass.errors import ClearglassError
 from clearglass.io import read_json, write_text_atomic
+
+if TYPE_CHECKING:
+    from clearglass.data import EpochSampler
 
 
 def rng_state() -> dict:
@@ -42,12 +45,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class Resumable(Protocol):
-    """A batch sampler that starts an epoch at a position (``clearglass.data``'s samplers)."""
-
-    def load_state_dict(self, state: dict[str, int]) -> None: ...
-
-
 class Source:
     """Endless batches from an epoch sampler, counting consumed batches so (epoch, position) is exact for resume;
     ``finish`` completes each batch in the main process (e.g. adds synthetic negatives).
@@ -55,7 +52,7 @@ class Source:
     The sampler keeps a cursor too, but of the batches it has handed to the loader, which runs ahead of those
     consumed when workers prefetch; so the consumed count lives here and sets the sampler's cursor at each epoch."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, sampler: Resumable,
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler: EpochSampler,
                  finish: Callable[[Any], Any] | None = None) -> None:
         self.loader = loader
         self.sampler = sampler
