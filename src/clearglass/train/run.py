@@ -180,7 +180,6 @@ class Parts:
     bundle: Any                      # models.ModelBundle
     text_cache: FrozenTextCache | None
     base: _FrozenBase | None         # the frozen initial model of loss.self_reg
-    named_loss: NamedLoss
     loss_fn: nn.Module
     main: Source
     pre: Source | None               # caption pre-training, with its own loss
@@ -195,6 +194,11 @@ class Parts:
     @property
     def model(self) -> nn.Module:
         return self.bundle.model
+
+    @property
+    def named_loss(self) -> NamedLoss:
+        """The registry entry of ``config.loss.kind``."""
+        return LOSSES[self.config.loss.kind]
 
     @property
     def scale_owner(self) -> nn.Module:
@@ -232,7 +236,7 @@ def build(config: TrainConfig, rank: int = 0, world_size: int = 1, device: torch
         features = nn.parallel.DistributedDataParallel(
             features, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=config.pretrain.steps > 0)
-    parts = Parts(config, rank, world_size, device, data, bundle, text_cache, base, LOSSES[config.loss.kind], loss_fn,
+    parts = Parts(config, rank, world_size, device, data, bundle, text_cache, base, loss_fn,
                   main, pre, pre_loss_fn, params, optimizer,
                   torch.amp.GradScaler("cuda") if config.precision == "amp" else None,
                   {"bf16": torch.bfloat16, "amp": torch.float16}.get(config.precision), features,
