@@ -726,12 +726,14 @@ def _refuse_earlier_run(out: Path, overwrite: bool) -> None:
 def _start(run: Run, resume: str | None, allow_changes: bool = False,
            overwrite: bool = False) -> tuple[Path | None, Reporters | None]:
     """Resume (``auto``: from ``out/latest.json`` if present), and prepare the output folder (made by run_lock) on
-    rank 0."""
+    rank 0. Only rank 0 removes orphan temporary files: it alone writes there, and another rank removing them could
+    take a file rank 0 is writing at that moment."""
     out, config = run.out, run.config
-    if resume is None and run.rank == 0:
-        _refuse_earlier_run(out, overwrite)
-    for folder in (out, out / "checkpoints"):
-        remove_orphan_temps(folder)
+    if run.rank == 0:
+        if resume is None:
+            _refuse_earlier_run(out, overwrite)
+        for folder in (out, out / "checkpoints"):
+            remove_orphan_temps(folder)
     resume_path = latest_checkpoint(out) if resume == "auto" else Path(resume) if resume else None
     if resume_path is not None:
         run.restore(resume_path, allow_changes)
