@@ -157,7 +157,7 @@ def random_init_checkpoint(sizes: Sizes, path: Path) -> Path:
     torch.manual_seed(0)
     with quiet_loading():  # open_clip logs that no pretrained weights were loaded
         model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(name)
-    bundle = ModelBundle(model, open_clip.get_tokenizer(name), preprocess_train, preprocess_val, name, config,
+    bundle = ModelBundle(model, open_clip.get_tokenizer(name), preprocess_train, preprocess_val, name,
                          ModelSource("open_clip", name, config))
     return save_checkpoint(bundle, path, train_config={}, dataset_sha256="", metrics={}, save_frozen=True)
 

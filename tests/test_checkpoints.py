@@ -40,7 +40,7 @@ def tiny_bundle(config: dict = TINY_MODEL_CONFIG, name: str = "clearglass-test-t
     register_open_clip_config(name, config)
     torch.manual_seed(0)
     model = open_clip.create_model(name)
-    return ModelBundle(model, open_clip.get_tokenizer(name), None, None, name, config,
+    return ModelBundle(model, open_clip.get_tokenizer(name), None, None, name,
                        ModelSource("open_clip", name, config))
 
 

@@ -256,7 +256,7 @@ def _(w, t, s):
 
     name = register_open_clip_config("clearglass-test-tiny-wider", wider)
     model = open_clip.create_model(name)
-    bundle = ModelBundle(model, None, None, None, name, wider, ModelSource("open_clip", name, wider))
+    bundle = ModelBundle(model, None, None, None, name, ModelSource("open_clip", name, wider))
     other = save_checkpoint(bundle, t / "wider.pt", train_config={}, dataset_sha256="", metrics={})
     raw["model"] = str(other)
     config.write_text(json.dumps(raw))

@@ -60,7 +60,7 @@ def write_tiny_model(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = open_clip.create_model(name)
     transforms = [open_clip.image_transform(32, is_train) for is_train in (True, False)]
-    bundle = ModelBundle(model, open_clip.get_tokenizer(name), *transforms, name, TINY_MODEL_CONFIG,
+    bundle = ModelBundle(model, open_clip.get_tokenizer(name), *transforms, name,
                          ModelSource("open_clip", name, TINY_MODEL_CONFIG))
     return save_checkpoint(bundle, path, train_config={}, dataset_sha256="", metrics={})
 

@@ -112,9 +112,13 @@ class ModelBundle:
     preprocess_train: Callable[[PIL.Image.Image], torch.Tensor]  # image -> (3, H, W)
     preprocess_val: Callable[[PIL.Image.Image], torch.Tensor]  # image -> (3, H, W)
     name: str  # the spec it was loaded from
-    config: dict  # the model config (JSON data)
     source: ModelSource  # how to rebuild the model: what save_checkpoint records
     untrained: bool = False  # randomly initialised (clearglass:NAME): its scores are chance level
+
+    @property
+    def config(self) -> dict:
+        """The model config (JSON data), as its source records it."""
+        return self.source.config
 
 
 class HFCLIPModel(nn.Module):
@@ -228,7 +232,7 @@ def _open_clip_bundle(spec: str, name: str, pretrained: str | None, config: dict
         if pretrained:
             load_weights(model, pretrained)
     source = ModelSource("open_clip", name, config, base, rebuildable)
-    return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, config, source)
+    return ModelBundle(model, tokenizer, preprocess_train, preprocess_val, spec, source)
 
 
 def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBundle:
@@ -262,8 +266,7 @@ def _hf_bundle(spec: str, directory: str, device: str | torch.device) -> ModelBu
     directory = str(Path(directory).resolve())
     source = ModelSource("hf", directory, clip.config.to_dict(), f"hf:{directory}", ("",))
     model.to(device)
-    return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, clip.config.to_dict(),
-                       source)
+    return ModelBundle(model, HFTokenizerFn(tokenizer, context_length), *transforms, spec, source)
 
 
 def _checkpoint_bundle(spec: str, path: Path, device: str | torch.device, rebuilt_by: str | None = None
