@@ -38,7 +38,7 @@ from clearglass.cli import main  # noqa: E402
 from clearglass.magic.schema import ConceptRecord, ImageRecord, save_concepts, unsafe_chars  # noqa: E402
 from clearglass.train import CONFIG_DIR, TrainConfig, train  # noqa: E402
 from clearglass_testing.fake_llm_server import FakeLLMServer, Reply  # noqa: E402
-from tiny_magic import TINY_MODEL_CONFIG, write_tiny_magic, write_tiny_model  # noqa: E402
+from tiny_magic import TINY_MODEL_CONFIG, hold_run_lock, write_tiny_magic, write_tiny_model  # noqa: E402
 
 SECRET = "sk-canary-7f3a9e"  # set as every API-key variable; it must never be printed or written
 PAYLOAD = "PAYLOAD-RAN"  # the file a crafted checkpoint's payload would create
@@ -947,15 +947,9 @@ case("train: into a folder that holds a run, without --resume")(lambda w, t, s: 
 
 @case("train: into a folder another run holds the lock of")
 def _(w, t, s):
-    import subprocess
-
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from clearglass.train.run import run_lock\n"
-                               "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
-                               str(t / "out")], stdout=subprocess.PIPE, text=True)  # a running train, as a process
+    holder = hold_run_lock(t / "out")  # a running train, as a process
     s.callback(holder.wait)
     s.callback(holder.kill)
-    assert holder.stdout.readline().strip() == "held"
     return train_on(w, t, w.data), f"another run is training into this folder (it holds {t / 'out' / 'train.lock'})"
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,9 +20,9 @@ from clearglass import cli
 from clearglass.errors import ClearglassError
 from clearglass.losses import GroupedContrastiveLoss
 from clearglass.train import TrainConfig, train
-from clearglass.train.run import Run, cosine_factor, make_optimizer, run_lock
+from clearglass.train.run import FREE_ON_RESUME, Run, _start, cosine_factor, make_optimizer, run_lock
+from tiny_magic import hold_run_lock, write_tiny_magic, write_tiny_model
 from tiny_magic import tiny_train_config as tiny_config
-from tiny_magic import write_tiny_magic, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,12 +138,8 @@ def test_the_run_folder_lock_refuses_a_second_run_and_is_released_on_every_exit(
     """A lock on out/train.lock: a second run fails at once naming the lock; an error, a KeyboardInterrupt (SIGINT
     outside the step loop) and a SIGKILL of the holder all release it (the lock file stays and blocks nothing)."""
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from clearglass.train.run import run_lock\n"
-                               "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
-                               str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
+    holder = hold_run_lock(out)
     try:
-        assert holder.stdout.readline().strip() == "held"
         start = time.monotonic()
         with pytest.raises(ClearglassError) as e:
             train(tiny_config(dataset, out))
@@ -173,13 +171,32 @@ def test_a_fresh_run_into_a_run_folder_is_refused_and_a_resume_with_other_settin
         f"0.125; steps 4 -> 5; resume with its settings ({out / 'config.json'})" in str(e.value)
     assert "log_every" not in str(e.value) and "checkpoint_every" not in str(e.value)
     same = tiny_config(dataset, out, log_every=2, checkpoint_every=3, device="cpu", num_workers=1,
-                       **{"loss.chunk": 2})
+                       eval_tasks=["recognition"], **{"loss.chunk": 2})
     assert train(same, resume="auto")["step"] == 4  # settings that do not change the result may change
     longer = tiny_config(dataset, out, steps=5)
     assert train(longer, resume="auto", allow_changes=True)["step"] == 5  # the user said so
     assert train(tiny_config(dataset, out), overwrite=True)["step"] == 4  # a library caller's own earlier run
     assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert not (out / "checkpoints" / "step_000005.pt").exists()
+
+
+def test_the_settings_free_on_resume_are_the_ones_the_docs_name():
+    text = (REPO / "docs" / "reliability.md").read_text()
+    listed = text.split("all but `FREE_ON_RESUME`")[1].split(") is refused")[0]
+    assert set(re.findall(r"`([a-z_.]+)`", listed)) == FREE_ON_RESUME
+
+
+def test_a_rank_other_than_0_leaves_temporary_files_alone(tmp_path):
+    """Under torchrun rank 0 alone writes the run folder: a temporary file there may be its write in progress (a
+    rank removing it made rank 0's config.json write fail at random in a two-process run)."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    in_flight = [out / ".config.json.k2j3.tmp", out / "checkpoints" / ".step_000002.pt.a1b2.tmp"]
+    for path in in_flight:
+        path.write_bytes(b"rank 0 is writing this")
+    run = SimpleNamespace(out=out, config=None, rank=1)
+    assert _start(run, resume=None) == (None, None)
+    assert all(p.exists() for p in in_flight)
 
 
 def test_non_finite_loss_stops_with_the_step_and_terms_and_writes_no_nan_checkpoint(dataset, tmp_path, monkeypatch):

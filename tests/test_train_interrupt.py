@@ -13,13 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from clearglass.train import TrainConfig, train
-from clearglass.train.run import _start
 from tiny_magic import tiny_train_config, write_tiny_magic, write_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,15 +111,3 @@ def test_orphan_temporary_files_are_removed_when_a_run_starts(dataset, tmp_path)
     assert (out / "notes.tmp").exists()
     assert not list(out.rglob("*.tmp"))[1:]  # only notes.tmp is left
 
-
-def test_a_rank_other_than_0_leaves_temporary_files_alone(tmp_path):
-    """Under torchrun rank 0 alone writes the run folder: a temporary file there may be its write in progress (a
-    rank removing it made rank 0's config.json write fail at random in a two-process run)."""
-    out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    in_flight = [out / ".config.json.k2j3.tmp", out / "checkpoints" / ".step_000002.pt.a1b2.tmp"]
-    for path in in_flight:
-        path.write_bytes(b"rank 0 is writing this")
-    run = SimpleNamespace(out=out, config=None, rank=1)
-    assert _start(run, resume=None) == (None, None)
-    assert all(p.exists() for p in in_flight)

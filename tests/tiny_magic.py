@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +78,15 @@ def tiny_train_config(dataset: Path, out: Path, **overrides: object):
              "groups_per_batch": 4, "pairs_per_group": 2, "steps": 4, "warmup": 1, "log_every": 1,
              "checkpoint_every": 100, "device": "cpu", "deterministic": True, "lr": 0.001, **overrides}
     return TrainConfig.load(CONFIG_DIR / "default-grouped.json", [f"{k}={json.dumps(v)}" for k, v in items.items()])
+
+
+def hold_run_lock(out: Path) -> subprocess.Popen:
+    """A process holding the run lock of ``out`` (as a running train would), once it says so; the caller kills it."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from clearglass.train.run import run_lock\n"
+                               "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    if holder.stdout.readline().strip() != "held":
+        holder.kill()
+        raise RuntimeError(f"the lock holder did not take {out / 'train.lock'}: {holder.wait()}")
+    return holder

@@ -668,9 +668,9 @@ class _Interrupts:
 RUN_FILES = ("metrics.jsonl", "latest.json", "checkpoints")  # what a run writes into its folder, beside config.json
 LOCK_FILE = "train.lock"
 # settings (a section, or a dotted key) a resumed run may change: where and how fast it runs, what it logs (loss.chunk
-# tiles the same loss); every other one decides the result
+# tiles the same loss; eval_tasks only limits which tasks eval_metrics may name); every other one decides the result
 FREE_ON_RESUME = {"data", "out", "device", "log_every", "checkpoint_every", "report_to", "num_workers", "cache_images",
-                  "text_cache_file", "loss.chunk"}
+                  "text_cache_file", "loss.chunk", "eval_tasks"}
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
