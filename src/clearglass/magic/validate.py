@@ -57,8 +57,8 @@ def validate_concepts(concepts: list[ConceptRecord], file: str, image_root: str 
                       check_files: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Problem]:
     """Every problem: no concept at all, duplicate image ids and concepts, empty captions, unknown hard negatives,
     level chains that disagree within one concept; given ``image_root``, also image ids outside it or without a
-    suffix and (``check_files``) missing, empty, unreadable or over-large image files (the header is read, not the
-    pixels)."""
+    suffix and (``check_files``) missing, empty, unreadable, truncated or over-large image files (each is decoded,
+    as training will)."""
     root = image_root if isinstance(image_root, ImageRoot) or image_root is None else ImageRoot(Path(image_root))
     problems: list[Problem] = []
     if not concepts:
