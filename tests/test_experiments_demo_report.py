@@ -75,8 +75,8 @@ def demo_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
                            {"clip": "clip", "clear_glass": "clear_glass"}, {m: f"C{i}" for i, m in enumerate(MODELS)},
                            out / "plots" / "training_loss.png"))
     sections, appendix = report_parts(fixture_summary(comparisons), plots, out)
-    gallery = demo_gallery(comparisons, concepts, {m: e[0] for m, e in seeded_encoders(everything).items()}, root,
-                           per_kind=4, seed=0)
+    first = {m: e[0] for m, e in seeded_encoders(everything).items()}
+    gallery = demo_gallery(comparisons, concepts, list(first), first.__getitem__, root, per_kind=4, seed=0)
     return write_demo_page(out, sections, gallery, appendix, list(comparisons)), comparisons
 
 

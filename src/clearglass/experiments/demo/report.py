@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,17 +203,17 @@ recognition is high only when both are. Intervals are 95% bootstrap intervals ov
 """
 
 
-def demo_gallery(comparisons: dict, concepts: dict[str, list[ConceptRecord]], encoders: dict[str, Encoder],
-                 image_root: Path, per_kind: int, seed: int) -> str:
+def demo_gallery(comparisons: dict, concepts: dict[str, list[ConceptRecord]], models: list[str],
+                 load: Callable[[str], Encoder], image_root: Path, per_kind: int, seed: int) -> str:
     """The gallery section of report.html: up to ``per_kind`` pictures of each test split (base, novel, novel of
-    unseen objects), dealt over right and wrong cases, with each model's pick (``encoders``, in the table's order:
-    the first seed's model of each) and the table's hits (its per-item outcomes, merged over seeds)."""
+    unseen objects), dealt over right and wrong cases, with each model's pick (``models`` in the table's order,
+    each loaded by ``load`` when its picks are made, one at a time: the first seed's model of each) and the table's
+    hits (its per-item outcomes, merged over seeds)."""
     splits = [s for s in GALLERY_KINDS if s in comparisons]
-    trials = {s: split_trials(s, concepts[s], comparisons[s]["results"][next(iter(encoders))]["config"])
-              for s in splits}
-    hits = {s: {m: table_hits(trials[s], comparisons[s]["results"][m]) for m in encoders} for s in splits}
+    trials = {s: split_trials(s, concepts[s], comparisons[s]["results"][models[0]]["config"]) for s in splits}
+    hits = {s: {m: table_hits(trials[s], comparisons[s]["results"][m]) for m in models} for s in splits}
     items = sample_gallery(list(trials.values()), per_kind, seed, hits)
-    picks = {m: gallery_picks(encoder, items, trials, image_root) for m, encoder in encoders.items()}
+    picks = {m: gallery_picks(load(m), items, trials, image_root) for m in models}
     return gallery_html(items, picks, trials, hits, {s: GALLERY_KINDS[s] for s in splits}, image_root)
 
 
@@ -267,9 +268,9 @@ def write_demo_report(out: Path, summary: dict, evaluator: DemoEvaluator) -> dic
     sections, appendix = report_parts(summary, plots, out)
     report = write_text_atomic("\n".join([*sections, PICTURES, appendix]), out / "report.md")
     specs = {m: config["base"] if m == models[0] else summary["checkpoints"][m][0] for m in models}
-    encoders = {m: evaluator.encoder(load_model(spec)) for m, spec in specs.items()}
     gallery = demo_gallery(comparisons, {s: evaluator.concepts(s) for s in GALLERY_KINDS if s in comparisons},
-                           encoders, evaluator.paths["test_seen"].parent, config["eval"]["gallery_per_kind"],
+                           models, lambda m: evaluator.encoder(load_model(specs[m])),
+                           evaluator.paths["test_seen"].parent, config["eval"]["gallery_per_kind"],
                            config["eval"]["seed"])
     page = write_demo_page(out, sections, gallery, appendix, list(comparisons))
     return {"targets": targets(comparisons, baseline, method, models[0]), "report": str(report),
