@@ -212,13 +212,16 @@ def _tile_blocks(logits: Tensor, tile: slice, block: int) -> Tensor:
     return logits[:, tile].view(groups, block, groups, block).diagonal(0, 0, 2)
 
 
-def _tile_lse(queries: Tensor, keys: Tensor, scale: Tensor | float, extra: Tensor | None) -> tuple[Tensor, Tensor]:
-    """A tile's (T, C) logits scale * q . k and each row's log-sum-exp over them and the `extra` keys' logits."""
+def _tile_lse(queries: Tensor, keys: Tensor, scale: Tensor | float,
+              extra: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A tile's (T, C) logits scale * q . k, each row's log-sum-exp over them and the `extra` keys' logits, and
+    those (T, K) extra logits (None without `extra`)."""
     logits = torch.mm(queries, keys.T).mul_(scale)  # (T, C)
-    lse = logits.logsumexp(1)  # (T,)
+    lse, extra_logits = logits.logsumexp(1), None  # (T,)
     if extra is not None:
-        lse = torch.logaddexp(lse, torch.mm(queries, extra.T).mul_(scale).logsumexp(1))
-    return logits, lse
+        extra_logits = torch.mm(queries, extra.T).mul_(scale)  # (T, K)
+        lse = torch.logaddexp(lse, extra_logits.logsumexp(1))
+    return logits, lse, extra_logits
 
 
 def _tile_grads(queries: Tensor, keys: Tensor, scale: Tensor | float, weight: Tensor, row_lse: Tensor,
@@ -255,7 +258,7 @@ class _BlockPairwiseOuter(torch.autograd.Function):
     columns' lse into the text->image one (logaddexp): one (T, B) matrix serves both directions and nothing is
     transposed. Under local_loss the owned text rows are tiled against all images as well. With several tiles the
     forward keeps log-sum-exps only and the backward recomputes each tile's logits (memory O(T*B)); a single tile
-    keeps its logits for the backward.
+    keeps its logits, those against the caption negatives too, for the backward.
     """
 
     @staticmethod
@@ -267,18 +270,17 @@ class _BlockPairwiseOuter(torch.autograd.Function):
         lse_positive = images.new_empty(2, block, owned // block)  # (2 directions, N, G_o) [dir, i or j, o]
         for t in tiles:
             local = slice(t.start - rows.start, t.stop - rows.start)
-            i2t, lse[0, local] = _tile_lse(images[t], texts, scale, negatives)  # (T, B) image -> text
+            i2t, lse[0, local], i2n = _tile_lse(images[t], texts, scale, negatives)  # (T, B), (T, K) or None
             blocks = _tile_blocks(i2t, t, block)  # (N, N, G_t) [i, j, o]; both directions in one logsumexp:
             groups = slice(local.start // block, local.stop // block)
             lse_positive[:, :, groups] = torch.stack([blocks, blocks.transpose(0, 1)]).logsumexp(2)
             if full:
                 column = i2t.logsumexp(0)  # (B,) this tile's share of text -> image
                 lse[1] = column if t.start == rows.start else torch.logaddexp(lse[1], column)
-                logits = [i2t]
+                t2i = None
             else:
-                t2i, lse[1, local] = _tile_lse(texts[t], images, scale, None)  # (T, B) text -> image
-                logits = [i2t, t2i]
-        kept = logits if len(tiles) == 1 else []  # one tile: its logits serve the backward
+                t2i, lse[1, local], _ = _tile_lse(texts[t], images, scale, None)  # (T, B) text -> image
+        kept = [i2t, t2i, i2n] if len(tiles) == 1 else []  # one tile: its logits (and negatives') serve the backward
         ctx.save_for_backward(images, texts, negatives, lse, lse_positive, *kept)
         ctx.scale, ctx.block, ctx.rows, ctx.weight, ctx.tiles, ctx.full = scale, block, rows, weight, tiles, full
         return (lse.sum() - lse_positive.sum()) * weight
@@ -287,7 +289,8 @@ class _BlockPairwiseOuter(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
         """Per tile, d loss / d logits = weight * (softmax_all - softmax_positives) of both directions."""
         images, texts, negatives, lse, lse_positive, *kept = ctx.saved_tensors
-        scale, rows, block, weight, kept = ctx.scale, ctx.rows, ctx.block, grad * ctx.weight, kept or [None, None]
+        scale, rows, block, weight = ctx.scale, ctx.rows, ctx.block, grad * ctx.weight
+        i2t, t2i, i2n = kept or (None, None, None)
         dimages, dtexts = torch.zeros_like(images), torch.zeros_like(texts)
         dnegatives = None if negatives is None else torch.zeros_like(negatives)
         dscale, want = 0.0, ctx.needs_input_grad[2]
@@ -295,13 +298,13 @@ class _BlockPairwiseOuter(torch.autograd.Function):
             local = slice(t.start - rows.start, t.stop - rows.start)
             positives = (t, block, lse_positive[:, :, local.start // block:local.stop // block])
             dscale += _tile_grads(images[t], texts, scale, weight, lse[0, local], lse[1] if ctx.full else None,
-                                  dimages[t], dtexts, want, kept[0], positives)
+                                  dimages[t], dtexts, want, i2t, positives)
             if negatives is not None:
                 dscale += _tile_grads(images[t], negatives, scale, weight, lse[0, local], None, dimages[t], dnegatives,
-                                      want)
+                                      want, i2n)
             if not ctx.full:
                 dscale += _tile_grads(texts[t], images, scale, weight, lse[1, local], None, dtexts[t], dimages, want,
-                                      kept[-1])
+                                      t2i)
         return dimages, dtexts, dscale if want else None, dnegatives, None, None, None, None
 
 
