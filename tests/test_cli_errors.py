@@ -121,13 +121,19 @@ def copy_run(w: World, tmp: Path) -> tuple[Path, Path]:
     return run, config
 
 
-def dataset_with(w: World, tmp: Path, image: str) -> Path:
-    """The tiny dataset with its first train image id replaced by ``image`` (a copy beside the images)."""
+def variant(w: World, t: Path, change: Callable[[list], object]) -> Path:
+    """The tiny dataset changed in place by ``change(raw)``, written beside the images under a name of its own: one
+    per case folder ``t`` (a second call for the same ``t`` replaces the first)."""
     raw = json.loads(w.data.read_text())
-    raw[0]["train_images"][0]["image"] = image
-    path = w.data.parent / f"with-{abs(hash((str(tmp), image)))}.json"
+    change(raw)
+    path = w.data.parent / f"variant-{abs(hash(str(t)))}.json"
     path.write_text(json.dumps(raw))
     return path
+
+
+def dataset_with(w: World, tmp: Path, image: str) -> Path:
+    """The tiny dataset with its first train image id replaced by ``image`` (a :func:`variant`)."""
+    return variant(w, tmp, lambda raw: raw[0]["train_images"][0].update(image=image))
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -523,15 +529,6 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------------
 # round two (issue 25): control characters, markup, full disks, out-of-range options, crafted files, and input that
 # used to be accepted silently
-
-
-def variant(w: World, t: Path, change: Callable[[list], object]) -> Path:
-    """The tiny dataset changed in place by ``change(raw)``, written beside the images under a name of its own."""
-    raw = json.loads(w.data.read_text())
-    change(raw)
-    path = w.data.parent / f"variant-{abs(hash(str(t)))}.json"
-    path.write_text(json.dumps(raw))
-    return path
 
 
 def train_on(w: World, t: Path, data: Path, *overrides: str) -> list[str]:
