@@ -42,6 +42,7 @@ from clearglass.magic.leak import leaked_words
 from clearglass.magic.schema import (
     ConceptRecord,
     ImageRecord,
+    ImageRoot,
     clean_text,
     escaped,
     resolve_image_path,
@@ -247,7 +248,7 @@ def _clean_label(label: ConceptLabel, image: str, changed: list[dict]) -> Concep
 
 
 def _verified(items: Iterable[SourceItem], options: BuildOptions, build: dict,
-              image_root: Path | None) -> list[SourceItem]:
+              image_root: ImageRoot | None) -> list[SourceItem]:
     """Step 1: the items whose image loads, their captions cleaned (counted); a bad image is an error, or counted
     with ``skip_bad_images``. Given ``image_root``, an image id that leaves it (absolute, ``..``, a symbolic link
     out of it), which training would refuse, is an error now."""
@@ -358,11 +359,12 @@ def _negatives(concepts: list[str], members: dict[str, list[str]], chains: dict[
 
 def build_concepts(items: Iterable[SourceItem], labeler: Labeler, options: BuildOptions = BuildOptions(),
                    embed: Callable[[list[str]], torch.Tensor] = embed_names,
-                   image_root: Path | None = None) -> tuple[list[ConceptRecord], dict]:
+                   image_root: str | os.PathLike | None = None) -> tuple[list[ConceptRecord], dict]:
     """Concept records and the build stats (counts with examples of everything skipped, failed, merged or leaked),
     by the steps of the module docstring; given ``image_root``, every image id must stay inside it."""
     build: dict[str, Any] = {"options": asdict(options)}
-    good = _verified(items, options, build, image_root)
+    root = None if image_root is None else ImageRoot(Path(image_root))  # its real path resolved once, not per image
+    good = _verified(items, options, build, root)
     labels = _labelled(good, labeler, build)
     chains, build["chains_relabelled"] = consistent_chains({i: tuple(lab.levels) for i, lab in labels.items()})
     chains, build["merged_concepts"], dropped = merge_small(chains, options.min_group_size)

@@ -13,7 +13,7 @@ import functools
 import os
 import posixpath
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +104,9 @@ def resolve_image_path(image_root: str | os.PathLike, image: str, allow_outside_
     return Path(joined)
 
 
-CONCEPT_KEYS = ("concept", "hard_negative", "train_images", "test_images")
-IMAGE_KEYS = ("image", "old_captions", "new_captions", *LEVELS)
+# the keys a record may hold: the fields asdict writes (concepts_to_json), in their order, which the messages list
+CONCEPT_KEYS = tuple(f.name for f in fields(ConceptRecord))
+IMAGE_KEYS = tuple(f.name for f in fields(ImageRecord))
 _CAPTION_WHITESPACE = "\t\n\r"  # control characters a caption may hold: whitespace, harmless on a terminal
 _UNSAFE_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
 ZWJ = "\u200d"  # the zero-width joiner, which also joins emoji sequences (👨‍🍳): allowed between two non-letters
