@@ -23,6 +23,7 @@ from clearglass.io import write_text_atomic
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 IMAGE_LINE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+INLINE = re.compile(r"\*\*(?P<bold>.+?)\*\*|\[(?P<label>[^\]]+)\]\((?P<href>[^)\s]+)\)")  # **bold**, [label](href)
 STATUS = re.compile(r"(MET|MISSED|NOT MEASURED): ")  # a target's status word, leading a list item
 VERDICTS = {"better": "v-better", "worse": "v-worse", "no clear difference": "v-none"}  # report.verdict's words
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -48,17 +49,41 @@ code{background:#eee;padding:0 3px;border-radius:3px;font-size:12px}
 """
 
 
+def _safe_href(href: str) -> bool:
+    """Whether a link may be followed: http(s), or relative (no scheme, not ``//host``, no space or control
+    character a browser would drop before reading a scheme)."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in href):
+        return False
+    if re.match(r"https?://", href, re.I):
+        return True
+    return not re.match(r"[/\\]{2}", href) and ":" not in re.split(r"[/\\?#]", href, maxsplit=1)[0]
+
+
+def _spans(text: str) -> str:
+    """Markdown text without code spans as HTML. **bold** and [text](link) are found in the markdown as written;
+    then each text piece's entities (report.md escapes data with them) are read and escaped, so data never becomes
+    markup. A link that is neither relative nor http(s) shows as its text."""
+    out, at = [], 0
+    for m in INLINE.finditer(text):
+        out.append(escape(unescape(text[at:m.start()])))
+        if m["bold"] is not None:
+            out.append(f"<b>{_spans(m['bold'])}</b>")
+        elif _safe_href(href := unescape(m["href"])):
+            out.append(f'<a href="{escape(href)}">{_spans(m["label"])}</a>')
+        else:
+            out.append(escape(unescape(m[0])))
+        at = m.end()
+    return "".join(out) + escape(unescape(text[at:]))
+
+
 def _inline(text: str) -> str:
-    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore.
-    Entities in the text (report.md escapes names with them) are read first, so they show as their character."""
+    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore."""
     out = []
     for i, part in enumerate(re.split(r"`([^`]*)`", text)):
         if i % 2:
             out.append(f"<code>{escape(part)}</code>")
             continue
-        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(unescape(part)))  # report.md's entities, once
-        html = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', html)
-        out.append(re.sub(r"_(?![^<>]*>)", "_<wbr>", html))  # not inside a tag's attributes
+        out.append(re.sub(r"_(?![^<>]*>)", "_<wbr>", _spans(part)))  # not inside a tag's attributes
     return "".join(out)
 
 
