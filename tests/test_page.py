@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass.page import CSP, markdown_html, screenshot, write_page
+from clearglass.page import CSP, markdown_html, write_page
+from clearglass_testing.browser import screenshot
 
 REPORT = """# A report on `mini`
 

@@ -1,6 +1,5 @@
 """report.html: one self-contained page (inline CSS and JS, images as data URIs, a Content-Security-Policy that forbids
-every fetch), so it opens anywhere without a network; its text is the report's own markdown, rendered here; and a
-screenshot of such a page by headless Chromium.
+every fetch), so it opens anywhere without a network; its text is the report's own markdown, rendered here.
 
 The markdown is the small subset the reports write: ``#`` headings, paragraphs, ``- `` lists, pipe tables, image
 lines ``![alt](file)``, and inline ``**bold**``, ``code`` and ``[text](link)``.
@@ -11,9 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Collection
 from html import escape, unescape
 from pathlib import Path
@@ -26,9 +22,6 @@ IMAGE_LINE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 INLINE = re.compile(r"\*\*(?P<bold>.+?)\*\*|\[(?P<label>[^\]]+)\]\((?P<href>[^)\s]+)\)")  # **bold**, [label](href)
 STATUS = re.compile(r"(MET|MISSED|NOT MEASURED): ")  # a target's status word, leading a list item
 VERDICTS = {"better": "v-better", "worse": "v-worse", "no clear difference": "v-none"}  # report.verdict's words
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--virtual-time-budget=5000"]
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa;overflow-wrap:anywhere}
@@ -170,30 +163,3 @@ def write_page(path: str | os.PathLike, title: str, body: str, style: str = "", 
             f"<title>{escape(title)}</title><style>{STYLE}{style}</style></head>\n<body>\n{body}\n"
             + (f"<script>{script}</script>\n" if script else "") + "</body></html>\n")
     return write_text_atomic(page, path)
-
-
-def chromium() -> str:
-    """The headless browser's executable: chromium (or Chrome) on the PATH."""
-    found = next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
-    if found is None:
-        raise ClearglassError("no chromium on the PATH: install it (apt-get install chromium) to check or "
-                              "screenshot report.html")
-    return found
-
-
-def screenshot(html: str | os.PathLike, png: str | os.PathLike, width: int = 1280, height: int = 800) -> Path:
-    """A PNG of the top ``width`` x ``height`` pixels of the page ``html``, as headless Chromium draws it."""
-    html, png = Path(html).resolve(), Path(png).resolve()
-    if not html.is_file():
-        raise ClearglassError(f"{html}: no such page to screenshot")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        shot = Path(tmp) / "shot.png"
-        run = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile",
-                              f"--window-size={width},{height}", f"--screenshot={shot}", html.as_uri()],
-                             capture_output=True, text=True, timeout=180, check=False)
-        if run.returncode != 0 or not shot.is_file():
-            last = (run.stderr.strip().splitlines() or ["no message"])[-1]
-            raise ClearglassError(f"{html}: chromium could not screenshot the page (exit {run.returncode}: {last})")
-        shutil.move(shot, png)
-    return png
