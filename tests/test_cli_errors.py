@@ -490,6 +490,9 @@ case("concepts: --data and --labels")(lambda w, t, s: (
 case("concepts: one label")(lambda w, t, s: (
     ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(bad_text(t, "one.txt", "cat\n"))],
     "one.txt: expected at least 2 labels"))
+case("concepts: one label given twice")(lambda w, t, s: (
+    ["concepts", str(w.data.parent / "images/concept0_0.png"), "--labels", str(bad_text(t, "twice.txt", "cat\ncat\n"))],
+    "twice.txt: expected at least 2 labels, one per line (a repeat counts once); found 1"))
 case("compare: a model twice")(lambda w, t, s: (["compare", "--models", "clearglass:scratch", "clearglass:scratch",
                                                  "--data", str(w.test_set), "--out", str(t / "c")], "twice"))
 case("build: emoji --image-size 8")(lambda w, t, s: (["build", "--source", "emoji", "--labeler", "truth",
@@ -703,6 +706,12 @@ for label, text, needle in [("nested 100,000 deep", "[" * 100_000 + "]" * 100_00
                             ("a key given twice", '[{"concept": "a", "concept": "b"}]', "key 'concept' twice")]:
     case(f"validate: dataset JSON {label}")(lambda w, t, s, x=text, n=needle: (
         ["validate", str(bad_text(t, "d.json", x))], n))
+
+
+@case("concepts: labels with spaces and tabs around them are stripped", "handled")
+def _(w, t, s):
+    return concepts_on(w, w.data.parent / "images/concept0_0.png")[:-2] + [
+        "--labels", str(bad_text(t, "tabs.txt", " cat\t\ndog \t\n"))], lambda t, out: "cat (" in out and "dog (" in out
 
 
 @case("concepts: a labels file with a byte-order mark", "handled")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from html import unescape
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from clearglass.experiments.demo.report import (
     write_demo_page,
 )
 from clearglass.experiments.demo.run import compare_models
-from clearglass.page import CHROMIUM_FLAGS, screenshot
 from clearglass.report import fmt_pct, write_plots
+from clearglass_testing.browser import run_chromium, screenshot
 from test_gallery import CONFIG, KINDS, kind_concepts, seeded_encoders, write_images
 
 MODELS = ["base", "clip", "clear_glass"]
@@ -181,13 +180,10 @@ window.addEventListener('load', function () {
 
 def checked(path: Path, tmp_path: Path, width: int, height: int) -> tuple[dict, str]:
     """The checker's findings on the page at ``width`` x ``height``, and Chromium's log."""
-    from clearglass.page import chromium
-
     probe = tmp_path / f"checked-{height}.html"
     probe.write_text(path.read_text(encoding="utf-8").replace("</head>", CHECKER + "</head>", 1), encoding="utf-8")
-    run = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                          f"--window-size={width},{height}", "--enable-logging=stderr", "--v=0", "--dump-dom",
-                          probe.as_uri()], capture_output=True, text=True, timeout=180, check=True)
+    run = run_chromium(probe, tmp_path / "profile", width, height, "--enable-logging=stderr", "--v=0", "--dump-dom")
+    assert run.returncode == 0, run.stderr
     found = re.search(r'data-check="([^"]*)"', run.stdout)
     assert found, "the page's load event did not run the checks"
     return json.loads(unescape(found.group(1))), run.stderr

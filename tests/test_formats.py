@@ -31,6 +31,12 @@ def test_hierarcaps_csv(tmp_path):
     path.write_text("id,captions,image_url\n1,,http://x/y.jpg\n")
     with pytest.raises(ClearglassError, match="row 2: column 'captions' is empty"):
         load_test_set([path], "hierarcaps-csv")
+    for separator in "\t;":  # a file split by another separator: what a HierarCaps CSV is, and no flag to pass
+        path.write_text(separator.join(["id", "captions", "image_url"]) + "\n1" + separator + "a => b => c => d"
+                        + separator + "http://x/y.jpg\n")
+        with pytest.raises(ClearglassError, match="expected a comma-separated HierarCaps CSV with the columns id, "
+                                                  "captions, image_url$"):
+            load_test_set([path], "hierarcaps-csv")
 
 
 def test_hierarcaps_json(tmp_path):

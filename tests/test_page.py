@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from clearglass.errors import ClearglassError
-from clearglass.page import CSP, markdown_html, screenshot, write_page
+from clearglass.page import CSP, markdown_html, write_page
+from clearglass_testing.browser import screenshot
 
 REPORT = """# A report on `mini`
 
@@ -73,3 +74,17 @@ def test_page_is_self_contained(tmp_path: Path) -> None:
 def test_screenshot_names_a_missing_page(tmp_path: Path) -> None:
     with pytest.raises(ClearglassError, match="no such page"):
         screenshot(tmp_path / "none.html", tmp_path / "x.png")
+
+
+def test_links_go_only_to_relative_or_http_addresses_and_entities_never_become_markup() -> None:
+    """Bold and links are read from the markdown as written; entities (report.md's escaped data) become characters
+    after that, so never markup; a link to another scheme (javascript:, also written with entities) is text."""
+    html = markdown_html("See [docs](https://example.org/a_b), [here](report.html) and **[both](#top)**.\n", ".")
+    assert html == ('<p>See <a href="https://example.org/a_b">docs</a>, <a href="report.html">here</a> and '
+                    '<b><a href="#top">both</a></b>.</p>')
+    hostile = ["[a](javascript:alert%281%29)", "[b](&#106;avascript:alert(1))", "[c](JavaScript:x)",
+               "[d](data:text/html,x)", "[e](//evil.example/x)", "[f](/\\evil.example)"]
+    html = markdown_html(" ".join(hostile) + "\n", ".")
+    assert "<a " not in html and html == f"<p>{' '.join(hostile).replace('&#106;', 'j')}</p>"
+    escaped = "&#91;x&#93;(http://example.org) &#42;&#42;y&#42;&#42; &amp;lt;b>"
+    assert markdown_html(escaped + "\n", ".") == "<p>[x](http://example.org) **y** &amp;lt;b&gt;</p>"

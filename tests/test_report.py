@@ -11,6 +11,7 @@ import pytest
 
 from clearglass.errors import ClearglassError
 from clearglass.evaluate import EvalConfig, bootstrap, evaluate_model
+from clearglass.page import markdown_html
 from clearglass.report import (
     Measure,
     compare,
@@ -20,6 +21,7 @@ from clearglass.report import (
     headline_table,
     markdown_table,
     md_code,
+    md_text,
     verdict,
     verdict_sentences,
     write_report,
@@ -148,6 +150,20 @@ def test_names_and_data_in_report_md_are_escaped_and_keep_their_table_columns(re
         widths = {row.count("|") for row in table.splitlines()}
         assert len(widths) == 1, table
     assert md_code("a|b") == "a&#124;b" and md_code("x`y") == "x&#96;y" and md_code("plain <b>") == "`plain <b>`"
+
+
+def test_a_link_or_bold_in_a_name_or_title_stays_text_in_report_md_and_html(results, tmp_path):
+    """A title or model name shaped like a Markdown link (a javascript: URL a click runs) or bold is data: report.md
+    and the report.html rendered from it show it as written, with no link and no bold."""
+    link, bold = "[x](javascript:alert%281%29)", "**loud**"
+    results = {link: results["onehot"], bold: results["random"]}
+    md = write_report(compare(results), tmp_path, title=f"{link} {bold}")["markdown"].read_text()
+    assert "](" not in md.split("## Plots")[0] and "**" not in md  # the plot images are the only links
+    assert "# [x&#93;(javascript:alert%281%29) &#42;&#42;loud&#42;&#42;" in md
+    assert md_text("[a][b] [c]: u ![d](e)") == "[a&#93;[b] [c&#93;: u ![d&#93;(e)"
+    html = markdown_html(md, tmp_path)
+    assert "<a " not in html and "href" not in html and "<b>" not in html
+    assert f"<h1>{link} {bold}</h1>" in html and f"<th>{link}</th>" in html
 
 
 def test_fmt_pct():

@@ -47,7 +47,8 @@ def load_hierarcaps_csv(path: str | os.PathLike) -> list[ConceptRecord]:
     """The official HierarCaps test CSV as one concept per row."""
     columns = ("id", "captions", "image_url")
     concepts = []
-    for line, row in read_csv(path, ",", {key: "a HierarCaps column" for key in columns}):
+    for line, row in read_csv(path, ",", {key: "a HierarCaps column" for key in columns},
+                              "a comma-separated HierarCaps CSV with the columns id, captions, image_url"):
         where = f"{path}: row {line}"
         for key in columns:
             if not row[key]:

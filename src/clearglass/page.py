@@ -1,6 +1,5 @@
 """report.html: one self-contained page (inline CSS and JS, images as data URIs, a Content-Security-Policy that forbids
-every fetch), so it opens anywhere without a network; its text is the report's own markdown, rendered here; and a
-screenshot of such a page by headless Chromium.
+every fetch), so it opens anywhere without a network; its text is the report's own markdown, rendered here.
 
 The markdown is the small subset the reports write: ``#`` headings, paragraphs, ``- `` lists, pipe tables, image
 lines ``![alt](file)``, and inline ``**bold**``, ``code`` and ``[text](link)``.
@@ -11,9 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Collection
 from html import escape, unescape
 from pathlib import Path
@@ -23,11 +19,9 @@ from clearglass.io import write_text_atomic
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 IMAGE_LINE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+INLINE = re.compile(r"\*\*(?P<bold>.+?)\*\*|\[(?P<label>[^\]]+)\]\((?P<href>[^)\s]+)\)")  # **bold**, [label](href)
 STATUS = re.compile(r"(MET|MISSED|NOT MEASURED): ")  # a target's status word, leading a list item
 VERDICTS = {"better": "v-better", "worse": "v-worse", "no clear difference": "v-none"}  # report.verdict's words
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--virtual-time-budget=5000"]
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa;overflow-wrap:anywhere}
@@ -48,17 +42,41 @@ code{background:#eee;padding:0 3px;border-radius:3px;font-size:12px}
 """
 
 
+def _safe_href(href: str) -> bool:
+    """Whether a link may be followed: http(s), or relative (no scheme, not ``//host``, no space or control
+    character a browser would drop before reading a scheme)."""
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in href):
+        return False
+    if re.match(r"https?://", href, re.I):
+        return True
+    return not re.match(r"[/\\]{2}", href) and ":" not in re.split(r"[/\\?#]", href, maxsplit=1)[0]
+
+
+def _spans(text: str) -> str:
+    """Markdown text without code spans as HTML. **bold** and [text](link) are found in the markdown as written;
+    then each text piece's entities (report.md escapes data with them) are read and escaped, so data never becomes
+    markup. A link that is neither relative nor http(s) shows as its text."""
+    out, at = [], 0
+    for m in INLINE.finditer(text):
+        out.append(escape(unescape(text[at:m.start()])))
+        if m["bold"] is not None:
+            out.append(f"<b>{_spans(m['bold'])}</b>")
+        elif _safe_href(href := unescape(m["href"])):
+            out.append(f'<a href="{escape(href)}">{_spans(m["label"])}</a>')
+        else:
+            out.append(escape(unescape(m[0])))
+        at = m.end()
+    return "".join(out) + escape(unescape(text[at:]))
+
+
 def _inline(text: str) -> str:
-    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore.
-    Entities in the text (report.md escapes names with them) are read first, so they show as their character."""
+    """Escaped text with ``code``, **bold** and [text](link) rendered; long names may break after an underscore."""
     out = []
     for i, part in enumerate(re.split(r"`([^`]*)`", text)):
         if i % 2:
             out.append(f"<code>{escape(part)}</code>")
             continue
-        html = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escape(unescape(part)))  # report.md's entities, once
-        html = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', html)
-        out.append(re.sub(r"_(?![^<>]*>)", "_<wbr>", html))  # not inside a tag's attributes
+        out.append(re.sub(r"_(?![^<>]*>)", "_<wbr>", _spans(part)))  # not inside a tag's attributes
     return "".join(out)
 
 
@@ -145,30 +163,3 @@ def write_page(path: str | os.PathLike, title: str, body: str, style: str = "", 
             f"<title>{escape(title)}</title><style>{STYLE}{style}</style></head>\n<body>\n{body}\n"
             + (f"<script>{script}</script>\n" if script else "") + "</body></html>\n")
     return write_text_atomic(page, path)
-
-
-def chromium() -> str:
-    """The headless browser's executable: chromium (or Chrome) on the PATH."""
-    found = next((p for name in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(name))), None)
-    if found is None:
-        raise ClearglassError("no chromium on the PATH: install it (apt-get install chromium) to check or "
-                              "screenshot report.html")
-    return found
-
-
-def screenshot(html: str | os.PathLike, png: str | os.PathLike, width: int = 1280, height: int = 800) -> Path:
-    """A PNG of the top ``width`` x ``height`` pixels of the page ``html``, as headless Chromium draws it."""
-    html, png = Path(html).resolve(), Path(png).resolve()
-    if not html.is_file():
-        raise ClearglassError(f"{html}: no such page to screenshot")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        shot = Path(tmp) / "shot.png"
-        run = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile",
-                              f"--window-size={width},{height}", f"--screenshot={shot}", html.as_uri()],
-                             capture_output=True, text=True, timeout=180, check=False)
-        if run.returncode != 0 or not shot.is_file():
-            last = (run.stderr.strip().splitlines() or ["no message"])[-1]
-            raise ClearglassError(f"{html}: chromium could not screenshot the page (exit {run.returncode}: {last})")
-        shutil.move(shot, png)
-    return png

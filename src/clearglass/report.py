@@ -9,6 +9,7 @@ method with intervals, the paired difference in points and a verdict word) and a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,13 @@ class Measure:
 
 def md_text(value: object) -> str:
     """Data (a model name, a title, a reason) as text of report.md, Markdown with inline HTML: ``&`` and ``<`` as
-    entities (no tag or entity can start; a lone ``>`` stays, as in "image->text"), ``|`` (a table's column bar) and
-    the backtick (a code span) too, so it never becomes markup or a column; line breaks as spaces."""
+    entities (no tag or entity can start; a lone ``>`` stays, as in "image->text"), ``|`` (a table's column bar), the
+    backtick (a code span) and ``*`` (bold) too, and a ``]`` that ``(``, ``[`` or ``:`` follows (where a link, an
+    image or a link reference would form; brackets alone stay, as in "54.4 [50.1, 58.7]"), so it never becomes
+    markup or a column; line breaks as spaces."""
     text = " ".join(str(value).splitlines()).replace("&", "&amp;").replace("<", "&lt;")
-    return text.replace("|", "&#124;").replace("`", "&#96;")
+    text = re.sub(r"\](?=[(\[:])", "&#93;", text)
+    return text.replace("|", "&#124;").replace("`", "&#96;").replace("*", "&#42;")
 
 
 def md_code(value: object) -> str:

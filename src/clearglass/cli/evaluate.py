@@ -249,18 +249,21 @@ def _model_sets_help() -> str:
 
 
 def _read_labels(path: Path) -> list[str]:
-    """The labels of a labels file, one a line (blank lines skipped, repeats dropped); a label holding a control,
-    bidi or zero-width character is an error naming its line."""
+    """The labels of a labels file, one a line (stripped, blank lines skipped, repeats dropped), at least 2; a label
+    holding a control, bidi or zero-width character is an error naming its line."""
     labels = []
     for number, line in enumerate(read_text(path, "labels file").splitlines(), start=1):
-        if unsafe_chars(line):
+        label = line.strip()
+        if unsafe_chars(label):
             raise ClearglassError(f"{path}:{number}: the label holds control, bidi or zero-width characters "
-                                  f"{unsafe_chars(line)}; expected plain text")
-        if line.strip():
-            labels.append(line.strip())
+                                  f"{unsafe_chars(label)}; expected plain text")
+        if label:
+            labels.append(label)
+    labels = list(dict.fromkeys(labels))
     if len(labels) < 2:
-        raise ClearglassError(f"{path}: expected at least 2 labels, one per line; found {len(labels)}")
-    return list(dict.fromkeys(labels))
+        raise ClearglassError(f"{path}: expected at least 2 labels, one per line (a repeat counts once); found "
+                              f"{len(labels)}")
+    return labels
 
 
 def run_concepts(args: argparse.Namespace) -> int:

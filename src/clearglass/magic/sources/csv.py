@@ -32,11 +32,13 @@ MAX_LEVELS = 4
 MAX_EXAMPLES = 10
 
 
-def read_csv(path: str | os.PathLike, separator: str, columns: dict[str, str]) -> list[tuple[int, dict[str, str]]]:
+def read_csv(path: str | os.PathLike, separator: str, columns: dict[str, str],
+             expected: str = "") -> list[tuple[int, dict[str, str]]]:
     """(line number, {column: stripped value}) for every non-blank data row, restricted to ``columns``.
 
     ``columns`` maps each needed column name to the option that named it, for the error messages. The header
-    must name each column once; every row must have as many fields as the header.
+    must name each column once; every row must have as many fields as the header. A header that is one column
+    is an error that says ``expected`` (what the file should be) or, by default, which ``--csv-separator`` to pass.
     """
     path = Path(path)
     if len(separator) != 1:
@@ -55,7 +57,7 @@ def read_csv(path: str | os.PathLike, separator: str, columns: dict[str, str]) -
         raise ClearglassError(f"{path}: the header repeats column(s) {repeated}; expected each column name once")
     if len(header) == 1 and len(columns) > 1:
         raise ClearglassError(f"{path}: the header splits into one column {header[0]!r} at separator {separator!r}; "
-                              + _separator_hint(header[0], separator))
+                              + (f"expected {expected}" if expected else _separator_hint(header[0], separator)))
     for name, option in columns.items():
         if name not in header:
             raise ClearglassError(f"{path}: no column {name!r} ({option}); the header has {header}")
